@@ -1,0 +1,897 @@
+#!/usr/bin/env python3
+"""Loopback benchmark: kie-mock vs Stoplight Prism vs WireMock, driven by wrk.
+
+One command, from the repository root::
+
+    python bench/run.py                      # all targets, 10 s per scenario
+    python bench/run.py --only prism,wiremock --duration 5 --json bench/results.json
+
+Every target is started as a subprocess on a free 127.0.0.1 port, one target at
+a time (so the servers never compete with each other for the 2 cores), polled
+until ready, loaded with wrk, measured (RSS before/after), and killed.
+
+Targets
+  fake      kie-mock itself: ``--fake-cmd`` (+ ``--fake-args``), env
+            KIE_MOCK_RATE_LIMIT=0 and KIE_MOCK_CREDITS=1000000000 (+ ``--fake-env``).
+            Ready when GET /api/v1/chat/credit with the bearer key answers 200.
+  prism     Stoplight Prism (npm @stoplight/prism-cli 5.14.x) in mock mode on
+            ``--spec`` with ``--errors`` (validation violations become error
+            responses) and ``-v error`` (quiet).  Ready when it answers HTTP.
+  wiremock  WireMock standalone jar from the npm package ``wiremock``, run with
+            ``java -jar``, throughput flags, static stubs written to a temp root dir.
+            Ready when GET /__admin/health answers.
+
+Scenarios (per target)
+  POST upload-cover   POST /api/v1/generate/upload-cover, JSON body, bearer auth.
+  GET record-info     GET /api/v1/generate/record-info?taskId=ID.  For the fake a
+                      task is created first (one POST) and its taskId used; Prism
+                      uses its mock of the path (skipped if the spec lacks it: a
+                      404 probe); WireMock serves a static stub.
+
+Installs on first run (unless --no-install)
+  * wrk:  ``apt-get update && apt-get install -y wrk`` (only if ``wrk`` is not on
+    PATH and we are root).  Without wrk nothing can be measured: exit 2.
+  * npm:  ``npm install --prefix bench/.cache --no-audit --no-fund <pkg>`` for
+    @stoplight/prism-cli@~5.14.2 and wiremock@3.13.2 (only the selected ones).
+    A peer that cannot be installed/started is reported as "unavailable".
+
+Flags
+  --only LIST           comma list of fake,prism,wiremock (default: all three)
+  --duration S          measured wrk run per scenario, seconds (default 10)
+  --warmup S            unmeasured wrk run before each scenario (default 2; 0 = none)
+  --connections N       wrk -c (default 32)
+  --threads N           wrk -t (default 2)
+  --wrk-timeout S       wrk --timeout: slower responses count as timeouts (default 5)
+  --scenarios LIST      comma list of post,get (default: both)
+  --fake-cmd CMD        default "kie-mock serve --port {port} --workers 2";
+                        placeholders {port} {host} {python} (sys.executable)
+  --fake-args ARGS      extra args appended to --fake-cmd (shell-split)
+  --fake-env K=V        extra env for the fake (repeatable)
+  --api-key KEY         bearer key for every request (default kie-mock-key)
+  --spec PATH           OpenAPI document for Prism (default: <repo>/openapi.yaml)
+  --prism-args ARGS     extra args for ``prism mock`` (shell-split)
+  --wiremock-threads N  WireMock --container-threads (default 32)
+  --java-opts ARGS      JVM options for WireMock (default "-Xms256m -Xmx512m")
+  --ready-timeout S     readiness deadline per server (default 90)
+  --cache-dir DIR       npm prefix + logs (default bench/.cache)
+  --no-install          never run apt-get / npm; missing tools => unavailable
+  --json FILE           also write all results + machine info as JSON
+  --markdown FILE       also write the markdown report to FILE
+
+Output: a markdown report on stdout (progress goes to stderr).  Columns: req/s,
+p50/p99 latency (ms, from wrk's Lua ``done()`` histogram), non-2xx (wrk counts
+HTTP status >= 400), socket errors (connect/read/write/timeout), RSS of the
+server's whole process tree before -> after the measured run (MiB), and the ratio
+of the fake to each peer (fake req/s / peer req/s, fake p99 / peer p99).
+
+Exit status: 0 if at least one scenario was measured, 1 if none, 2 on a fatal
+setup error (no wrk), 130 on Ctrl-C.  All subprocesses are killed on every exit
+path (normal, exception, Ctrl-C, SIGTERM); they also get SIGKILL via
+PR_SET_PDEATHSIG should this script be killed outright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+DEFAULT_CACHE = BENCH_DIR / ".cache"
+
+HOST = "127.0.0.1"
+UPLOAD_PATH = "/api/v1/generate/upload-cover"
+RECORD_PATH = "/api/v1/generate/record-info"
+CREDIT_PATH = "/api/v1/chat/credit"
+STUB_TASK_ID = "5c79be8e"
+
+PRISM_PKG = "@stoplight/prism-cli@~5.14.2"
+PRISM_VERSION_PREFIX = "5.14."
+WIREMOCK_PKG = "wiremock@3.13.2"
+WIREMOCK_VERSION = "3.13.2"
+
+DEFAULT_FAKE_CMD = "kie-mock serve --port {port} --workers 2"
+FAKE_ENV = {"KIE_MOCK_RATE_LIMIT": "0", "KIE_MOCK_CREDITS": "1000000000"}
+
+VALID_BODY = {
+    "uploadUrl": "https://storage.example.com/upload",
+    "prompt": "A calm and relaxing piano track",
+    "customMode": False,
+    "instrumental": False,
+    "model": "V3_5",
+    "callBackUrl": "http://127.0.0.1:9/cb",
+}
+STUB_POST_RESPONSE = {"code": 200, "msg": "success", "data": {"taskId": STUB_TASK_ID}}
+STUB_GET_RESPONSE = {
+    "code": 200,
+    "msg": "success",
+    "data": {"taskId": STUB_TASK_ID, "status": "SUCCESS", "response": {"sunoData": []}},
+}
+
+ALL_TARGETS = ("fake", "prism", "wiremock")
+TARGET_LABEL = {"fake": "kie-mock (fake)", "prism": "Prism", "wiremock": "WireMock"}
+ALL_SCENARIOS = ("post", "get")
+SCENARIO_LABEL = {"post": "POST upload-cover", "get": "GET record-info"}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Unavailable(Exception):
+    """A target could not be installed or started; reported, not fatal."""
+
+
+class Fatal(Exception):
+    """Nothing can be measured (e.g. no wrk)."""
+
+
+# --------------------------------------------------------------------------
+# subprocess management
+# --------------------------------------------------------------------------
+
+_PROCS: list[subprocess.Popen] = []
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logf = open(log_path, "wb")
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            env=env, cwd=cwd, preexec_fn=_child_setup, close_fds=True,
+        )
+    finally:
+        logf.close()
+    _PROCS.append(proc)
+    return proc
+
+
+def kill(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group (server + its workers), then SIGKILL."""
+    if proc not in _PROCS:
+        return
+    pids = _tree_pids(proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in pids:  # workers that left the group
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _PROCS.remove(proc)
+
+
+def kill_all() -> None:
+    for proc in list(reversed(_PROCS)):
+        try:
+            kill(proc, grace=3.0)
+        except Exception:
+            pass
+
+
+def _on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(empty log)"
+
+
+# --------------------------------------------------------------------------
+# /proc helpers: process tree RSS and CPU time
+# --------------------------------------------------------------------------
+
+def _tree_pids(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if os.path.exists(f"/proc/{pid}"):
+            out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_rss_mib(root: int) -> float | None:
+    total_kib, seen = 0, False
+    for pid in _tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total_kib += int(line.split()[1])
+                        seen = True
+                        break
+        except OSError:
+            continue
+    return round(total_kib / 1024, 1) if seen else None
+
+
+def tree_cpu_seconds(root: int) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().decode(errors="replace").rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
+
+
+# --------------------------------------------------------------------------
+# networking helpers
+# --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, headers: dict[str, str] | None = None,
+         body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(proc: subprocess.Popen, name: str, url: str, headers: dict[str, str],
+               ok: Callable[[int], bool], timeout: float, log_path: Path) -> float:
+    start = time.monotonic()
+    last = "no answer yet"
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            raise Unavailable(f"{name} exited with code {rc} before becoming ready "
+                              f"(log {log_path}):\n{tail(log_path)}")
+        try:
+            status, _ = http("GET", url, headers, timeout=2.0)
+            if ok(status):
+                return time.monotonic() - start
+            last = f"HTTP {status}"
+        except (OSError, urllib.error.URLError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        if time.monotonic() - start > timeout:
+            raise Unavailable(f"{name} not ready after {timeout:.0f}s polling GET {url} "
+                              f"(last: {last}; log {log_path}):\n{tail(log_path)}")
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------
+# installation
+# --------------------------------------------------------------------------
+
+def ensure_wrk(install: bool) -> str:
+    wrk = shutil.which("wrk")
+    if wrk:
+        return wrk
+    if not install:
+        raise Fatal("wrk not found on PATH (and --no-install given): apt-get install -y wrk")
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise Fatal("wrk not found and cannot apt-get it (need root + apt-get): "
+                    "install the Debian package 'wrk'")
+    log("wrk missing: apt-get update && apt-get install -y wrk")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if res.returncode != 0:
+            raise Fatal(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise Fatal("apt-get install wrk succeeded but wrk is still not on PATH")
+    return wrk
+
+
+def _installed_npm_version(cache: Path, name: str) -> str | None:
+    try:
+        meta = json.loads((cache / "node_modules" / name / "package.json").read_text())
+        return meta.get("version")
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_npm(cache: Path, name: str, spec: str, version_ok: Callable[[str], bool],
+               install: bool) -> str:
+    have = _installed_npm_version(cache, name)
+    if have and version_ok(have):
+        return have
+    if not install:
+        raise Unavailable(f"{name} not installed in {cache} (--no-install)")
+    npm = shutil.which("npm")
+    if not npm:
+        raise Unavailable("npm not found on PATH")
+    cache.mkdir(parents=True, exist_ok=True)
+    log_path = cache / "logs" / f"npm-{name.replace('/', '_')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [npm, "install", "--prefix", str(cache), "--no-audit", "--no-fund",
+           "--loglevel=error", spec]
+    log(f"installing {spec}: {' '.join(cmd)}")
+    try:
+        with open(log_path, "wb") as fh:
+            res = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=600,
+                                 stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"npm install {spec} timed out (log {log_path})")
+    have = _installed_npm_version(cache, name)
+    if res.returncode != 0 or not have or not version_ok(have):
+        raise Unavailable(f"npm install {spec} failed (rc={res.returncode}, "
+                          f"installed={have}); log {log_path}:\n{tail(log_path)}")
+    return have
+
+
+# --------------------------------------------------------------------------
+# servers
+# --------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    target: str
+    proc: subprocess.Popen
+    port: int
+    command: list[str]
+    log_path: Path
+    ready_s: float
+    version: str | None = None
+    auth: bool = True
+    get_task_id: str | None = STUB_TASK_ID
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+def auth_headers(args) -> dict[str, str]:
+    return {"Authorization": f"Bearer {args.api_key}"}
+
+
+def start_fake(args, run_dir: Path) -> Server:
+    port = free_port()
+    cmdline = args.fake_cmd.format(port=port, host=HOST, python=sys.executable)
+    argv = shlex.split(cmdline) + shlex.split(args.fake_args or "")
+    if not argv:
+        raise Unavailable("empty --fake-cmd")
+    exe = argv[0]
+    if os.sep not in exe and not shutil.which(exe):
+        raise Unavailable(f"fake command '{exe}' not found on PATH "
+                          f"(install the package, e.g. pip install -e ., or pass --fake-cmd)")
+    env = dict(os.environ)
+    env.update(FAKE_ENV)
+    for kv in args.fake_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    log_path = run_dir / "fake.log"
+    log(f"starting fake: {shlex.join(argv)}")
+    proc = spawn(argv, log_path, env=env, cwd=REPO_ROOT)
+    ready = wait_ready(proc, "fake", f"http://{HOST}:{port}{CREDIT_PATH}", auth_headers(args),
+                       lambda s: 200 <= s < 300, args.ready_timeout, log_path)
+    return Server("fake", proc, port, argv, log_path, ready, get_task_id=None)
+
+
+def start_prism(args, run_dir: Path) -> Server:
+    spec = Path(args.spec).resolve()
+    if not spec.is_file():
+        raise Unavailable(f"OpenAPI spec not found: {spec}")
+    if not shutil.which("node"):
+        raise Unavailable("node not found on PATH")
+    version = ensure_npm(args.cache_dir, "@stoplight/prism-cli", PRISM_PKG,
+                         lambda v: v.startswith(PRISM_VERSION_PREFIX), args.install)
+    prism_js = args.cache_dir / "node_modules" / "@stoplight" / "prism-cli" / "dist" / "index.js"
+    if not prism_js.is_file():
+        raise Unavailable(f"prism entry point missing: {prism_js}")
+    port = free_port()
+    argv = [shutil.which("node"), str(prism_js), "mock", str(spec), "--host", HOST,
+            "--port", str(port), "--errors", "--verboseLevel", "error"]
+    argv += shlex.split(args.prism_args or "")
+    log_path = run_dir / "prism.log"
+    log(f"starting prism {version}: {shlex.join(argv)}")
+    proc = spawn(argv, log_path, cwd=run_dir)
+    # Prism has no health endpoint: any HTTP answer means it is listening.
+    ready = wait_ready(proc, "prism", f"http://{HOST}:{port}{UPLOAD_PATH}", auth_headers(args),
+                       lambda s: True, args.ready_timeout, log_path)
+    return Server("prism", proc, port, argv, log_path, ready, version=version)
+
+
+def write_wiremock_root(root: Path) -> None:
+    mappings = root / "mappings"
+    mappings.mkdir(parents=True, exist_ok=True)
+    (root / "__files").mkdir(exist_ok=True)
+    stubs = {
+        "upload-cover.json": {
+            "request": {"method": "POST", "urlPath": UPLOAD_PATH},
+            "response": {"status": 200, "jsonBody": STUB_POST_RESPONSE,
+                         "headers": {"Content-Type": "application/json"}},
+        },
+        "record-info.json": {
+            "request": {"method": "GET", "urlPath": RECORD_PATH},
+            "response": {"status": 200, "jsonBody": STUB_GET_RESPONSE,
+                         "headers": {"Content-Type": "application/json"}},
+        },
+    }
+    for name, stub in stubs.items():
+        (mappings / name).write_text(json.dumps(stub, indent=2))
+
+
+def start_wiremock(args, run_dir: Path) -> Server:
+    java = shutil.which("java")
+    if not java:
+        raise Unavailable("java not found on PATH")
+    version = ensure_npm(args.cache_dir, "wiremock", WIREMOCK_PKG,
+                         lambda v: v == WIREMOCK_VERSION, args.install)
+    jars = sorted((args.cache_dir / "node_modules" / "wiremock").glob("**/wiremock-standalone-*.jar"))
+    if not jars:
+        raise Unavailable(f"no wiremock-standalone-*.jar inside {args.cache_dir}/node_modules/wiremock")
+    root = run_dir / "wiremock-root"
+    write_wiremock_root(root)
+    port = free_port()
+    argv = [java, *shlex.split(args.java_opts or ""), "-jar", str(jars[-1]),
+            "--port", str(port), "--bind-address", HOST, "--root-dir", str(root),
+            "--no-request-journal", "--disable-request-logging",
+            "--async-response-enabled", "true",
+            "--container-threads", str(args.wiremock_threads),
+            "--disable-banner", "--disable-extensions-scanning",
+            "--use-chunked-encoding", "never"]
+    log_path = run_dir / "wiremock.log"
+    log(f"starting wiremock {version}: {shlex.join(argv)}")
+    proc = spawn(argv, log_path, cwd=run_dir)
+    ready = wait_ready(proc, "wiremock", f"http://{HOST}:{port}/__admin/health", {},
+                       lambda s: 200 <= s < 300, args.ready_timeout, log_path)
+    return Server("wiremock", proc, port, argv, log_path, ready, version=version)
+
+
+STARTERS = {"fake": start_fake, "prism": start_prism, "wiremock": start_wiremock}
+
+
+# --------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------
+
+_LUA_DONE = r'''
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local function p(q) return latency:percentile(q) end
+  io.write(string.format(
+    'WRK_JSON {"duration_us":%.0f,"requests":%.0f,"bytes":%.0f,' ..
+    '"errors":{"connect":%.0f,"read":%.0f,"write":%.0f,"status":%.0f,"timeout":%.0f},' ..
+    '"latency_us":{"min":%.0f,"mean":%.3f,"stdev":%.3f,"max":%.0f,' ..
+    '"p50":%.0f,"p75":%.0f,"p90":%.0f,"p99":%.0f,"p99_9":%.0f}}\n',
+    summary.duration, summary.requests, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.min, latency.mean, latency.stdev, latency.max,
+    p(50), p(75), p(90), p(99), p(99.9)))
+end
+'''
+
+
+def _lua_str(s: str) -> str:
+    level = "="
+    while f"]{level}]" in s:
+        level += "="
+    return f"[{level}[{s}]{level}]"
+
+
+def lua_script(method: str, headers: dict[str, str], body: str | None) -> str:
+    lines = [f"wrk.method = {_lua_str(method)}"]
+    for k, v in headers.items():
+        lines.append(f"wrk.headers[ {_lua_str(k)} ] = {_lua_str(v)}")
+    if body is not None:
+        lines.append(f"wrk.body = {_lua_str(body)}")
+    return "\n".join(lines) + "\n" + _LUA_DONE
+
+
+def parse_wrk(stdout: str) -> dict:
+    for line in stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line[len("WRK_JSON "):])
+    raise ValueError("wrk printed no WRK_JSON line")
+
+
+def run_wrk(wrk: str, url: str, script: Path, duration: float, args) -> tuple[dict, str]:
+    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s",
+           f"--timeout", f"{args.wrk_timeout:g}s", "--latency", "-s", str(script), url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        out, _ = proc.communicate(timeout=duration + args.wrk_timeout + 30)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited {proc.returncode}:\n{out[-2000:]}")
+    return parse_wrk(out), out
+
+
+# --------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    status: str  # ok | unavailable | skipped | error
+    note: str = ""
+    url: str = ""
+    probe_status: int | None = None
+    requests: int | None = None
+    duration_s: float | None = None
+    rps: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    p99_9_ms: float | None = None
+    max_ms: float | None = None
+    non_2xx: int | None = None
+    socket_errors: dict | None = None
+    rss_idle_mib: float | None = None
+    rss_before_mib: float | None = None
+    rss_after_mib: float | None = None
+    server_cpu_s: float | None = None
+    server_version: str | None = None
+    server_cmd: str | None = None
+    wrk_cmd: str | None = None
+    wrk_raw: str | None = None
+
+
+def scenario_request(server: Server, scen: str, args) -> tuple[str, str, dict[str, str], str | None]:
+    headers = auth_headers(args)
+    if scen == "post":
+        headers["Content-Type"] = "application/json"
+        return "POST", f"{server.base}{UPLOAD_PATH}", headers, json.dumps(VALID_BODY, separators=(",", ":"))
+    task = server.get_task_id or STUB_TASK_ID
+    return "GET", f"{server.base}{RECORD_PATH}?taskId={task}", headers, None
+
+
+def create_fake_task(server: Server, args) -> str:
+    method, url, headers, body = scenario_request(server, "post", args)
+    status, raw = http(method, url, headers, body.encode(), timeout=10)
+    try:
+        payload = json.loads(raw)
+        task = payload["data"]["taskId"]
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f"could not create a task on the fake: HTTP {status} {raw[:300]!r}")
+    if not task:
+        raise RuntimeError(f"fake returned an empty taskId: {raw[:300]!r}")
+    return str(task)
+
+
+def bench_target(target: str, args, wrk: str, run_dir: Path) -> list[Result]:
+    results: list[Result] = []
+    try:
+        server = STARTERS[target](args, run_dir)
+    except Unavailable as exc:
+        msg = str(exc)
+        log(f"{target}: UNAVAILABLE: {msg}")
+        first = msg.splitlines()[0] if msg else "unavailable"
+        return [Result(target, s, "unavailable", note=first) for s in args.scenarios]
+    log(f"{target}: ready on port {server.port} after {server.ready_s:.1f}s")
+    try:
+        rss_idle = tree_rss_mib(server.proc.pid)
+        for scen in args.scenarios:
+            res = Result(target, scen, "ok", rss_idle_mib=rss_idle,
+                         server_version=server.version, server_cmd=shlex.join(server.command))
+            results.append(res)
+            try:
+                if scen == "get" and target == "fake":
+                    server.get_task_id = create_fake_task(server, args)
+                method, url, headers, body = scenario_request(server, scen, args)
+                res.url = url
+                status, raw = http(method, url, headers, body.encode() if body else None, timeout=10)
+                res.probe_status = status
+                if not 200 <= status < 300:
+                    if status == 404 and target == "prism" and scen == "get":
+                        res.status, res.note = "skipped", "path not in spec (probe 404)"
+                        log(f"{target}/{scen}: skipped (probe 404)")
+                        continue
+                    res.note = f"probe HTTP {status}: {raw[:120].decode(errors='replace')}"
+                    log(f"{target}/{scen}: WARNING {res.note}")
+                script = run_dir / f"{target}-{scen}.lua"
+                script.write_text(lua_script(method, headers, body))
+                if server.proc.poll() is not None:
+                    raise RuntimeError(f"server died (rc={server.proc.returncode}):\n{tail(server.log_path)}")
+                if args.warmup > 0:
+                    log(f"{target}/{scen}: warm-up {args.warmup:g}s")
+                    run_wrk(wrk, url, script, args.warmup, args)
+                res.rss_before_mib = tree_rss_mib(server.proc.pid)
+                cpu0 = tree_cpu_seconds(server.proc.pid)
+                log(f"{target}/{scen}: measuring {args.duration:g}s "
+                    f"(-t{args.threads} -c{args.connections}) {method} {url}")
+                stats, raw_out = run_wrk(wrk, url, script, args.duration, args)
+                res.server_cpu_s = round(tree_cpu_seconds(server.proc.pid) - cpu0, 2)
+                res.rss_after_mib = tree_rss_mib(server.proc.pid)
+                if server.proc.poll() is not None:
+                    res.note = (res.note + "; " if res.note else "") + "server exited during load"
+                fill_stats(res, stats)
+                res.wrk_raw = raw_out
+                res.wrk_cmd = (f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
+                               f"--timeout {args.wrk_timeout:g}s --latency -s {script.name} {url}")
+                log(f"{target}/{scen}: {res.rps:,.0f} req/s p50 {res.p50_ms:.2f} ms "
+                    f"p99 {res.p99_ms:.2f} ms non-2xx {res.non_2xx} "
+                    f"RSS {res.rss_before_mib}->{res.rss_after_mib} MiB")
+            except (RuntimeError, ValueError, OSError, urllib.error.URLError) as exc:
+                res.status, res.note = "error", str(exc).splitlines()[0][:200]
+                log(f"{target}/{scen}: ERROR {exc}")
+    finally:
+        kill(server.proc)
+    return results
+
+
+def fill_stats(res: Result, stats: dict) -> None:
+    lat = stats["latency_us"]
+    err = stats["errors"]
+    res.requests = int(stats["requests"])
+    res.duration_s = round(stats["duration_us"] / 1e6, 3)
+    res.rps = round(res.requests / res.duration_s, 1) if res.duration_s else 0.0
+    res.p50_ms = lat["p50"] / 1000
+    res.p90_ms = lat["p90"] / 1000
+    res.p99_ms = lat["p99"] / 1000
+    res.p99_9_ms = lat["p99_9"] / 1000
+    res.max_ms = lat["max"] / 1000
+    res.non_2xx = int(err["status"])
+    res.socket_errors = {k: int(err[k]) for k in ("connect", "read", "write", "timeout")}
+
+
+# --------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------
+
+def _cmd_version(argv: list[str]) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (res.stdout + res.stderr).strip().splitlines()
+    return text[0].strip() if text else None
+
+
+def machine_info() -> dict:
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "nproc": affinity or os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "mem_total_gib": mem_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "wrk": _cmd_version(["wrk", "--version"]),
+        "node": _cmd_version(["node", "--version"]),
+        "java": _cmd_version(["java", "-version"]),
+    }
+
+
+def _fmt(v, spec: str = ",.0f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def add_ratios(results: list[Result]) -> dict:
+    """fake/peer ratios per scenario: {scenario: {peer: {rps: x, p99: y}}}."""
+    fake = {r.scenario: r for r in results if r.target == "fake" and r.status == "ok" and r.rps}
+    out: dict = {}
+    for r in results:
+        if r.target == "fake" or r.status != "ok" or not r.rps or r.scenario not in fake:
+            continue
+        f = fake[r.scenario]
+        out.setdefault(r.scenario, {})[r.target] = {
+            "rps": round(f.rps / r.rps, 3),
+            "p99": round(f.p99_ms / r.p99_ms, 3) if r.p99_ms else None,
+        }
+    return out
+
+
+def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> str:
+    lines = [
+        f"## kie-mock loopback benchmark ({info['started']})",
+        "",
+        f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
+        f"(+{args.warmup:g}s warm-up, --timeout {args.wrk_timeout:g}s), one server at a time on {HOST}. "
+        f"Machine: nproc={info['nproc']}, {info.get('cpu_model') or '?'}, "
+        f"{info.get('mem_total_gib')} GiB, Python {info['python']}, {info['platform']}; "
+        f"{info.get('wrk') or 'wrk ?'}; node {info.get('node') or '-'}; {info.get('java') or 'java -'}.",
+        "",
+        "| target | scenario | req/s | p50 ms | p99 ms | non-2xx | socket errors "
+        "| RSS before→after MiB | fake÷peer req/s | fake÷peer p99 | notes |",
+        "|---|---|--:|--:|--:|--:|--:|---|--:|--:|---|",
+    ]
+    for r in results:
+        label = TARGET_LABEL[r.target] + (f" {r.server_version}" if r.server_version else "")
+        scen = SCENARIO_LABEL[r.scenario]
+        if r.status != "ok":
+            lines.append(f"| {label} | {scen} | {r.status} | | | | | | | | {r.note} |")
+            continue
+        sock = sum(r.socket_errors.values()) if r.socket_errors else None
+        rss = f"{_fmt(r.rss_before_mib, '.1f')}→{_fmt(r.rss_after_mib, '.1f')}"
+        ratio = ratios.get(r.scenario, {}).get(r.target)
+        rr = f"{ratio['rps']:.2f}×" if ratio else ("—" if r.target == "fake" else "n/a")
+        rp = f"{ratio['p99']:.2f}×" if ratio and ratio["p99"] else ("—" if r.target == "fake" else "n/a")
+        lines.append(
+            f"| {label} | {scen} | {_fmt(r.rps)} | {_fmt(r.p50_ms, '.2f')} | {_fmt(r.p99_ms, '.2f')} "
+            f"| {_fmt(r.non_2xx, 'd')} | {_fmt(sock, 'd')} | {rss} | {rr} | {rp} | {r.note} |")
+    lines += [
+        "",
+        "non-2xx = responses with HTTP status >= 400 (wrk's count); socket errors = "
+        "connect+read+write+timeout. fake÷peer req/s > 1 means the fake is faster; "
+        "fake÷peer p99 < 1 means the fake has the lower tail latency. RSS is the whole "
+        "server process tree (VmRSS) just before and just after the measured run.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+def _csv(choices: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}; got {text!r}")
+        return list(dict.fromkeys(items))
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description="Benchmark kie-mock against Prism and WireMock with wrk on loopback.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--only", type=_csv(ALL_TARGETS), default=list(ALL_TARGETS),
+                   help="comma list of targets: fake,prism,wiremock")
+    p.add_argument("--scenarios", type=_csv(ALL_SCENARIOS), default=list(ALL_SCENARIOS),
+                   help="comma list of scenarios: post,get")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up seconds (0 = none)")
+    p.add_argument("--connections", type=int, default=32, help="wrk -c")
+    p.add_argument("--threads", type=int, default=2, help="wrk -t")
+    p.add_argument("--wrk-timeout", type=float, default=5.0, help="wrk --timeout seconds")
+    p.add_argument("--fake-cmd", default=DEFAULT_FAKE_CMD,
+                   help="command for the fake; {port} {host} {python} are substituted")
+    p.add_argument("--fake-args", default="", help="extra args appended to --fake-cmd")
+    p.add_argument("--fake-env", action="append", default=[], metavar="K=V",
+                   help="extra environment for the fake (repeatable)")
+    p.add_argument("--api-key", default="kie-mock-key", help="bearer key sent with every request")
+    p.add_argument("--spec", default=str(REPO_ROOT / "openapi.yaml"), help="OpenAPI document for Prism")
+    p.add_argument("--prism-args", default="", help="extra args for 'prism mock'")
+    p.add_argument("--wiremock-threads", type=int, default=32, help="WireMock --container-threads")
+    p.add_argument("--java-opts", default="-Xms256m -Xmx512m", help="JVM options for WireMock")
+    p.add_argument("--ready-timeout", type=float, default=90.0, help="readiness deadline per server (s)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="npm prefix and logs")
+    p.add_argument("--no-install", dest="install", action="store_false",
+                   help="never run apt-get/npm")
+    p.add_argument("--json", type=Path, help="write results + machine info as JSON")
+    p.add_argument("--markdown", type=Path, help="write the markdown report to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.connections < args.threads:
+        raise SystemExit("--connections must be >= --threads")
+    if args.duration <= 0:
+        raise SystemExit("--duration must be > 0")
+    args.cache_dir = args.cache_dir.resolve()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    run_dir = Path(tempfile.mkdtemp(prefix="kie-bench-"))
+    results: list[Result] = []
+    try:
+        wrk = ensure_wrk(args.install)
+        info = machine_info()
+        info["started"] = started
+        for target in ALL_TARGETS:
+            if target in args.only:
+                results.extend(bench_target(target, args, wrk, run_dir))
+    except Fatal as exc:
+        log(f"FATAL: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted: killing subprocesses")
+        return 130
+    finally:
+        kill_all()
+    ratios = add_ratios(results)
+    report = render_markdown(results, info, args, ratios)
+    print(report)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "machine": info,
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "results": [asdict(r) for r in results],
+            "ratios_fake_over_peer": ratios,
+            "logs_dir": str(run_dir),
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+        log(f"wrote {args.json}")
+    log(f"server logs and wrk scripts: {run_dir}")
+    return 0 if any(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

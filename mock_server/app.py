@@ -1,0 +1,68 @@
+"""create_app(config): the only wiring point."""
+
+from __future__ import annotations
+
+import orjson
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from . import api, control, files
+from .config import Config
+from .envelope import respond
+from .service import Service
+from .spec import check_uri_format_available
+
+
+def create_app(config: Config | None = None, *, store=None, clock=None, deliver=None,
+               source_checker=None, start_scheduler: bool = True) -> Flask:
+    cfg = config or Config()
+    check_uri_format_available()
+    if source_checker is None and cfg.source_check:
+        from .source import SourceChecker
+
+        source_checker = SourceChecker(cfg)
+    service = Service(cfg, store=store, clock=clock, deliver=deliver, source_checker=source_checker)
+    app = Flask("kie_mock")
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes + 1024
+    app.json.sort_keys = False
+    app.extensions["kie_mock"] = service
+    app.register_blueprint(api.bp)
+    app.register_blueprint(files.bp)
+    app.register_blueprint(control.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        # Routing and protocol errors still answer in the envelope, with the HTTP status kept.
+        if exc.code == 404:
+            return respond(404, f"Not Found: no endpoint {request.method} {request.path}", status=404)
+        if exc.code == 405:
+            allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
+            return respond(404, f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
+                           status=405, headers={"Allow": allowed})
+        if exc.code == 413:
+            return respond(422, f"request body too large: the limit is {cfg.max_body_bytes} bytes",
+                           transport=cfg.transport)
+        return respond(422, f"bad request: {exc.description}", transport=cfg.transport)
+
+    @app.errorhandler(Exception)
+    def crash(exc: Exception):  # a bug of the fake: still an envelope, and visible in the log
+        app.logger.exception("unhandled error")
+        return respond(500, f"Internal Error (kie-mock bug): {type(exc).__name__}", status=500)
+
+    @app.after_request
+    def journal(response):
+        if request.path.startswith("/api/"):
+            try:
+                code = orjson.loads(response.get_data())["code"]
+            except Exception:
+                code = None
+            service.store.log("requests", {
+                "at": service.clock.now(), "method": request.method, "path": request.path,
+                "key": request.environ.get("kie_mock.key"), "http_status": response.status_code,
+                "code": code, "task_id": request.environ.get("kie_mock.task_id"),
+            }, cfg.journal_limit)
+        return response
+
+    if start_scheduler:
+        service.scheduler.start()
+    return app

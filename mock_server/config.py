@@ -1,0 +1,89 @@
+"""Settings of one fake: defaults that just work, overridable by CLI flags, env and scenario files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+
+DEFAULT_API_KEY = "kie-mock-key"
+DEFAULT_PORT = 8787
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # API keys and their starting balances. The default key makes the quickstart work.
+    api_keys: dict[str, int] = field(default_factory=lambda: {DEFAULT_API_KEY: 1000})
+    # Per-key HMAC keys for signed callbacks (opt-in, like the real account setting).
+    webhook_hmac_keys: dict[str, str] = field(default_factory=dict)
+    cover_cost: int = 12  # credits per accepted cover (one client's changelog: 12)
+    # "real": HTTP 200 with the code in the envelope (429 rides as HTTP 429);
+    # "status": the HTTP status mirrors the envelope's code.
+    transport: str = "real"
+    # Seconds after submission at which each stage fires (text, first, complete).
+    stage_delays: tuple[float, float, float] = (2.0, 5.0, 8.0)
+    time_scale: float = 1.0  # multiplies every delay (0.01 = a hundred times faster)
+    instant: bool = False  # every stage due at once (tests)
+    clock: str = "real"  # "real" or "virtual" (advanced through the control API / tests)
+    callback_timeout: float = 15.0  # the receiver must answer within 15 s
+    retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)  # backoff; its length = max retries (3)
+    retention_days: float = 15.0  # generated files and records are deleted after 15 days
+    public_url: str | None = None  # base of the file URLs; default: the request's own host
+    create_time: str = "datetime"  # "datetime" ("2025-01-01 00:00:00") or "epoch_ms"
+    rate_limit: int = 20  # new tasks per window per account; 0 = unlimited
+    rate_window: float = 10.0
+    record_info_per_second: int = 3  # per task; 0 = unlimited
+    admin_token: str | None = None
+    store: str = "memory"  # "memory", "sqlite:PATH", "sqlite::memory:", "redis://..."
+    delivery_workers: int = 16
+    max_body_bytes: int = 1 << 20
+    journal_limit: int = 10_000  # callback attempts and requests kept (oldest dropped)
+    source_check: bool = False  # fetch uploadUrl before accepting (off: works with no network)
+    source_timeout: float = 10.0
+    source_max_bytes: int = 50 << 20
+    max_audio_seconds: float = 480.0
+
+    def delay(self, seconds: float) -> float:
+        return 0.0 if self.instant else seconds * self.time_scale
+
+    def with_overrides(self, **changes) -> "Config":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _parse_keys(text: str) -> dict[str, int]:
+    """'key1,key2:500' -> {key1: 1000, key2: 500}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, credits = part.partition(":")
+        out[key] = int(credits) if credits else 1000
+    return out
+
+
+_ENV_PARSERS = {
+    "api_keys": _parse_keys,
+    "stage_delays": lambda s: tuple(float(x) for x in s.split(",")),
+    "retry_delays": lambda s: tuple(float(x) for x in s.split(",") if x.strip()),
+    "instant": lambda s: s.lower() in ("1", "true", "yes", "on"),
+    "source_check": lambda s: s.lower() in ("1", "true", "yes", "on"),
+}
+
+
+def from_env(env: dict | None = None, base: Config | None = None) -> Config:
+    """KIE_MOCK_<FIELD> variables (e.g. KIE_MOCK_TRANSPORT=status, KIE_MOCK_API_KEYS=a,b:50)."""
+    env = os.environ if env is None else env
+    cfg = base or Config()
+    changes = {}
+    for f in fields(Config):
+        raw = env.get("KIE_MOCK_" + f.name.upper())
+        if raw is None or f.name == "webhook_hmac_keys":
+            continue
+        parse = _ENV_PARSERS.get(f.name)
+        if parse is None:
+            kind = type(getattr(cfg, f.name))
+            parse = (lambda s: s) if kind in (str, type(None)) else kind
+        changes[f.name] = parse(raw)
+    if "KIE_MOCK_CREDITS" in env:  # every configured key starts with this balance
+        credits = int(env["KIE_MOCK_CREDITS"])
+        changes["api_keys"] = {k: credits for k in changes.get("api_keys", cfg.api_keys)}
+    return replace(cfg, **changes)

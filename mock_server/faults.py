@@ -1,0 +1,85 @@
+"""What the user asked to go wrong, from three places, consumed by the HTTP layer:
+
+1. a request header in the style of Prism: `Prefer: code=402`, `Prefer: scenario=fail-501`
+   (several: `Prefer: code=500, latency=2`);
+2. faults armed through the control API or a scenario file: "the next N requests of this
+   key answer CODE" (kind "code") or "the next N tasks of this key play SCENARIO"
+   (kind "scenario");
+3. shared settings: maintenance on/off or a window, response latency, default scenario.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .scenarios import Scenario
+
+# The codes the endpoint page documents for errors; Prefer: code= accepts these.
+ERROR_CODES = (401, 402, 404, 409, 422, 429, 451, 455, 500)
+MESSAGES = {
+    401: "You do not have access permissions",
+    402: "Insufficient credits: your account does not have enough credits to perform this operation",
+    404: "Not Found",
+    409: "Conflict: WAV record already exists",
+    422: "Validation Error: the request parameters failed validation checks",
+    429: "Rate limited: request limit has been exceeded for this resource",
+    451: "Failed to fetch the image. Kindly verify any access limits set by you or your service provider.",
+    455: "Service Unavailable: the system is currently undergoing maintenance",
+    500: "Internal Error: an unexpected error occurred while processing the request",
+}
+
+
+class PreferError(ValueError):
+    """A Prefer header the fake cannot honour (answered as 422, saying why)."""
+
+
+@dataclass(frozen=True)
+class Prefer:
+    code: int | None = None
+    scenario: Scenario | None = None
+    latency: float | None = None
+
+    @classmethod
+    def parse(cls, header: str | None) -> "Prefer":
+        if not header:
+            return cls()
+        code = scenario = latency = None
+        for part in header.split(","):
+            name, _, value = part.strip().partition("=")
+            name, value = name.strip().lower(), value.strip().strip('"')
+            if name == "code":
+                if not value.isdigit() or int(value) not in ERROR_CODES:
+                    raise PreferError(f"Prefer: code must be one of {', '.join(map(str, ERROR_CODES))} (got {value!r})")
+                code = int(value)
+            elif name == "scenario":
+                try:
+                    scenario = Scenario.parse(value)
+                except ValueError as exc:
+                    raise PreferError(f"Prefer: {exc}") from None
+            elif name == "latency":
+                try:
+                    latency = float(value)
+                except ValueError:
+                    raise PreferError(f"Prefer: latency must be seconds (got {value!r})") from None
+                if not 0 <= latency <= 60:
+                    raise PreferError("Prefer: latency must be from 0 to 60 seconds")
+            # other preferences (e.g. Prism's example=, dynamic=) are ignored, as RFC 7240 says
+        return cls(code, scenario, latency)
+
+
+def maintenance_on(settings: dict, now: float) -> bool:
+    if settings.get("maintenance"):
+        return True
+    window = settings.get("maintenance_window")
+    return bool(window) and window[0] <= now < window[1]
+
+
+def latency_for(settings: dict, prefer: Prefer) -> float:
+    if prefer.latency is not None:
+        return prefer.latency
+    lat = settings.get("latency")
+    if not lat:
+        return 0.0
+    lo, hi = float(lat.get("min", 0)), float(lat.get("max", lat.get("min", 0)))
+    return lo if hi <= lo else random.uniform(lo, hi)

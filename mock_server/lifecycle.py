@@ -1,0 +1,173 @@
+"""What a task is and how it looks over time: creation, its plan of stages, and the two
+views of it (callback payloads and record-info), both derived from the same task record
+so they can never disagree.
+
+Shapes follow shared/API_NOTES.md: callbacks carry snake_case tracks, record-info
+camelCase `sunoData`; `first` carries both tracks with the unfinished one's audio_url "".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+from . import media
+from .config import Config
+from .limits import table
+from .scenarios import Scenario
+
+# stage -> (callback msg, record-info status)
+STAGES = {
+    "text": ("Text generation completed.", "TEXT_SUCCESS"),
+    "first": ("First track generated successfully.", "FIRST_SUCCESS"),
+    "complete": ("All generated successfully.", "SUCCESS"),
+}
+# Late failures: callback code -> (msg, record-info status). Codes from the callback page.
+ERRORS = {
+    400: ("Lyrics contain copyrighted material.", "SENSITIVE_WORD_ERROR"),
+    408: ("Rate limited or timed out, please try again later.", "GENERATE_AUDIO_FAILED"),
+    413: ("Uploaded audio matches an existing work.", "GENERATE_AUDIO_FAILED"),
+    500: ("Internal Error", "GENERATE_AUDIO_FAILED"),
+    501: ("Audio generation failed.", "GENERATE_AUDIO_FAILED"),
+    531: ("Generation failed, credits have been refunded.", "GENERATE_AUDIO_FAILED"),
+}
+REFUNDING_CODES = {531}
+CALLBACK_EXCEPTION = "CALLBACK_EXCEPTION"
+FINAL_STAGES = {"complete", "error"}
+
+_CAMEL = {"audio_url": "audioUrl", "source_audio_url": "sourceAudioUrl",
+          "stream_audio_url": "streamAudioUrl", "source_stream_audio_url": "sourceStreamAudioUrl",
+          "image_url": "imageUrl", "source_image_url": "sourceImageUrl", "model_name": "modelName"}
+
+
+def _create_time(now: float, cfg: Config):
+    if cfg.create_time == "epoch_ms":
+        return int(now * 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+
+
+def _duration(track_id: str) -> float:
+    """A stable duration from 60 to 240 s, snapped to what whole MP3 frames give."""
+    seed = int(hashlib.sha256(track_id.encode()).hexdigest()[:8], 16)
+    return media.snap_duration(60 + (seed % 18000) / 100)
+
+
+def _title(body: dict) -> str:
+    if body.get("customMode"):
+        return body["title"]
+    words = (body.get("prompt") or "").split()[:5]
+    return " ".join(words).title() or "Untitled Cover"
+
+
+def _lyrics(body: dict) -> str:
+    if body.get("instrumental"):
+        return ""
+    if body.get("customMode"):
+        return body.get("prompt") or ""
+    return f"[Verse]\n{body.get('prompt') or ''}"
+
+
+def _track(task_id: str, body: dict, base_url: str, created) -> dict:
+    track_id = str(uuid.uuid4())
+    files = f"{base_url.rstrip('/')}/files/{task_id}/{track_id}"
+    return {
+        "id": track_id,
+        "audio_url": f"{files}.mp3",
+        "source_audio_url": f"{files}/source.mp3",
+        "stream_audio_url": f"{files}/stream",
+        "source_stream_audio_url": f"{files}/source-stream",
+        "image_url": f"{files}.jpeg",
+        "source_image_url": f"{files}/source.jpeg",
+        "prompt": _lyrics(body),
+        "model_name": table().models[body["model"]].model_name,
+        "title": _title(body),
+        "tags": body.get("style") or "",
+        "createTime": created,
+        "duration": _duration(track_id),
+    }
+
+
+def new_task(body: dict, key: str, now: float, cfg: Config, base_url: str,
+             scenario: Scenario, charged: int) -> dict:
+    """A freshly accepted task (status PENDING) and its plan of stages."""
+    task_id = uuid.uuid4().hex
+    created = _create_time(now, cfg)
+    return {
+        "taskId": task_id,
+        "key": key,
+        "param": json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        "callBackUrl": body["callBackUrl"],
+        "model": body["model"],
+        "created_at": now,
+        "expires_at": now + cfg.retention_days * 86400,
+        "status": "PENDING",
+        "stage": None,
+        "errorCode": None,
+        "errorMessage": None,
+        "charged": charged,
+        "tracks": [_track(task_id, body, base_url, created) for _ in range(2)],
+        "scenario": scenario.to_dict(),
+        "plan": scenario.plan(now, cfg),
+        "delivery": "active",  # "abandoned" once 3 retries of one callback failed
+        "completed_at": None,
+    }
+
+
+def tracks_at(task: dict, stage: str | None) -> list[dict] | None:
+    """The tracks as visible after `stage` (snake_case); None before any stage."""
+    if stage is None:
+        return None
+    if stage in ("text", "error"):
+        return []
+    tracks = [dict(t) for t in task["tracks"]]
+    if stage == "first":
+        for t in tracks[1:]:  # the unfinished track: no audio yet (seen in real captures)
+            t["audio_url"] = t["source_audio_url"] = ""
+    return tracks
+
+
+def apply_stage(task: dict, stage: str, code: int | None = None) -> dict:
+    """The changes to a task when `stage` happens ("error" with its callback code)."""
+    changes: dict = {"stage": stage}
+    if stage == "error":
+        msg, status = ERRORS[code]
+        changes.update(errorCode=code, errorMessage=msg)
+    else:
+        status = STAGES[stage][1]
+    if task["status"] != CALLBACK_EXCEPTION:  # once delivery failed, polling says so
+        changes["status"] = status
+    if stage in FINAL_STAGES:
+        changes["completed_at"] = None  # filled by the caller with the clock's time
+    return changes
+
+
+def callback_body(task: dict, stage: str) -> dict:
+    if stage == "error":
+        code = task["errorCode"]
+        msg = ERRORS[code][0]
+    else:
+        code, msg = 200, STAGES[stage][0]
+    return {"code": code, "msg": msg,
+            "data": {"callbackType": stage, "task_id": task["taskId"], "data": tracks_at(task, stage)}}
+
+
+def camel(track: dict) -> dict:
+    return {_CAMEL.get(k, k): v for k, v in track.items()}
+
+
+def record_info(task: dict) -> dict:
+    tracks = tracks_at(task, task["stage"])
+    return {
+        "taskId": task["taskId"],
+        "parentMusicId": "",
+        "param": task["param"],
+        "response": None if tracks is None else {
+            "taskId": task["taskId"], "sunoData": [camel(t) for t in tracks]},
+        "status": task["status"],
+        "type": "UPLOAD_COVER",
+        "operationType": "upload_cover",
+        "errorCode": task["errorCode"],
+        "errorMessage": task["errorMessage"],
+    }

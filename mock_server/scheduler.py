@@ -1,0 +1,187 @@
+"""Due work, in time order: stage transitions and callback deliveries, with retries and a journal.
+
+Jobs live in the store (so they survive restarts and can be shared by workers) and are
+claimed with a lease, so each is worked by one worker at a time. One thread per process
+wakes when something is due and hands jobs to a small pool: no thread per task.
+
+Per task, a stage's callback is delivered (or given up) before the next stage happens,
+so callbacks arrive in order and record-info never runs ahead of them; the
+`delayed-callbacks` scenario breaks that on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from . import lifecycle
+from .config import Config
+from .delivery import Attempt, HttpDelivery, signed_headers
+from .scenarios import Scenario
+from .spec import validator
+
+PURGE_EVERY = 60.0
+
+
+class Scheduler:
+    def __init__(self, store, clock, cfg: Config, deliver=None, owner: str | None = None,
+                 poll_interval: float = 0.05):
+        self.store, self.clock, self.cfg = store, clock, cfg
+        self.deliver = deliver or HttpDelivery(cfg.callback_timeout)
+        self.owner = owner or uuid.uuid4().hex[:12]
+        self.lease = cfg.callback_timeout * 2 + 5
+        self.poll_interval = poll_interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._last_purge = 0.0
+        if getattr(clock, "virtual", False):
+            clock.listeners.append(self.run_due)
+
+    # -- scheduling ---------------------------------------------------------------------
+    def _add(self, task_id: str, kind: str, due: float, **extra) -> None:
+        self.store.add_job({"id": uuid.uuid4().hex, "task_id": task_id, "kind": kind, "due": due, **extra})
+        self._wake.set()
+
+    def submit(self, task: dict) -> None:
+        """Plan the first stage of a newly accepted task."""
+        self._add(task["taskId"], "stage", task["plan"][0]["at"], index=0)
+
+    def fire_now(self, task_id: str) -> int:
+        """Make every pending job of the task due now (and run them, on a virtual clock)."""
+        n = self.store.reschedule_jobs(task_id, self.clock.now())
+        self._wake.set()
+        if getattr(self.clock, "virtual", False):
+            self.run_due()
+        return n
+
+    # -- running --------------------------------------------------------------------------
+    def run_due(self, now: float | None = None) -> int:
+        """Work every due job in this thread, until none is due (virtual clock, tests)."""
+        done = 0
+        while True:
+            jobs = self.store.claim_due(self.clock.now(), self.owner, self.lease)
+            if not jobs:
+                return done
+            for job in jobs:
+                self.process(job)
+                done += 1
+
+    def start(self) -> None:
+        if self._thread or getattr(self.clock, "virtual", False):
+            return
+        self._pool = ThreadPoolExecutor(self.cfg.delivery_workers, thread_name_prefix="kie-mock-callback")
+        self._thread = threading.Thread(target=self._loop, name="kie-mock-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=False)
+            self._pool = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = self.clock.now()
+            try:
+                for job in self.store.claim_due(now, self.owner, self.lease, limit=500):
+                    self._pool.submit(self.process, job)
+                if now - self._last_purge > PURGE_EVERY:
+                    self._last_purge = now
+                    self.store.purge_tasks(now)
+                nxt = self.store.next_due()
+            except Exception:  # a store hiccup must not kill the scheduler
+                traceback.print_exc()
+                nxt = None
+            wait = self.poll_interval if nxt is None else min(max(nxt - self.clock.now(), 0), self.poll_interval)
+            if wait > 0:
+                self._wake.wait(wait)
+            self._wake.clear()
+
+    # -- one job ------------------------------------------------------------------------------
+    def process(self, job: dict) -> None:
+        try:
+            task = self.store.get_task(job["task_id"])
+            if task is not None:
+                if job["kind"] == "stage":
+                    self._stage(task, job)
+                else:
+                    self._delivery(task, job["stage"], job["attempt"], job.get("chain", True), job["index"])
+        except Exception as exc:  # journal it; never lose the scheduler thread
+            self.store.log("attempts", {"task_id": job["task_id"], "stage": job.get("stage"),
+                                        "error": f"internal: {exc!r}", "at": self.clock.now()},
+                           self.cfg.journal_limit)
+            traceback.print_exc()
+        finally:
+            self.store.finish_job(job["id"])
+
+    def _next_stage(self, task: dict, index: int) -> None:
+        if index + 1 < len(task["plan"]):
+            step = task["plan"][index + 1]
+            self._add(task["taskId"], "stage", max(step["at"], self.clock.now()), index=index + 1)
+
+    def _stage(self, task: dict, job: dict) -> None:
+        index = job["index"]
+        step = task["plan"][index]
+        now = self.clock.now()
+        changes = lifecycle.apply_stage(task, step["stage"], step.get("code"))
+        if "completed_at" in changes:
+            changes["completed_at"] = now
+        if step.get("code") in lifecycle.REFUNDING_CODES and not task.get("refunded"):
+            self.store.refund(task["key"], task.get("charged", 0))
+            changes["refunded"] = True
+        task = self.store.update_task(task["taskId"], changes)
+        scenario = Scenario.from_dict(task["scenario"])
+        if not scenario.sends_callbacks or task["delivery"] == "abandoned":
+            self._next_stage(task, index)
+        elif scenario.callback_delay:
+            self._add(task["taskId"], "deliver", now + self.cfg.delay(scenario.callback_delay),
+                      stage=step["stage"], attempt=0, chain=False, index=index)
+            self._next_stage(task, index)
+        else:
+            self._delivery(task, step["stage"], 0, True, index)
+
+    def _send(self, task: dict, stage: str, attempt: int, duplicate: bool = False) -> Attempt:
+        body = lifecycle.callback_body(task, stage)
+        errors = sorted(validator("callback.json").iter_errors(body), key=str)
+        if errors:  # a payload the contract forbids is a bug of the fake: never send it
+            raise AssertionError(f"{stage} callback for {task['taskId']} breaks schemas/callback.json: "
+                                 f"{errors[0].message}")
+        account = self.store.get_account(task["key"]) or {}
+        now = self.clock.now()
+        headers = signed_headers(account.get("hmac_key"), task["taskId"], now)
+        result = self.deliver(task["callBackUrl"], json.dumps(body).encode(), headers)
+        self.store.log("attempts", {
+            "task_id": task["taskId"], "stage": stage, "attempt": attempt, "url": task["callBackUrl"],
+            "at": now, "wall_time": time.time(), "status": result.status, "error": result.error,
+            "duration": round(result.duration, 4), "ok": result.ok, "duplicate": duplicate,
+            "signed": bool(headers),
+        }, self.cfg.journal_limit)
+        return result
+
+    def _delivery(self, task: dict, stage: str, attempt: int, chain: bool, index: int) -> None:
+        if task["delivery"] == "abandoned":
+            return
+        result = self._send(task, stage, attempt)
+        if result.ok:
+            if Scenario.from_dict(task["scenario"]).duplicates:
+                self._send(task, stage, attempt, duplicate=True)
+            if chain:
+                self._next_stage(task, index)
+        elif attempt < len(self.cfg.retry_delays):
+            due = self.clock.now() + self.cfg.delay(self.cfg.retry_delays[attempt])
+            self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, chain=chain, index=index)
+        else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
+            task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION,
+                                                           "delivery": "abandoned"})
+            if chain:
+                self._next_stage(task, index)

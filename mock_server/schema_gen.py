@@ -1,0 +1,128 @@
+"""Generate schemas/upload-cover-request.json from the model-limit table.
+
+The request schema is a `oneOf` of fully spelled-out branches, one per
+(customMode, instrumental, group of models sharing limits). Spelled-out branches
+(rather than nested if/then) are what schema-driven generators (schemathesis,
+hypothesis-jsonschema) turn into boundary-length bodies. The branches are mutually
+exclusive through `const` on customMode/instrumental and `enum` on model.
+
+Run `python -m mock_server.schema_gen` after editing schemas/model-limits.json;
+tests/test_schema_gen.py fails while the committed file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from itertools import groupby
+
+from .limits import LimitTable, table
+from .paths import UPLOAD_COVER_REQUEST
+
+SCHEMA_ID = "https://kie-mock.local/schemas/upload-cover-request.json"
+
+HTTP_URL = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^https?://[^\\s/?#]+[^\\s]*$",
+}
+WEIGHT = {"type": ["number", "null"], "minimum": 0, "maximum": 1, "multipleOf": 0.01}
+
+
+def _common(models: list[str]) -> dict:
+    """Properties whose rule does not depend on the mode (spelled out in every branch)."""
+    return {
+        "uploadUrl": {**HTTP_URL, "description": "Source audio to cover (absolute http(s) URL)."},
+        "callBackUrl": {**HTTP_URL, "description": "Receives the text/first/complete callbacks."},
+        "model": {"type": "string", "enum": models},
+        "negativeTags": {"type": ["string", "null"]},
+        "vocalGender": {"type": ["string", "null"], "enum": ["m", "f", None]},
+        "styleWeight": dict(WEIGHT),
+        "weirdnessConstraint": dict(WEIGHT),
+        "audioWeight": dict(WEIGHT),
+    }
+
+
+def _text(limit: int, required: bool) -> dict:
+    if required:
+        return {"type": "string", "minLength": 1, "maxLength": limit}
+    return {"type": ["string", "null"], "maxLength": limit}
+
+
+def _branch(title: str, condition: str, scope: str, custom: bool, instrumental: bool | None,
+            models: list[str], props: dict, required: list[str]) -> dict:
+    properties = {
+        "customMode": {"type": "boolean", "const": custom},
+        "instrumental": {"type": "boolean"} if instrumental is None
+        else {"type": "boolean", "const": instrumental},
+        **_common(models),
+        **props,
+    }
+    return {
+        "title": title,
+        "x-condition": condition,
+        "x-limit-scope": scope,
+        "type": "object",
+        "required": ["uploadUrl", "customMode", "instrumental", "model", "callBackUrl", *required],
+        "properties": properties,
+    }
+
+
+def build(t: LimitTable | None = None) -> dict:
+    t = t or table()
+    branches = [
+        _branch(
+            "Non-custom mode", "customMode is false", "in non-custom mode",
+            custom=False, instrumental=None, models=t.model_names,
+            props={
+                "prompt": _text(t.non_custom_prompt, required=True),
+                # The page: "In Non-custom Mode: Leave empty" (style, title).
+                "style": {"type": ["string", "null"], "maxLength": 0},
+                "title": {"type": ["string", "null"], "maxLength": 0},
+            },
+            required=["prompt"],
+        )
+    ]
+    # Models that share limits share a branch.
+    key = lambda m: (m.style, m.title, m.prompt)  # noqa: E731
+    groups = [list(g) for _, g in groupby(sorted(t.models.values(), key=key), key=key)]
+    for instrumental in (True, False):
+        for group in groups:
+            names = [m.name for m in group]
+            lim = group[0]
+            mode = "instrumental" if instrumental else "with lyrics"
+            branches.append(_branch(
+                f"Custom mode, {mode}, {' / '.join(names)}",
+                f"customMode is true and instrumental is {str(instrumental).lower()}",
+                "for model {model}",
+                custom=True, instrumental=instrumental, models=names,
+                props={
+                    "style": _text(lim.style, required=True),
+                    "title": _text(lim.title, required=True),
+                    "prompt": _text(lim.prompt, required=not instrumental),
+                },
+                required=["style", "title"] + ([] if instrumental else ["prompt"]),
+            ))
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "UploadCoverRequest",
+        "description": "Body of POST /api/v1/generate/upload-cover. GENERATED from "
+                       "schemas/model-limits.json by `python -m mock_server.schema_gen`: do not edit.",
+        "type": "object",
+        "oneOf": branches,
+    }
+
+
+def render(t: LimitTable | None = None) -> str:
+    return json.dumps(build(t), indent=2) + "\n"
+
+
+def main() -> int:
+    UPLOAD_COVER_REQUEST.write_text(render())
+    print(f"wrote {UPLOAD_COVER_REQUEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The fake service's verbs, independent of HTTP: authenticate, upload_cover, record_info,
+credit. State lives in the store; time comes from the clock; later work from the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import faults, lifecycle
+from .clock import make_clock
+from .config import Config
+from .rules import Rejection, check_upload_cover
+from .scenarios import Scenario
+from .scheduler import Scheduler
+from .stores import Store, open_store
+
+
+def mask_key(key: str | None) -> str | None:
+    """Keys never appear in full in logs or journals."""
+    if not key:
+        return key
+    return key[:3] + "…" + key[-2:] if len(key) > 8 else key[:1] + "…"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    task_id: str
+
+
+class Service:
+    def __init__(self, cfg: Config, store: Store | None = None, clock=None, deliver=None,
+                 source_checker=None):
+        self.cfg = cfg
+        self.store = store or open_store(cfg.store)
+        self.clock = clock or make_clock(cfg.clock)
+        self.scheduler = Scheduler(self.store, self.clock, cfg, deliver=deliver,
+                                   poll_interval=0.05 if cfg.store == "memory" else 0.02)
+        self.source_checker = source_checker
+        self.seed_accounts()
+
+    def seed_accounts(self) -> None:
+        """Create the configured keys that the store does not know yet (a restart keeps balances)."""
+        for key, credits in self.cfg.api_keys.items():
+            if self.store.get_account(key) is None:
+                self.store.put_account(key, credits, self.cfg.webhook_hmac_keys.get(key))
+
+    def reset(self) -> None:
+        self.store.reset()
+        self.seed_accounts()
+
+    # -- settings that may change at run time (shared through the store) -----------------------
+    def settings(self) -> dict:
+        s = self.store.get_settings()
+        return {
+            "rate_limit": s.get("rate_limit", self.cfg.rate_limit),
+            "rate_window": s.get("rate_window", self.cfg.rate_window),
+            "cover_cost": s.get("cover_cost", self.cfg.cover_cost),
+            "record_info_per_second": s.get("record_info_per_second", self.cfg.record_info_per_second),
+            "maintenance": s.get("maintenance", False),
+            "maintenance_window": s.get("maintenance_window"),
+            "latency": s.get("latency"),
+            "default_scenario": s.get("default_scenario", "success"),
+        }
+
+    # -- verbs ---------------------------------------------------------------------------------------
+    def authenticate(self, authorization: str | None) -> tuple[str | None, Rejection | None]:
+        if not authorization:
+            return None, Rejection(401, "You do not have access permissions: missing Authorization header "
+                                        "(expected 'Authorization: Bearer <API key>')", "Authorization", "auth")
+        scheme, _, key = authorization.strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return None, Rejection(401, "You do not have access permissions: malformed Authorization header "
+                                        "(expected 'Bearer <API key>')", "Authorization", "auth")
+        if self.store.get_account(key) is None:
+            return None, Rejection(401, "You do not have access permissions: unknown API key", "Authorization", "auth")
+        return key, None
+
+    def gate(self, key: str, prefer: faults.Prefer, settings: dict) -> Rejection | None:
+        """What stops any authenticated request before its own rules: maintenance, forced codes."""
+        if faults.maintenance_on(settings, self.clock.now()):
+            return Rejection(455, faults.MESSAGES[455], None, "maintenance")
+        code = prefer.code
+        if code is None:
+            fault = self.store.take_fault(key, "code")
+            code = fault["code"] if fault else None
+        if code is not None:
+            return Rejection(code, faults.MESSAGES[code], None, "forced")
+        return None
+
+    def upload_cover(self, key: str, body, base_url: str, prefer: faults.Prefer) -> Accepted | Rejection:
+        settings = self.settings()
+        now = self.clock.now()
+        limit = settings["rate_limit"]
+        token = None
+        if limit:
+            ok, retry_after, token = self.store.rate_acquire("cover:" + key, now, limit, settings["rate_window"])
+            if not ok:
+                return Rejection(429, f"Rate limited: at most {limit} new tasks per {settings['rate_window']:g} s "
+                                      f"per account; retry after {retry_after:.1f} s", None, "rate",
+                                 retry_after=max(1, int(retry_after + 0.999)))
+        verdict = check_upload_cover(body) or self._check_source(body)
+        cost = settings["cover_cost"]
+        if verdict is None and self.store.charge(key, cost) is None:
+            balance = (self.store.get_account(key) or {}).get("credits", 0)
+            verdict = Rejection(402, f"Insufficient credits: a cover costs {cost} credits, the balance is {balance}",
+                                None, "credits")
+        if verdict is not None:
+            if token:
+                self.store.rate_release("cover:" + key, token)
+            return verdict
+        scenario = prefer.scenario
+        if scenario is None:
+            fault = self.store.take_fault(key, "scenario")
+            scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
+                else Scenario.parse(settings["default_scenario"])
+        task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
+        self.store.put_task(task)
+        self.scheduler.submit(task)
+        return Accepted(task["taskId"])
+
+    def _check_source(self, body: dict) -> Rejection | None:
+        if not self.cfg.source_check or self.source_checker is None:
+            return None
+        return self.source_checker(body["uploadUrl"])
+
+    def live_task(self, task_id: str) -> dict | None:
+        """The task, or None when unknown or past its retention (files and records expire)."""
+        task = self.store.get_task(task_id) if task_id else None
+        if task is None or task["expires_at"] <= self.clock.now():
+            return None
+        return task
+
+    def record_info(self, key: str, task_id: str | None) -> dict | Rejection:
+        if not task_id:
+            return Rejection(422, "Please enter taskId (query parameter)", "taskId", "required")
+        task = self.live_task(task_id)
+        if task is None or task["key"] != key:  # another account's task is as unknown as none
+            return Rejection(422, "recordInfo is null", "taskId", "unknown")
+        per_second = self.settings()["record_info_per_second"]
+        if per_second:
+            ok, retry_after, _ = self.store.rate_acquire("poll:" + task_id, self.clock.now(), per_second, 1.0)
+            if not ok:
+                return Rejection(429, f"Rate limited: at most {per_second} record-info queries per second "
+                                      f"per task; retry after {retry_after:.1f} s", "taskId", "rate",
+                                 retry_after=max(1, int(retry_after + 0.999)))
+        return lifecycle.record_info(task)
+
+    def credit(self, key: str) -> int:
+        return (self.store.get_account(key) or {}).get("credits", 0)

@@ -1,0 +1,81 @@
+"""Validators built from schemas/ (the fake validates with the same files the suites read).
+
+Two traps of the JSON Schema library are closed here, once, for every schema:
+- `multipleOf` on floats: jsonschema divides binary floats, so 0.29 is "not a multiple
+  of 0.01". We compare decimals of the number's shortest repr instead (0.29 is, 0.295
+  is not, 1e-2 is).
+- `format` is an annotation unless a checker is given, and "uri" is only checked when
+  an RFC 3986 library is installed (rfc3986-validator is a dependency). Booleans are
+  not numbers in jsonschema (True is rejected by "type": "number"): tests pin that.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+
+import jsonschema
+from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.validators import extend
+from referencing import Registry, Resource
+
+from .paths import SCHEMAS
+
+BASE = "https://kie-mock.local/schemas/"
+
+
+def _decimal(x) -> Decimal | None:
+    try:
+        return Decimal(repr(x)) if isinstance(x, float) else Decimal(x)
+    except (InvalidOperation, ValueError, TypeError):
+        return None
+
+
+def _multiple_of(validator, divisor, instance, schema):
+    if not validator.is_type(instance, "number"):
+        return
+    n, d = _decimal(instance), _decimal(divisor)
+    if n is None or d is None or not n.is_finite():
+        yield ValidationError(f"{instance!r} is not a finite number")
+        return
+    if n % d != 0:
+        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
+
+
+Validator = extend(Draft202012Validator, {"multipleOf": _multiple_of})
+FORMATS = Draft202012Validator.FORMAT_CHECKER
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    resources = []
+    for path in sorted(SCHEMAS.glob("*.json")):
+        contents = json.loads(path.read_text())
+        if "$schema" in contents:
+            resources.append((BASE + path.name, Resource.from_contents(contents)))
+    return Registry().with_resources(resources)
+
+
+@lru_cache(maxsize=None)
+def schema(name: str) -> dict:
+    return registry().contents(BASE + name)
+
+
+@lru_cache(maxsize=None)
+def validator(name: str) -> Validator:
+    """A validator for schemas/<name>, with refs to sibling files resolved."""
+    return Validator(schema(name), registry=registry(), format_checker=FORMATS)
+
+
+def validator_for(subschema: dict) -> Validator:
+    return Validator(subschema, registry=registry(), format_checker=FORMATS)
+
+
+def check_uri_format_available() -> None:
+    """Fail loudly if 'uri' would silently pass everything (no RFC 3986 checker installed)."""
+    if FORMATS.conforms("not a uri", "uri"):
+        raise RuntimeError("format 'uri' is not enforced: install rfc3986-validator")
+
+
+__all__ = ["Validator", "validator", "validator_for", "schema", "registry", "jsonschema"]

@@ -1,0 +1,28 @@
+"""State of the fake behind one interface (`base.Store`), with interchangeable backends.
+
+- `memory`: one process, fastest (tests, single-worker serve);
+- `sqlite:PATH`: survives restarts, shared by the worker processes of one machine;
+- `redis://...`: shared by several instances behind a load balancer.
+"""
+
+from __future__ import annotations
+
+from .base import Store
+from .memory import MemoryStore
+
+
+def open_store(url: str) -> Store:
+    if url in ("memory", "memory:"):
+        return MemoryStore()
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore(url[len("sqlite:"):] or ":memory:")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    raise ValueError(f"unknown store {url!r}: use memory, sqlite:PATH or redis://HOST:PORT/DB")
+
+
+__all__ = ["Store", "MemoryStore", "open_store"]

@@ -1,0 +1,124 @@
+"""The store interface: every piece of state the fake keeps, and the atomic verbs on it.
+
+Records are plain JSON-able dicts so every backend stores them the same way.
+Atomicity promises (every backend keeps them, across threads and processes):
+- `charge` never lets a balance go negative;
+- `rate_acquire` admits at most `limit` entries per sliding window;
+- `claim_due` hands a due job to one claimant until its lease runs out;
+- `take_fault` consumes each armed count once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class Store(ABC):
+    # -- accounts (per API key) -------------------------------------------------
+    @abstractmethod
+    def put_account(self, key: str, credits: int, hmac_key: str | None = None) -> None: ...
+
+    @abstractmethod
+    def get_account(self, key: str) -> dict | None:
+        """{"key", "credits", "hmac_key"} or None for an unknown key."""
+
+    @abstractmethod
+    def delete_account(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_accounts(self) -> list[dict]: ...
+
+    @abstractmethod
+    def charge(self, key: str, amount: int) -> int | None:
+        """Take `amount` credits; the new balance, or None (nothing taken) when short."""
+
+    @abstractmethod
+    def refund(self, key: str, amount: int) -> int | None: ...
+
+    # -- rate windows --------------------------------------------------------------
+    @abstractmethod
+    def rate_acquire(self, bucket: str, now: float, limit: int, window: float) -> tuple[bool, float, str]:
+        """(admitted, seconds until a slot frees, token). The token undoes it with rate_release."""
+
+    @abstractmethod
+    def rate_release(self, bucket: str, token: str) -> None: ...
+
+    # -- tasks ----------------------------------------------------------------------
+    @abstractmethod
+    def put_task(self, task: dict) -> None: ...
+
+    @abstractmethod
+    def get_task(self, task_id: str) -> dict | None: ...
+
+    @abstractmethod
+    def update_task(self, task_id: str, changes: dict) -> dict | None:
+        """Merge `changes` into the task; the updated task (None if unknown)."""
+
+    @abstractmethod
+    def list_tasks(self, key: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
+        """Newest first."""
+
+    @abstractmethod
+    def purge_tasks(self, before: float) -> int:
+        """Delete tasks whose expires_at <= before; how many."""
+
+    # -- scheduled jobs (stage transitions and callback attempts) -------------------
+    @abstractmethod
+    def add_job(self, job: dict) -> None:
+        """job: {"id", "task_id", "stage", "attempt", "due", ...}."""
+
+    @abstractmethod
+    def claim_due(self, now: float, owner: str, lease: float, limit: int = 100) -> list[dict]:
+        """Jobs due at `now` that nobody holds (or whose lease ran out), leased to `owner`."""
+
+    @abstractmethod
+    def finish_job(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def next_due(self) -> float | None: ...
+
+    @abstractmethod
+    def list_jobs(self, task_id: str | None = None) -> list[dict]: ...
+
+    @abstractmethod
+    def reschedule_jobs(self, task_id: str, due: float) -> int:
+        """Make a task's pending jobs due at `due` (fire now); how many."""
+
+    # -- journals (bounded: the oldest entries are dropped) ---------------------------
+    @abstractmethod
+    def log(self, journal: str, entry: dict, limit: int) -> None:
+        """journal: "attempts" (callback deliveries) or "requests" (received API calls)."""
+
+    @abstractmethod
+    def read_log(self, journal: str, limit: int = 100, **match) -> list[dict]:
+        """Newest first; entries whose fields equal every `match` value."""
+
+    # -- armed faults -------------------------------------------------------------------
+    @abstractmethod
+    def arm_fault(self, fault: dict) -> None:
+        """fault: {"id", "key" (or "*"), "count", ...}: applies to the next `count` requests."""
+
+    @abstractmethod
+    def take_fault(self, key: str, kind: str) -> dict | None:
+        """Consume one use of the oldest fault of `kind` armed for `key` (or "*")."""
+
+    @abstractmethod
+    def list_faults(self) -> list[dict]: ...
+
+    @abstractmethod
+    def clear_faults(self) -> None: ...
+
+    # -- shared settings (maintenance, limits changed at run time) ----------------------------
+    @abstractmethod
+    def get_settings(self) -> dict: ...
+
+    @abstractmethod
+    def update_settings(self, changes: dict) -> dict: ...
+
+    # -- everything -------------------------------------------------------------------------
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget every account, task, job, journal entry, fault and setting."""
+
+    def close(self) -> None:
+        pass

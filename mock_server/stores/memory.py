@@ -1,0 +1,219 @@
+"""In-process store: dicts under one lock. Fastest; state lives as long as the process."""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import threading
+import uuid
+from collections import deque
+
+from .base import Store
+
+
+def _matches(entry: dict, match: dict) -> bool:
+    return all(v is None or entry.get(k) == v for k, v in match.items())
+
+
+class MemoryStore(Store):
+    def __init__(self):
+        self._lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._accounts: dict[str, dict] = {}
+            self._rates: dict[str, deque] = {}
+            self._tasks: dict[str, dict] = {}
+            self._jobs: dict[str, dict] = {}
+            self._heap: list = []  # (due, seq, job_id); stale entries are skipped
+            self._seq = itertools.count()
+            self._logs: dict[str, deque] = {}
+            self._faults: list[dict] = []
+            self._settings: dict = {}
+
+    # accounts
+    def put_account(self, key, credits, hmac_key=None):
+        with self._lock:
+            self._accounts[key] = {"key": key, "credits": int(credits), "hmac_key": hmac_key}
+
+    def get_account(self, key):
+        with self._lock:
+            acc = self._accounts.get(key)
+            return dict(acc) if acc else None
+
+    def delete_account(self, key):
+        with self._lock:
+            return self._accounts.pop(key, None) is not None
+
+    def list_accounts(self):
+        with self._lock:
+            return [dict(a) for a in self._accounts.values()]
+
+    def charge(self, key, amount):
+        with self._lock:
+            acc = self._accounts.get(key)
+            if acc is None or acc["credits"] < amount:
+                return None
+            acc["credits"] -= amount
+            return acc["credits"]
+
+    def refund(self, key, amount):
+        with self._lock:
+            acc = self._accounts.get(key)
+            if acc is None:
+                return None
+            acc["credits"] += amount
+            return acc["credits"]
+
+    # rate windows
+    def rate_acquire(self, bucket, now, limit, window):
+        with self._lock:
+            q = self._rates.setdefault(bucket, deque())
+            while q and q[0][0] <= now - window:
+                q.popleft()
+            if len(q) >= limit:
+                return False, max(q[0][0] + window - now, 0.0), ""
+            token = uuid.uuid4().hex
+            q.append((now, token))
+            return True, 0.0, token
+
+    def rate_release(self, bucket, token):
+        with self._lock:
+            q = self._rates.get(bucket)
+            if q:
+                for item in q:
+                    if item[1] == token:
+                        q.remove(item)
+                        break
+
+    # tasks
+    def put_task(self, task):
+        with self._lock:
+            self._tasks[task["taskId"]] = copy.deepcopy(task)
+
+    def get_task(self, task_id):
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return copy.deepcopy(task) if task else None
+
+    def update_task(self, task_id, changes):
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return None
+            task.update(copy.deepcopy(changes))
+            return copy.deepcopy(task)
+
+    def list_tasks(self, key=None, status=None, limit=100):
+        with self._lock:
+            out = [t for t in reversed(self._tasks.values())
+                   if (key is None or t.get("key") == key) and (status is None or t.get("status") == status)]
+            return copy.deepcopy(out[:limit])
+
+    def purge_tasks(self, before):
+        with self._lock:
+            dead = [tid for tid, t in self._tasks.items() if t.get("expires_at", float("inf")) <= before]
+            for tid in dead:
+                del self._tasks[tid]
+            return len(dead)
+
+    # jobs
+    def add_job(self, job):
+        with self._lock:
+            job = dict(job, owner=None, lease_until=None)
+            self._jobs[job["id"]] = job
+            heapq.heappush(self._heap, (job["due"], next(self._seq), job["id"]))
+
+    def claim_due(self, now, owner, lease, limit=100):
+        out = []
+        with self._lock:
+            while self._heap and self._heap[0][0] <= now and len(out) < limit:
+                due, _, job_id = heapq.heappop(self._heap)
+                job = self._jobs.get(job_id)
+                if job is None:
+                    continue
+                current = job["lease_until"] if job["owner"] else job["due"]
+                if current != due:  # a stale heap entry (rescheduled or re-leased)
+                    continue
+                job["owner"], job["lease_until"] = owner, now + lease
+                heapq.heappush(self._heap, (job["lease_until"], next(self._seq), job_id))
+                out.append(dict(job))
+        return out
+
+    def finish_job(self, job_id):
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+    def next_due(self):
+        with self._lock:
+            while self._heap:
+                due, _, job_id = self._heap[0]
+                job = self._jobs.get(job_id)
+                if job is not None and (job["lease_until"] if job["owner"] else job["due"]) == due:
+                    return due
+                heapq.heappop(self._heap)
+            return None
+
+    def list_jobs(self, task_id=None):
+        with self._lock:
+            return sorted((dict(j) for j in self._jobs.values() if task_id in (None, j["task_id"])),
+                          key=lambda j: j["due"])
+
+    def reschedule_jobs(self, task_id, due):
+        n = 0
+        with self._lock:
+            for job in self._jobs.values():
+                if job["task_id"] == task_id and job["owner"] is None and job["due"] > due:
+                    job["due"] = due
+                    heapq.heappush(self._heap, (due, next(self._seq), job["id"]))
+                    n += 1
+        return n
+
+    # journals
+    def log(self, journal, entry, limit):
+        with self._lock:
+            q = self._logs.get(journal)
+            if q is None or q.maxlen != limit:
+                q = self._logs[journal] = deque(q or (), maxlen=limit)
+            q.append(dict(entry))
+
+    def read_log(self, journal, limit=100, **match):
+        with self._lock:
+            entries = list(self._logs.get(journal, ()))
+        out = [e for e in reversed(entries) if _matches(e, match)]
+        return out[:limit]
+
+    # faults
+    def arm_fault(self, fault):
+        with self._lock:
+            self._faults.append(dict(fault))
+
+    def take_fault(self, key, kind):
+        with self._lock:
+            for fault in self._faults:
+                if fault["kind"] == kind and fault.get("key", "*") in ("*", key):
+                    fault["count"] -= 1
+                    if fault["count"] <= 0:
+                        self._faults.remove(fault)
+                    return dict(fault)
+            return None
+
+    def list_faults(self):
+        with self._lock:
+            return [dict(f) for f in self._faults]
+
+    def clear_faults(self):
+        with self._lock:
+            self._faults.clear()
+
+    # settings
+    def get_settings(self):
+        with self._lock:
+            return dict(self._settings)
+
+    def update_settings(self, changes):
+        with self._lock:
+            self._settings.update(changes)
+            return dict(self._settings)
