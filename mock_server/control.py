@@ -8,28 +8,17 @@ When an admin token is configured, every call needs `X-Admin-Token: <token>`.
 from __future__ import annotations
 
 import hmac
-import uuid
-
 from flask import Blueprint, Response, current_app, request
 
 from . import lifecycle
 from .envelope import respond
+from .admin import BadRequest, number, arm, put_account as _put_account, update_settings
 from .faults import ERROR_CODES
-from .scenarios import NAMES, Scenario
+from .scenarios import NAMES
 from .service import Service, mask_key
 
 PREFIX = "/_mock"
 bp = Blueprint("control", __name__, url_prefix=PREFIX)
-
-SETTING_TYPES = {
-    "rate_limit": int, "rate_window": float, "cover_cost": int, "record_info_per_second": int,
-    "maintenance": bool, "maintenance_window": list, "latency": dict, "default_scenario": str,
-}
-
-
-class BadRequest(ValueError):
-    pass
-
 
 def _svc() -> Service:
     return current_app.extensions["kie_mock"]
@@ -61,13 +50,6 @@ def _json() -> dict:
     if not isinstance(body, dict):
         raise BadRequest("control API: send a JSON object")
     return body
-
-
-def _number(body: dict, name: str, default=None, lo: float = 0, hi: float = float("inf")):
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise BadRequest(f"{name}: a number from {lo:g} to {hi:g} is required (got {value!r})")
-    return value
 
 
 def _int_arg(name: str, default: int) -> int:
@@ -108,15 +90,7 @@ def list_accounts():
 @bp.put("/accounts/<key>")
 def put_account(key: str):
     """Create or change an account: {"credits": int, "webhookHmacKey": str|null}."""
-    body = _json()
-    store = _svc().store
-    current = store.get_account(key) or {"credits": 0, "hmac_key": None}
-    credits = int(_number(body, "credits", current["credits"], 0, 10**12))
-    hmac_key = body.get("webhookHmacKey", current.get("hmac_key"))
-    if hmac_key is not None and (not isinstance(hmac_key, str) or not hmac_key):
-        raise BadRequest("webhookHmacKey: a non-empty string or null")
-    store.put_account(key, credits, hmac_key)
-    return ok(_account_view(store.get_account(key)))
+    return ok(_account_view(_put_account(_svc(), key, _json())))
 
 
 @bp.delete("/accounts/<key>")
@@ -128,36 +102,6 @@ def delete_account(key: str):
 
 
 # -- settings --------------------------------------------------------------------------------------
-def _check_setting(name: str, value):
-    if name not in SETTING_TYPES:
-        raise BadRequest(f"unknown setting {name!r}; known: {', '.join(SETTING_TYPES)}")
-    if value is None and name in ("maintenance_window", "latency"):
-        return None
-    if name == "maintenance":
-        if not isinstance(value, bool):
-            raise BadRequest("maintenance: true or false")
-        return value
-    if name == "maintenance_window":  # [start, end] on the fake's clock, or {"start_in", "duration"}
-        now = _svc().clock.now()
-        if isinstance(value, dict):
-            start = now + _number(value, "start_in", 0)
-            return [start, start + _number(value, "duration", None, 0)]
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-            return [float(value[0]), float(value[1])]
-        raise BadRequest("maintenance_window: [start, end] epoch seconds, or {start_in, duration} seconds")
-    if name == "latency":
-        if not isinstance(value, dict):
-            raise BadRequest("latency: {min: seconds, max: seconds} or null")
-        lo = _number(value, "min", 0, 0, 60)
-        return {"min": lo, "max": _number(value, "max", lo, lo, 60)}
-    if name == "default_scenario":
-        try:
-            return Scenario.parse(value).name
-        except (ValueError, AttributeError) as exc:
-            raise BadRequest(str(exc)) from None
-    return SETTING_TYPES[name](_number({name: value}, name, None, 0, 10**9))
-
-
 @bp.get("/settings")
 def get_settings():
     """The settings in force (configured defaults overlaid with changes)."""
@@ -167,10 +111,7 @@ def get_settings():
 @bp.patch("/settings")
 def patch_settings():
     """Change settings at run time: rate_limit, rate_window, cover_cost, maintenance, latency, ..."""
-    body = _json()
-    changes = {name: _check_setting(name, value) for name, value in body.items()}
-    _svc().store.update_settings(changes)
-    return ok(_svc().settings())
+    return ok(update_settings(_svc(), _json()))
 
 
 # -- faults and scenarios -------------------------------------------------------------------------
@@ -180,29 +121,6 @@ def scenarios():
     return ok({"scenarios": list(NAMES), "codes": list(ERROR_CODES)})
 
 
-def arm(body: dict) -> dict:
-    """Validate and arm one fault: {"code": 402} or {"scenario": "fail-501"}, "count", "key"."""
-    count = int(_number(body, "count", 1, 1, 10**6))
-    key = body.get("key", "*")
-    if not isinstance(key, str) or not key:
-        raise BadRequest("key: an API key, or \"*\" for every key")
-    fault = {"id": uuid.uuid4().hex[:12], "key": key, "count": count}
-    if "code" in body:
-        if body["code"] not in ERROR_CODES or isinstance(body["code"], bool):
-            raise BadRequest(f"code: one of {', '.join(map(str, ERROR_CODES))}")
-        fault.update(kind="code", code=body["code"])
-    elif "scenario" in body:
-        try:
-            scn = Scenario.parse(body["scenario"], body.get("params"))
-        except (ValueError, AttributeError, TypeError) as exc:
-            raise BadRequest(str(exc)) from None
-        fault.update(kind="scenario", scenario=scn.name, params=scn.params)
-    else:
-        raise BadRequest("give either code (the next requests answer it) or scenario (the next tasks play it)")
-    _svc().store.arm_fault(fault)
-    return fault
-
-
 def _fault_view(f: dict) -> dict:
     return {**f, "key": f["key"] if f["key"] == "*" else mask_key(f["key"])}
 
@@ -210,7 +128,7 @@ def _fault_view(f: dict) -> dict:
 @bp.post("/faults")
 def post_fault():
     """Arm a fault for the next `count` requests (code) or tasks (scenario) of `key`."""
-    return ok(_fault_view(arm(_json())), "armed")
+    return ok(_fault_view(arm(_svc(), _json())), "armed")
 
 
 @bp.get("/faults")
@@ -239,7 +157,7 @@ def advance():
     svc = _svc()
     if not svc.clock.virtual:
         return fail(409, "the clock is real: start the fake with --clock virtual to advance it")
-    seconds = _number(_json(), "seconds", None, 0, 10**9)
+    seconds = number(_json(), "seconds", None, 0, 10**9)
     return ok({"now": svc.clock.advance(seconds), "virtual": True})
 
 

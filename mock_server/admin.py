@@ -1,0 +1,103 @@
+"""Changing a running fake's state, checked: settings, accounts and faults.
+
+One place for these rules, used by the control API (control.py) and scenario files
+(scenario_file.py). Errors are BadRequest with a sentence saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from .faults import ERROR_CODES
+from .scenarios import Scenario
+
+
+class BadRequest(ValueError):
+    pass
+
+
+SETTING_TYPES = {
+    "rate_limit": int, "rate_window": float, "cover_cost": int, "record_info_per_second": int,
+    "maintenance": bool, "maintenance_window": list, "latency": dict, "default_scenario": str,
+}
+
+
+def number(body: dict, name: str, default=None, lo: float = 0, hi: float = float("inf")):
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise BadRequest(f"{name}: a number from {lo:g} to {hi:g} is required (got {value!r})")
+    return value
+
+
+def check_setting(svc, name: str, value):
+    if name not in SETTING_TYPES:
+        raise BadRequest(f"unknown setting {name!r}; known: {', '.join(SETTING_TYPES)}")
+    if value is None and name in ("maintenance_window", "latency"):
+        return None
+    if name == "maintenance":
+        if not isinstance(value, bool):
+            raise BadRequest("maintenance: true or false")
+        return value
+    if name == "maintenance_window":  # [start, end] on the fake's clock, or {"start_in", "duration"}
+        now = svc.clock.now()
+        if isinstance(value, dict):
+            start = now + number(value, "start_in", 0)
+            return [start, start + number(value, "duration", None, 0)]
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+            return [float(value[0]), float(value[1])]
+        raise BadRequest("maintenance_window: [start, end] epoch seconds, or {start_in, duration} seconds")
+    if name == "latency":
+        if not isinstance(value, dict):
+            raise BadRequest("latency: {min: seconds, max: seconds} or null")
+        lo = number(value, "min", 0, 0, 60)
+        return {"min": lo, "max": number(value, "max", lo, lo, 60)}
+    if name == "default_scenario":
+        try:
+            return Scenario.parse(value).name
+        except (ValueError, AttributeError) as exc:
+            raise BadRequest(str(exc)) from None
+    return SETTING_TYPES[name](number({name: value}, name, None, 0, 10**9))
+
+
+def arm(svc, body: dict) -> dict:
+    """Validate and arm one fault: {"code": 402} or {"scenario": "fail-501"}, "count", "key"."""
+    count = int(number(body, "count", 1, 1, 10**6))
+    key = body.get("key", "*")
+    if not isinstance(key, str) or not key:
+        raise BadRequest("key: an API key, or \"*\" for every key")
+    fault = {"id": uuid.uuid4().hex[:12], "key": key, "count": count}
+    if "code" in body:
+        if body["code"] not in ERROR_CODES or isinstance(body["code"], bool):
+            raise BadRequest(f"code: one of {', '.join(map(str, ERROR_CODES))}")
+        fault.update(kind="code", code=body["code"])
+    elif "scenario" in body:
+        try:
+            scn = Scenario.parse(body["scenario"], body.get("params"))
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise BadRequest(str(exc)) from None
+        fault.update(kind="scenario", scenario=scn.name, params=scn.params)
+    else:
+        raise BadRequest("give either code (the next requests answer it) or scenario (the next tasks play it)")
+    svc.store.arm_fault(fault)
+    return fault
+
+
+
+
+def update_settings(svc, body: dict) -> dict:
+    changes = {name: check_setting(svc, name, value) for name, value in body.items()}
+    svc.store.update_settings(changes)
+    return svc.settings()
+
+
+def put_account(svc, key: str, body: dict) -> dict:
+    """Create or change an account: {"credits": int, "webhookHmacKey": str|null}."""
+    if not isinstance(key, str) or not key:
+        raise BadRequest("an account needs a non-empty API key")
+    current = svc.store.get_account(key) or {"credits": 0, "hmac_key": None}
+    credits = int(number(body, "credits", current["credits"], 0, 10**12))
+    hmac_key = body.get("webhookHmacKey", current.get("hmac_key"))
+    if hmac_key is not None and (not isinstance(hmac_key, str) or not hmac_key):
+        raise BadRequest("webhookHmacKey: a non-empty string or null")
+    svc.store.put_account(key, credits, hmac_key)
+    return svc.store.get_account(key)

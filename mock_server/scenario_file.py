@@ -1,0 +1,57 @@
+"""Scenario files: the control API's settings, accounts and faults from a YAML/JSON file
+given at start (`kie-mock serve --scenario-file failures.yaml`), so a team can check a
+failure setup into their repository.
+
+    settings:            # any of PATCH /_mock/settings
+      rate_limit: 5
+      latency: {min: 0.2, max: 1.5}
+      default_scenario: duplicate-callbacks
+    accounts:            # PUT /_mock/accounts/<key>
+      team-key: {credits: 30, webhookHmacKey: s3cret}
+    faults:              # POST /_mock/faults, in order
+      - {code: 402, count: 2, key: team-key}
+      - {scenario: fail-501, count: 1}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .admin import BadRequest, arm, put_account, update_settings
+
+SECTIONS = ("settings", "accounts", "faults")
+
+
+def load(path: str | Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())  # JSON is YAML too
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadRequest(f"scenario file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) - set(SECTIONS):
+        raise BadRequest(f"scenario file {path}: a mapping with only {', '.join(SECTIONS)}")
+    return data
+
+
+def apply(svc, data: dict) -> None:
+    accounts = data.get("accounts") or {}
+    faults = data.get("faults") or []
+    if not isinstance(accounts, dict) or not isinstance(faults, list):
+        raise BadRequest("scenario file: accounts is a mapping of key -> {credits, webhookHmacKey}; faults a list")
+    for key, account in accounts.items():
+        put_account(svc, str(key), account or {})
+    update_settings(svc, data.get("settings") or {})
+    for fault in faults:
+        if not isinstance(fault, dict):
+            raise BadRequest(f"scenario file: each fault is a mapping, got {fault!r}")
+        arm(svc, fault)
+
+
+def apply_file(svc, path: str | Path) -> None:
+    try:
+        apply(svc, load(path))
+    except BadRequest as exc:
+        raise SystemExit(f"kie-mock: {exc}") from None
