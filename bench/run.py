@@ -38,10 +38,13 @@ Installs on first run (unless --no-install)
 Flags
   --only LIST           comma list of fake,prism,wiremock (default: all three)
   --duration S          measured wrk run per scenario, seconds (default 10)
+  --repeat N            measured runs per scenario; median run (by req/s) reported,
+                        min-max req/s shown in brackets (default 1)
   --warmup S            unmeasured wrk run before each scenario (default 2; 0 = none)
   --connections N       wrk -c (default 32)
   --threads N           wrk -t (default 2)
   --wrk-timeout S       wrk --timeout: slower responses count as timeouts (default 5)
+  --no-body-check       drop the Lua response() hook that counts envelope code != 200
   --scenarios LIST      comma list of post,get (default: both)
   --fake-cmd CMD        default "kie-mock serve --port {port} --workers 2";
                         placeholders {port} {host} {python} (sys.executable)
@@ -60,7 +63,8 @@ Flags
 
 Output: a markdown report on stdout (progress goes to stderr).  Columns: req/s,
 p50/p99 latency (ms, from wrk's Lua ``done()`` histogram), non-2xx (wrk counts
-HTTP status >= 400), socket errors (connect/read/write/timeout), RSS of the
+HTTP status >= 400), code!=200 (2xx answers whose JSON envelope code is not 200,
+counted by a Lua ``response()`` hook; --no-body-check turns it off), socket errors (connect/read/write/timeout), RSS of the
 server's whole process tree before -> after the measured run (MiB), and the ratio
 of the fake to each peer (fake req/s / peer req/s, fake p99 / peer p99).
 
@@ -506,16 +510,40 @@ STARTERS = {"fake": start_fake, "prism": start_prism, "wiremock": start_wiremock
 # wrk
 # --------------------------------------------------------------------------
 
+_LUA_CHECK = r'''
+-- Count 2xx responses whose JSON envelope code is not 200: kie.ai (and so the
+-- fake) reports most errors as HTTP 200 + {"code": 4xx, ...}.  Each wrk thread
+-- has its own Lua state; done() sums the per-thread counters.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+bad_code = 0
+function response(status, headers, body)
+  if status >= 200 and status < 300 then
+    local c = body and body:match('"code"%s*:%s*(%-?%d+)')
+    if c ~= "200" then bad_code = bad_code + 1 end
+  end
+end
+local function bad_codes()
+  local n = 0
+  for _, t in ipairs(threads) do n = n + (t:get("bad_code") or 0) end
+  return n
+end
+'''
+
+_LUA_NOCHECK = r'''
+local function bad_codes() return -1 end
+'''
+
 _LUA_DONE = r'''
 done = function(summary, latency, requests)
   local e = summary.errors
   local function p(q) return latency:percentile(q) end
   io.write(string.format(
-    'WRK_JSON {"duration_us":%.0f,"requests":%.0f,"bytes":%.0f,' ..
+    'WRK_JSON {"duration_us":%.0f,"requests":%.0f,"bytes":%.0f,"bad_code":%.0f,' ..
     '"errors":{"connect":%.0f,"read":%.0f,"write":%.0f,"status":%.0f,"timeout":%.0f},' ..
     '"latency_us":{"min":%.0f,"mean":%.3f,"stdev":%.3f,"max":%.0f,' ..
     '"p50":%.0f,"p75":%.0f,"p90":%.0f,"p99":%.0f,"p99_9":%.0f}}\n',
-    summary.duration, summary.requests, summary.bytes,
+    summary.duration, summary.requests, summary.bytes, bad_codes(),
     e.connect, e.read, e.write, e.status, e.timeout,
     latency.min, latency.mean, latency.stdev, latency.max,
     p(50), p(75), p(90), p(99), p(99.9)))
@@ -530,13 +558,14 @@ def _lua_str(s: str) -> str:
     return f"[{level}[{s}]{level}]"
 
 
-def lua_script(method: str, headers: dict[str, str], body: str | None) -> str:
+def lua_script(method: str, headers: dict[str, str], body: str | None,
+               check_body: bool = True) -> str:
     lines = [f"wrk.method = {_lua_str(method)}"]
     for k, v in headers.items():
         lines.append(f"wrk.headers[ {_lua_str(k)} ] = {_lua_str(v)}")
     if body is not None:
         lines.append(f"wrk.body = {_lua_str(body)}")
-    return "\n".join(lines) + "\n" + _LUA_DONE
+    return "\n".join(lines) + "\n" + (_LUA_CHECK if check_body else _LUA_NOCHECK) + _LUA_DONE
 
 
 def parse_wrk(stdout: str) -> dict:
@@ -583,11 +612,13 @@ class Result:
     p99_9_ms: float | None = None
     max_ms: float | None = None
     non_2xx: int | None = None
+    bad_code: int | None = None
     socket_errors: dict | None = None
     rss_idle_mib: float | None = None
     rss_before_mib: float | None = None
     rss_after_mib: float | None = None
     server_cpu_s: float | None = None
+    rps_runs: list | None = None
     server_version: str | None = None
     server_cmd: str | None = None
     wrk_cmd: str | None = None
@@ -647,7 +678,7 @@ def bench_target(target: str, args, wrk: str, run_dir: Path) -> list[Result]:
                     res.note = f"probe HTTP {status}: {raw[:120].decode(errors='replace')}"
                     log(f"{target}/{scen}: WARNING {res.note}")
                 script = run_dir / f"{target}-{scen}.lua"
-                script.write_text(lua_script(method, headers, body))
+                script.write_text(lua_script(method, headers, body, args.body_check))
                 if server.proc.poll() is not None:
                     raise RuntimeError(f"server died (rc={server.proc.returncode}):\n{tail(server.log_path)}")
                 if args.warmup > 0:
@@ -655,9 +686,16 @@ def bench_target(target: str, args, wrk: str, run_dir: Path) -> list[Result]:
                     run_wrk(wrk, url, script, args.warmup, args)
                 res.rss_before_mib = tree_rss_mib(server.proc.pid)
                 cpu0 = tree_cpu_seconds(server.proc.pid)
-                log(f"{target}/{scen}: measuring {args.duration:g}s "
-                    f"(-t{args.threads} -c{args.connections}) {method} {url}")
-                stats, raw_out = run_wrk(wrk, url, script, args.duration, args)
+                runs = []
+                for i in range(args.repeat):
+                    log(f"{target}/{scen}: measuring {args.duration:g}s "
+                        f"(-t{args.threads} -c{args.connections}, run {i + 1}/{args.repeat}) "
+                        f"{method} {url}")
+                    runs.append(run_wrk(wrk, url, script, args.duration, args))
+                runs.sort(key=lambda r: r[0]["requests"] / max(r[0]["duration_us"], 1))
+                stats, raw_out = runs[len(runs) // 2]  # median run by req/s
+                res.rps_runs = [round(r[0]["requests"] / (r[0]["duration_us"] / 1e6), 1)
+                                for r in runs]
                 res.server_cpu_s = round(tree_cpu_seconds(server.proc.pid) - cpu0, 2)
                 res.rss_after_mib = tree_rss_mib(server.proc.pid)
                 if server.proc.poll() is not None:
@@ -667,7 +705,7 @@ def bench_target(target: str, args, wrk: str, run_dir: Path) -> list[Result]:
                 res.wrk_cmd = (f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
                                f"--timeout {args.wrk_timeout:g}s --latency -s {script.name} {url}")
                 log(f"{target}/{scen}: {res.rps:,.0f} req/s p50 {res.p50_ms:.2f} ms "
-                    f"p99 {res.p99_ms:.2f} ms non-2xx {res.non_2xx} "
+                    f"p99 {res.p99_ms:.2f} ms non-2xx {res.non_2xx} code!=200 {res.bad_code} "
                     f"RSS {res.rss_before_mib}->{res.rss_after_mib} MiB")
             except (RuntimeError, ValueError, OSError, urllib.error.URLError) as exc:
                 res.status, res.note = "error", str(exc).splitlines()[0][:200]
@@ -689,6 +727,7 @@ def fill_stats(res: Result, stats: dict) -> None:
     res.p99_9_ms = lat["p99_9"] / 1000
     res.max_ms = lat["max"] / 1000
     res.non_2xx = int(err["status"])
+    res.bad_code = int(stats["bad_code"]) if stats.get("bad_code", -1) >= 0 else None
     res.socket_errors = {k: int(err[k]) for k in ("connect", "read", "write", "timeout")}
 
 
@@ -764,33 +803,38 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         f"## kie-mock loopback benchmark ({info['started']})",
         "",
         f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
-        f"(+{args.warmup:g}s warm-up, --timeout {args.wrk_timeout:g}s), one server at a time on {HOST}. "
+        f"(+{args.warmup:g}s warm-up, --timeout {args.wrk_timeout:g}s, median of {args.repeat} run(s)), "
+        f"one server at a time on {HOST}. "
         f"Machine: nproc={info['nproc']}, {info.get('cpu_model') or '?'}, "
         f"{info.get('mem_total_gib')} GiB, Python {info['python']}, {info['platform']}; "
         f"{info.get('wrk') or 'wrk ?'}; node {info.get('node') or '-'}; {info.get('java') or 'java -'}.",
         "",
-        "| target | scenario | req/s | p50 ms | p99 ms | non-2xx | socket errors "
+        "| target | scenario | req/s | p50 ms | p99 ms | non-2xx | code≠200 | socket errors "
         "| RSS before→after MiB | fake÷peer req/s | fake÷peer p99 | notes |",
-        "|---|---|--:|--:|--:|--:|--:|---|--:|--:|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|",
     ]
     for r in results:
         label = TARGET_LABEL[r.target] + (f" {r.server_version}" if r.server_version else "")
         scen = SCENARIO_LABEL[r.scenario]
         if r.status != "ok":
-            lines.append(f"| {label} | {scen} | {r.status} | | | | | | | | {r.note} |")
+            lines.append(f"| {label} | {scen} | {r.status} | | | | | | | | | {r.note} |")
             continue
         sock = sum(r.socket_errors.values()) if r.socket_errors else None
         rss = f"{_fmt(r.rss_before_mib, '.1f')}→{_fmt(r.rss_after_mib, '.1f')}"
+        rps = _fmt(r.rps)
+        if r.rps_runs and len(r.rps_runs) > 1:
+            rps += f" ({min(r.rps_runs):,.0f}–{max(r.rps_runs):,.0f})"
         ratio = ratios.get(r.scenario, {}).get(r.target)
         rr = f"{ratio['rps']:.2f}×" if ratio else ("—" if r.target == "fake" else "n/a")
         rp = f"{ratio['p99']:.2f}×" if ratio and ratio["p99"] else ("—" if r.target == "fake" else "n/a")
         lines.append(
-            f"| {label} | {scen} | {_fmt(r.rps)} | {_fmt(r.p50_ms, '.2f')} | {_fmt(r.p99_ms, '.2f')} "
-            f"| {_fmt(r.non_2xx, 'd')} | {_fmt(sock, 'd')} | {rss} | {rr} | {rp} | {r.note} |")
+            f"| {label} | {scen} | {rps} | {_fmt(r.p50_ms, '.2f')} | {_fmt(r.p99_ms, '.2f')} "
+            f"| {_fmt(r.non_2xx, 'd')} | {_fmt(r.bad_code, 'd')} | {_fmt(sock, 'd')} | {rss} | {rr} | {rp} | {r.note} |")
     lines += [
         "",
-        "non-2xx = responses with HTTP status >= 400 (wrk's count); socket errors = "
-        "connect+read+write+timeout. fake÷peer req/s > 1 means the fake is faster; "
+        "non-2xx = responses with HTTP status >= 400 (wrk's count); code≠200 = 2xx responses "
+        "whose JSON envelope `code` is not 200 (kie.ai reports errors as HTTP 200 + code); "
+        "socket errors = connect+read+write+timeout. fake÷peer req/s > 1 means the fake is faster; "
         "fake÷peer p99 < 1 means the fake has the lower tail latency. RSS is the whole "
         "server process tree (VmRSS) just before and just after the measured run.",
         "",
@@ -822,10 +866,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", type=_csv(ALL_SCENARIOS), default=list(ALL_SCENARIOS),
                    help="comma list of scenarios: post,get")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measured runs per scenario; the median run (by req/s) is reported")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up seconds (0 = none)")
     p.add_argument("--connections", type=int, default=32, help="wrk -c")
     p.add_argument("--threads", type=int, default=2, help="wrk -t")
     p.add_argument("--wrk-timeout", type=float, default=5.0, help="wrk --timeout seconds")
+    p.add_argument("--no-body-check", dest="body_check", action="store_false",
+                   help="skip the Lua response() check of the envelope code (a bit less wrk overhead)")
     p.add_argument("--fake-cmd", default=DEFAULT_FAKE_CMD,
                    help="command for the fake; {port} {host} {python} are substituted")
     p.add_argument("--fake-args", default="", help="extra args appended to --fake-cmd")
@@ -849,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.connections < args.threads:
         raise SystemExit("--connections must be >= --threads")
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be >= 1")
     if args.duration <= 0:
         raise SystemExit("--duration must be > 0")
     args.cache_dir = args.cache_dir.resolve()

@@ -17,13 +17,15 @@ class RealClock:
 
 
 class VirtualClock:
-    """Stands still until advanced. Advancing fires what became due (see Scheduler.on_advance)."""
+    """Stands still until advanced. Advancing steps through every due job in time order,
+    so each runs at its own due time (a retry 1 s after a failure is 1 s after it), as a
+    discrete-event simulation. Listeners are schedulers: `next_due()` and `run_due()`."""
 
     virtual = True
 
     def __init__(self, start: float | None = None):
         self._now = time.time() if start is None else start
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.listeners: list = []
 
     def now(self) -> float:
@@ -33,11 +35,17 @@ class VirtualClock:
         if seconds < 0:
             raise ValueError("the clock only moves forward")
         with self._lock:
-            self._now += seconds
-            now = self._now
-        for listener in list(self.listeners):
-            listener(now)
-        return now
+            target = self._now + seconds
+            while True:
+                dues = [(d, i) for i, lst in enumerate(self.listeners)
+                        if (d := lst.next_due()) is not None and d <= target]
+                if not dues:
+                    break
+                due, index = min(dues)
+                self._now = max(self._now, due)
+                self.listeners[index].run_due()
+            self._now = target
+            return target
 
 
 def make_clock(kind: str):

@@ -53,10 +53,11 @@ class HttpDelivery:
                                      headers={"Content-Type": "application/json",
                                               "User-Agent": "kie-mock-callback/1", **headers})
             return Attempt(resp.status, None, time.monotonic() - started)
-        except urllib3.exceptions.TimeoutError:
-            return Attempt(None, f"timeout after {self.timeout:g}s", time.monotonic() - started)
+        # NewConnectionError is a subclass of ConnectTimeoutError in urllib3 2: test it first.
         except urllib3.exceptions.NewConnectionError as exc:
             reason = "connection refused" if "refused" in str(exc).lower() else f"cannot connect: {exc}"
             return Attempt(None, reason, time.monotonic() - started)
+        except urllib3.exceptions.TimeoutError:
+            return Attempt(None, f"timeout after {self.timeout:g}s", time.monotonic() - started)
         except (urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
             return Attempt(None, f"{type(exc).__name__}: {exc}", time.monotonic() - started)

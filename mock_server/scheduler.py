@@ -41,7 +41,7 @@ class Scheduler:
         self._pool: ThreadPoolExecutor | None = None
         self._last_purge = 0.0
         if getattr(clock, "virtual", False):
-            clock.listeners.append(self.run_due)
+            clock.listeners.append(self)
 
     # -- scheduling ---------------------------------------------------------------------
     def _add(self, task_id: str, kind: str, due: float, **extra) -> None:
@@ -57,11 +57,14 @@ class Scheduler:
         n = self.store.reschedule_jobs(task_id, self.clock.now())
         self._wake.set()
         if getattr(self.clock, "virtual", False):
-            self.run_due()
+            self.clock.advance(0)
         return n
 
     # -- running --------------------------------------------------------------------------
-    def run_due(self, now: float | None = None) -> int:
+    def next_due(self) -> float | None:
+        return self.store.next_due()
+
+    def run_due(self) -> int:
         """Work every due job in this thread, until none is due (virtual clock, tests)."""
         done = 0
         while True:
@@ -80,6 +83,8 @@ class Scheduler:
         self._thread.start()
 
     def stop(self) -> None:
+        if self in getattr(self.clock, "listeners", ()):
+            self.clock.listeners.remove(self)
         self._stop.set()
         self._wake.set()
         if self._thread:

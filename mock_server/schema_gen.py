@@ -21,10 +21,17 @@ from .paths import UPLOAD_COVER_REQUEST
 
 SCHEMA_ID = "https://kie-mock.local/schemas/upload-cover-request.json"
 
+# An absolute http(s) URL with a non-empty host: optional "userinfo@", then a host that does
+# not start with ":" (so "http://:80/x" and "http://user@/x" have no host and are refused),
+# then optional path/query/fragment; no whitespace anywhere. The end anchor is `(?![\s\S])`,
+# not `$`: in Python's `re` (jsonschema, jschon, hypothesis) `$` also matches before a
+# trailing newline, so "https://a.example\n" would pass; the lookahead means "end of input"
+# in ECMA-262 (what JSON Schema specifies) and in Python alike. `format: uri` (RFC 3986)
+# checks the characters themselves.
 HTTP_URL = {
     "type": "string",
     "format": "uri",
-    "pattern": "^https?://[^\\s/?#]+[^\\s]*$",
+    "pattern": r"^https?://(?:[^\s/?#@]*@)?[^\s/?#@:][^\s/?#@]*(?:[/?#][^\s]*)?(?![\s\S])",
 }
 WEIGHT = {"type": ["number", "null"], "minimum": 0, "maximum": 1, "multipleOf": 0.01}
 

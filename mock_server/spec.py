@@ -12,7 +12,7 @@ Two traps of the JSON Schema library are closed here, once, for every schema:
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 
 import jsonschema
@@ -39,7 +39,12 @@ def _multiple_of(validator, divisor, instance, schema):
     if n is None or d is None or not n.is_finite():
         yield ValidationError(f"{instance!r} is not a finite number")
         return
-    if n % d != 0:
+    # The integer quotient of a huge number (1e30, 10**30) needs more digits than the default
+    # 28: give the division enough precision instead of raising DivisionImpossible (a 500).
+    with localcontext() as ctx:
+        ctx.prec = max(ctx.prec, n.adjusted() - d.adjusted() + 2)
+        multiple = n % d == 0
+    if not multiple:
         yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
 
 

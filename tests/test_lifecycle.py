@@ -1,0 +1,334 @@
+"""Issue 3: staged callbacks on a timer, delivery with retries, polling in step, real files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import miniaudio
+import pytest
+from PIL import Image
+
+from conftest import AUTH, RecordingDelivery, body, custom_body, submit
+from mock_server import lifecycle
+from mock_server.app import create_app
+from mock_server.clock import VirtualClock
+from mock_server.config import Config
+from mock_server.spec import validator
+
+CALLBACK = validator("callback.json")
+RECORD = validator("record-info-response.json")
+
+
+class Receiver:
+    """A real HTTP callback receiver on loopback. `on_post(body)` may return a status."""
+
+    def __init__(self, on_post=None):
+        self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        self.on_post = on_post
+        self.event = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status = outer.on_post(data) if outer.on_post else 200
+                with outer.event:
+                    outer.bodies.append(data)
+                    outer.headers.append(dict(self.headers))
+                    outer.event.notify_all()
+                self.send_response(status or 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/callback"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[dict]:
+        with self.event:
+            assert self.event.wait_for(lambda: len(self.bodies) >= n, timeout), \
+                f"expected {n} callbacks, got {len(self.bodies)}: {[b['data']['callbackType'] for b in self.bodies]}"
+        return self.bodies
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _stage_of(status: str) -> str:
+    return {"TEXT_SUCCESS": "text", "FIRST_SUCCESS": "first", "SUCCESS": "complete"}[status]
+
+
+def test_real_receiver_gets_text_first_complete_in_order_and_record_info_agrees_at_each_step():
+    """The whole flow on a real clock, real HTTP delivery and a real receiver on loopback."""
+    cfg = Config(stage_delays=(0.05, 0.15, 0.3))
+    app = create_app(cfg)
+    client = app.test_client()
+    seen = []
+
+    def on_post(payload):  # poll while the callback is in flight: the two views must agree
+        task_id = payload["data"]["task_id"]
+        info = app.test_client().get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()
+        seen.append(info)
+        return 200
+
+    recv = Receiver(on_post)
+    try:
+        _, env = submit(client, custom_body(callBackUrl=recv.url))
+        task_id = env["data"]["taskId"]
+        bodies = recv.wait_for(3)
+        time.sleep(0.3)  # nothing more may come
+        assert [b["data"]["callbackType"] for b in recv.bodies] == ["text", "first", "complete"]
+        for payload, info in zip(bodies, seen):
+            assert list(CALLBACK.iter_errors(payload)) == []
+            assert list(RECORD.iter_errors(info)) == []
+            assert payload["data"]["task_id"] == task_id
+            data = info["data"]
+            assert _stage_of(data["status"]) == payload["data"]["callbackType"]
+            assert data["operationType"] == "upload_cover"
+            assert json.loads(data["param"])["title"] == "Peaceful Piano"
+            assert data["response"]["sunoData"] == [lifecycle.camel(t) for t in payload["data"]["data"]]
+        text, first, complete = bodies
+        assert text == {"code": 200, "msg": "Text generation completed.",
+                        "data": {"callbackType": "text", "task_id": task_id, "data": []}}
+        assert first["msg"] == "First track generated successfully."
+        assert [bool(t["audio_url"]) for t in first["data"]["data"]] == [True, False]
+        assert complete["msg"] == "All generated successfully."
+        assert len(complete["data"]["data"]) == 2 and all(t["audio_url"] for t in complete["data"]["data"])
+        assert recv.headers[0]["Content-Type"] == "application/json"
+    finally:
+        recv.close()
+        app.extensions["kie_mock"].scheduler.stop()
+
+
+def test_stages_fire_at_their_delays_on_the_virtual_clock(client, clock, delivery):
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+
+    def status():
+        return client.get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()["data"]["status"]
+
+    assert status() == "PENDING"
+    for step, stages, expected in [(1.99, [], "PENDING"), (0.01, ["text"], "TEXT_SUCCESS"),
+                                   (2.99, ["text"], "TEXT_SUCCESS"), (0.01, ["text", "first"], "FIRST_SUCCESS"),
+                                   (3.0, ["text", "first", "complete"], "SUCCESS")]:
+        clock.advance(step)
+        assert delivery.stages(task_id) == stages
+        assert status() == expected
+
+
+def test_time_scale_and_instant_mode_shorten_every_delay(clock, delivery):
+    for cfg, wait in [(Config(clock="virtual", time_scale=0.01), 0.08), (Config(clock="virtual", instant=True), 0)]:
+        app = create_app(cfg, clock=clock, deliver=delivery)
+        _, env = submit(app.test_client())
+        clock.advance(wait)
+        assert delivery.stages(env["data"]["taskId"]) == ["text", "first", "complete"]
+
+
+def test_failed_deliveries_are_retried_with_backoff_then_stop_with_callback_exception(client, clock, delivery, service):
+    delivery.answers = [500, "connection refused", "timeout after 15s", 404]  # 1 try + 3 retries, all fail
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    clock.advance(2)  # text is due: first attempt fails
+    for backoff, attempts in [(1, 2), (2, 3), (4, 4)]:
+        clock.advance(backoff - 0.01)
+        assert len(delivery.calls) == attempts - 1
+        clock.advance(0.01)
+        assert len(delivery.calls) == attempts
+    clock.advance(60)
+    assert len(delivery.calls) == 4, "delivery stops after 3 failed retries"
+    journal = service.store.read_log("attempts", task_id=task_id)[::-1]
+    assert [(e["stage"], e["attempt"], e["status"], e["error"]) for e in journal] == [
+        ("text", 0, 500, None), ("text", 1, None, "connection refused"),
+        ("text", 2, None, "timeout after 15s"), ("text", 3, 404, None)]
+    assert all(e["url"] == "https://api.example.com/callback" and e["duration"] >= 0 for e in journal)
+    info = client.get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()["data"]
+    assert info["status"] == "CALLBACK_EXCEPTION"
+    assert len(info["response"]["sunoData"]) == 2, "generation itself still completed"
+
+
+def test_a_retry_that_succeeds_resumes_the_stages(client, clock, delivery):
+    delivery.answers = [503, 503]
+    _, env = submit(client)
+    clock.advance(2 + 1 + 1.99)  # text fails twice; the third attempt comes 1 s + 2 s later
+    assert delivery.stages() == ["text", "text"]
+    clock.advance(0.01)  # t=5: the third attempt succeeds; `first` (planned at t=5) follows
+    assert delivery.stages() == ["text"] * 3 + ["first"]
+    clock.advance(3)
+    assert delivery.stages() == ["text"] * 3 + ["first", "complete"]
+
+
+@pytest.mark.parametrize("answer", [199, 300, 302, 400, 500])
+def test_any_non_2xx_answer_is_a_failed_attempt(client, clock, delivery, answer, service):
+    delivery.answers = [answer]
+    _, env = submit(client)
+    clock.advance(2)
+    assert service.store.read_log("attempts")[0]["ok"] is False
+    clock.advance(1)
+    assert delivery.stages() == ["text", "text"]
+
+
+def test_real_http_failures_are_journaled_refused_timeout_and_status():
+    slow = threading.Event()
+
+    def on_post(payload):
+        if len(recv.bodies) == 0:
+            return 500
+        slow.wait(1.0)  # longer than the timeout below
+        return 200
+
+    recv = Receiver(on_post)
+    clock = VirtualClock(1_750_000_000.0)
+    cfg = Config(clock="virtual", callback_timeout=0.3)
+    app = create_app(cfg, clock=clock)
+    svc = app.extensions["kie_mock"]
+    try:
+        _, env = submit(app.test_client(), body(callBackUrl=recv.url))
+        clock.advance(2)  # 500
+        clock.advance(1)  # times out
+        slow.set()
+        closed = body(callBackUrl="http://127.0.0.1:9/refused")  # the discard port: nothing listens
+        _, env2 = submit(app.test_client(), closed)
+        clock.advance(2)
+        entries = svc.store.read_log("attempts")[::-1]
+        assert (entries[0]["status"], entries[0]["error"]) == (500, None)
+        assert entries[1]["status"] is None and entries[1]["error"].startswith("timeout")
+        assert entries[1]["duration"] < 0.9
+        refused = [e for e in entries if e["task_id"] == env2["data"]["taskId"]]
+        assert refused[0]["status"] is None and "refused" in refused[0]["error"]
+    finally:
+        recv.close()
+        svc.scheduler.stop()
+
+
+def test_signed_callbacks_carry_a_verifiable_hmac(client, clock, delivery):
+    client.put("/_mock/accounts/kie-mock-key", json={"webhookHmacKey": "s3cret"})
+    _, env = submit(client)
+    clock.advance(2)
+    call = delivery.calls[0]
+    ts = call["headers"]["X-Webhook-Timestamp"]
+    assert ts == str(int(clock.now()))
+    task_id = call["body"]["data"]["task_id"]
+    expected = base64.b64encode(hmac.new(b"s3cret", f"{task_id}.{ts}".encode(), hashlib.sha256).digest()).decode()
+    assert call["headers"]["X-Webhook-Signature"] == expected
+
+
+def test_unsigned_by_default(client, clock, delivery):
+    submit(client)
+    clock.advance(2)
+    assert "X-Webhook-Signature" not in delivery.calls[0]["headers"]
+
+
+def _complete_tracks(client, clock, delivery):
+    _, env = submit(client)
+    clock.advance(10)
+    complete = delivery.calls[-1]["body"]
+    assert complete["data"]["callbackType"] == "complete"
+    return env["data"]["taskId"], complete["data"]["data"]
+
+
+def _path(url: str) -> str:
+    return "/" + url.split("/", 3)[3]
+
+
+def test_audio_url_downloads_an_mp3_a_decoder_opens_with_the_announced_duration(client, clock, delivery):
+    _, tracks = _complete_tracks(client, clock, delivery)
+    for track in tracks:
+        for field in ("audio_url", "source_audio_url", "stream_audio_url", "source_stream_audio_url"):
+            r = client.get(_path(track[field]))
+            assert r.status_code == 200 and r.mimetype == "audio/mpeg"
+            decoded = miniaudio.decode(r.data)
+            seconds = decoded.num_frames / decoded.sample_rate
+            assert abs(seconds - track["duration"]) < 0.03, (field, seconds, track["duration"])
+
+
+def test_cover_image_is_a_real_jpeg(client, clock, delivery):
+    _, tracks = _complete_tracks(client, clock, delivery)
+    for field in ("image_url", "source_image_url"):
+        r = client.get(_path(tracks[0][field]))
+        assert r.mimetype == "image/jpeg"
+        assert Image.open(io.BytesIO(r.data)).size == (128, 128)
+
+
+def test_audio_streams_with_range_requests(client, clock, delivery):
+    _, tracks = _complete_tracks(client, clock, delivery)
+    path = _path(tracks[0]["stream_audio_url"])
+    whole = client.get(path).data
+    size = len(whole)
+    r = client.get(path, headers={"Range": "bytes=0-99"})
+    assert (r.status_code, r.headers["Content-Range"], r.data) == (206, f"bytes 0-99/{size}", whole[:100])
+    r = client.get(path, headers={"Range": f"bytes={size - 10}-"})
+    assert (r.status_code, r.data) == (206, whole[-10:])
+    r = client.get(path, headers={"Range": "bytes=-5"})
+    assert r.data == whole[-5:]
+    r = client.get(path, headers={"Range": f"bytes={size}-"})
+    assert (r.status_code, r.headers["Content-Range"]) == (416, f"bytes */{size}")
+    r = client.get(path, headers={"Range": "lines=1-2"})
+    assert (r.status_code, len(r.data)) == (200, size)
+    assert client.get(path).headers["Accept-Ranges"] == "bytes"
+
+
+def test_files_and_records_expire_after_15_days(client, clock, delivery):
+    task_id, tracks = _complete_tracks(client, clock, delivery)
+    created = client.get(f"/_mock/tasks/{task_id}").get_json()["data"]["created_at"]
+    url = _path(tracks[0]["audio_url"])
+    clock.advance(created + 15 * 86400 - clock.now() - 1)  # one second before
+    assert client.get(url).status_code == 200
+    assert client.get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()["code"] == 200
+    clock.advance(1)  # at 15 days
+    assert client.get(url).status_code == 404
+    gone = client.get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()
+    assert gone == {"code": 422, "msg": "recordInfo is null", "data": None}
+
+
+def test_retention_is_configurable(clock, delivery):
+    app = create_app(Config(clock="virtual", retention_days=1), clock=clock, deliver=delivery)
+    client = app.test_client()
+    task_id, tracks = _complete_tracks(client, clock, delivery)
+    clock.advance(86400)
+    assert client.get(_path(tracks[0]["audio_url"])).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["nope.mp3", "00000000-0000-0000-0000-000000000000.mp3", "../../etc/passwd"])
+def test_unknown_files_are_404_envelopes(client, clock, delivery, name):
+    task_id, _ = _complete_tracks(client, clock, delivery)
+    r = client.get(f"/files/{task_id}/{name}")
+    assert r.status_code == 404 and r.get_json()["code"] == 404
+
+
+def test_create_time_can_be_epoch_milliseconds(clock, delivery):
+    app = create_app(Config(clock="virtual", create_time="epoch_ms"), clock=clock, deliver=delivery)
+    _, tracks = _complete_tracks(app.test_client(), clock, delivery)
+    assert tracks[0]["createTime"] == int(clock.now() * 1000) - 10_000
+    assert list(CALLBACK.iter_errors(delivery.calls[-1]["body"])) == []
+
+
+def test_thousands_of_pending_tasks_use_no_thread_per_task():
+    cfg = Config(stage_delays=(3600, 3601, 3602), rate_limit=0, api_keys={"k": 10**9})
+    app = create_app(cfg, deliver=RecordingDelivery())
+    client = app.test_client()
+    before = threading.active_count()
+    for _ in range(2000):
+        r = client.post("/api/v1/generate/upload-cover", json=body(), headers={"Authorization": "Bearer k"})
+        assert r.get_json()["code"] == 200
+    assert threading.active_count() - before <= 1
+    assert len(app.extensions["kie_mock"].store.list_jobs()) == 2000
+    app.extensions["kie_mock"].scheduler.stop()
