@@ -27,6 +27,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--store", help="memory (default), sqlite:PATH or redis://HOST:PORT/DB")
     p.add_argument("--scenario-file", help="YAML/JSON file of settings, accounts and faults to apply at start")
     p.add_argument("--source-check", action="store_true", default=None, help="fetch uploadUrl before accepting")
+    p.add_argument("--outbound-allow", help="comma-separated hosts/networks the fake may call (callbacks, uploadUrl)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (production server)")
 
 
@@ -40,6 +41,8 @@ def build_config(args) -> Config:
     }
     if args.api_keys:
         changes["api_keys"] = _parse_keys(args.api_keys)
+    if args.outbound_allow:
+        changes["outbound_allow"] = tuple(p.strip() for p in args.outbound_allow.split(",") if p.strip())
     if args.stage_delays:
         changes["stage_delays"] = tuple(float(x) for x in args.stage_delays.split(","))
     cfg = cfg.with_overrides(**changes)
@@ -51,7 +54,11 @@ def build_config(args) -> Config:
 def serve(args) -> int:
     from .server import run
 
-    cfg = build_config(args)
+    try:
+        cfg = build_config(args).check()
+    except ValueError as exc:  # bad flag or environment value: a usage error, not a traceback
+        print(f"kie-mock serve: {exc}", file=sys.stderr)
+        return 2
     return run(cfg, workers=args.workers, scenario_file=args.scenario_file)
 
 

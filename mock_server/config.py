@@ -43,6 +43,23 @@ class Config:
     source_timeout: float = 10.0
     source_max_bytes: int = 50 << 20
     max_audio_seconds: float = 480.0
+    # Hosts/networks the fake may call (callbacks, uploadUrl); None = anywhere.
+    outbound_allow: tuple[str, ...] | None = None
+
+    def check(self) -> "Config":
+        """Refuse settings that are unsafe or meaningless, with a sentence saying why."""
+        from .netpolicy import is_loopback_host
+
+        if not is_loopback_host(self.host) and not self.admin_token:
+            raise ValueError(f"binding to {self.host} exposes the control API beyond this machine: "
+                             "set --admin-token (KIE_MOCK_ADMIN_TOKEN) too")
+        if self.transport not in ("real", "status"):
+            raise ValueError(f"transport must be real or status, got {self.transport!r}")
+        if len(self.stage_delays) != 3 or any(d < 0 for d in self.stage_delays):
+            raise ValueError("stage delays: three non-negative numbers (text, first, complete)")
+        if self.time_scale < 0:
+            raise ValueError("time scale must not be negative")
+        return self
 
     def delay(self, seconds: float) -> float:
         return 0.0 if self.instant else seconds * self.time_scale
@@ -66,6 +83,7 @@ _ENV_PARSERS = {
     "retry_delays": lambda s: tuple(float(x) for x in s.split(",") if x.strip()),
     "instant": lambda s: s.lower() in ("1", "true", "yes", "on"),
     "source_check": lambda s: s.lower() in ("1", "true", "yes", "on"),
+    "outbound_allow": lambda s: tuple(p.strip() for p in s.split(",") if p.strip()) or None,
 }
 
 
@@ -82,7 +100,10 @@ def from_env(env: dict | None = None, base: Config | None = None) -> Config:
         if parse is None:
             kind = type(getattr(cfg, f.name))
             parse = (lambda s: s) if kind in (str, type(None)) else kind
-        changes[f.name] = parse(raw)
+        try:
+            changes[f.name] = parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"KIE_MOCK_{f.name.upper()}={raw!r}: {exc}") from None
     if "KIE_MOCK_CREDITS" in env:  # every configured key starts with this balance
         credits = int(env["KIE_MOCK_CREDITS"])
         changes["api_keys"] = {k: credits for k in changes.get("api_keys", cfg.api_keys)}

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import lifecycle
 from .config import Config
 from .delivery import Attempt, HttpDelivery, signed_headers
+from .netpolicy import allowed
 from .scenarios import Scenario
 from .spec import validator
 
@@ -164,7 +165,10 @@ class Scheduler:
         account = self.store.get_account(task["key"]) or {}
         now = self.clock.now()
         headers = signed_headers(account.get("hmac_key"), task["taskId"], now)
-        result = self.deliver(task["callBackUrl"], json.dumps(body).encode(), headers)
+        if allowed(task["callBackUrl"], self.cfg.outbound_allow):
+            result = self.deliver(task["callBackUrl"], json.dumps(body).encode(), headers)
+        else:
+            result = Attempt(None, "blocked: callBackUrl host is not in the fake's outbound allowlist", 0.0)
         self.store.log("attempts", {
             "task_id": task["taskId"], "stage": stage, "attempt": attempt, "url": task["callBackUrl"],
             "at": now, "wall_time": time.time(), "status": result.status, "error": result.error,

@@ -15,6 +15,7 @@ import io
 import urllib3
 
 from .config import Config
+from .netpolicy import allowed
 from .rules import Rejection
 
 FETCH_FAILED = "Failed to fetch the audio file at uploadUrl"
@@ -43,8 +44,12 @@ class SourceChecker:
 
     def fetch(self, url: str) -> bytes | Rejection:
         cap = self.cfg.source_max_bytes
+        if not allowed(url, self.cfg.outbound_allow):
+            return Rejection(451, f"{FETCH_FAILED}: its host is not in the fake's outbound allowlist", "uploadUrl",
+                             "allowlist")
         try:
-            resp = self.pool.request("GET", url, preload_content=False, redirect=True)
+            # Follow redirects only when no allowlist is set: a redirect must not escape it.
+            resp = self.pool.request("GET", url, preload_content=False, redirect=self.cfg.outbound_allow is None)
         except (urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
             return Rejection(451, f"{FETCH_FAILED}: {type(exc).__name__}", "uploadUrl", "fetch")
         try:

@@ -1,0 +1,62 @@
+"""Configuration: environment, CLI checks, the outbound allowlist."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import RecordingDelivery, body, submit
+from mock_server.app import create_app
+from mock_server.clock import VirtualClock
+from mock_server.config import Config, from_env
+from mock_server.netpolicy import allowed
+
+
+def test_environment_overrides_defaults():
+    cfg = from_env({"KIE_MOCK_PORT": "9000", "KIE_MOCK_TRANSPORT": "status", "KIE_MOCK_API_KEYS": "a,b:50",
+                    "KIE_MOCK_STAGE_DELAYS": "1,2,3", "KIE_MOCK_INSTANT": "yes", "KIE_MOCK_RATE_LIMIT": "0"})
+    assert (cfg.port, cfg.transport, cfg.api_keys, cfg.stage_delays, cfg.instant, cfg.rate_limit) == \
+        (9000, "status", {"a": 1000, "b": 50}, (1.0, 2.0, 3.0), True, 0)
+    assert from_env({"KIE_MOCK_CREDITS": "7"}).api_keys == {"kie-mock-key": 7}
+
+
+def test_a_bad_environment_value_names_the_variable():
+    with pytest.raises(ValueError, match="KIE_MOCK_PORT='x'"):
+        from_env({"KIE_MOCK_PORT": "x"})
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--host", "0.0.0.0"], "set --admin-token"),
+    (["--stage-delays", "1,2"], "three non-negative numbers"),
+    (["--transport", "nope"], "invalid choice"),
+])
+def test_serve_refuses_bad_settings_with_exit_2(args, words):
+    r = subprocess.run([sys.executable, "-m", "mock_server", "serve", *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and words in r.stderr
+
+
+@pytest.mark.parametrize("url,patterns,ok", [
+    ("http://127.0.0.1:9/cb", None, True),
+    ("http://127.0.0.1:9/cb", ("127.0.0.0/8",), True),
+    ("http://10.0.0.5/cb", ("127.0.0.0/8",), False),
+    ("http://hooks.example.com/cb", ("*.example.com",), True),
+    ("http://example.com/cb", ("*.example.com",), False),
+    ("http://localhost:8000/cb", ("localhost",), True),
+    ("http://[::1]:8000/cb", ("::1",), True),
+    ("http://anything.test/cb", ("*",), True),
+    ("not a url", ("*",), False),
+])
+def test_outbound_allowlist(url, patterns, ok):
+    assert allowed(url, patterns) is ok
+
+
+def test_callbacks_outside_the_allowlist_are_not_sent_and_journaled_as_blocked():
+    clock, delivery = VirtualClock(0.0), RecordingDelivery()
+    app = create_app(Config(clock="virtual", outbound_allow=("127.0.0.0/8",)), clock=clock, deliver=delivery)
+    submit(app.test_client(), body(callBackUrl="http://192.168.1.20/cb"))
+    clock.advance(2)
+    assert delivery.calls == []
+    entry = app.extensions["kie_mock"].store.read_log("attempts")[0]
+    assert entry["error"].startswith("blocked") and entry["ok"] is False
