@@ -53,6 +53,9 @@ Flags
   --api-key KEY         bearer key for every request (default kie-mock-key)
   --spec PATH           OpenAPI document for Prism (default: <repo>/openapi.yaml)
   --prism-args ARGS     extra args for ``prism mock`` (shell-split)
+  --prism-no-callbacks  mock a copy of --spec with ``callbacks`` removed: Prism
+                        otherwise fires the spec's callback (to the body's
+                        callBackUrl) on every request, which dominates its cost
   --wiremock-threads N  WireMock --container-threads (default 32)
   --java-opts ARGS      JVM options for WireMock (default "-Xms256m -Xmx512m")
   --ready-timeout S     readiness deadline per server (default 90)
@@ -64,7 +67,8 @@ Flags
 Output: a markdown report on stdout (progress goes to stderr).  Columns: req/s,
 p50/p99 latency (ms, from wrk's Lua ``done()`` histogram), non-2xx (wrk counts
 HTTP status >= 400), code!=200 (2xx answers whose JSON envelope code is not 200,
-counted by a Lua ``response()`` hook; --no-body-check turns it off), socket errors (connect/read/write/timeout), RSS of the
+counted by a Lua ``response()`` hook; --no-body-check turns it off), socket errors (connect/read/write/timeout), server CPU seconds used during the
+run (whole process tree, /proc) and requests per server CPU-second, RSS of the
 server's whole process tree before -> after the measured run (MiB), and the ratio
 of the fake to each peer (fake req/s / peer req/s, fake p99 / peer p99).
 
@@ -92,9 +96,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -160,6 +164,13 @@ def _child_setup() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def _pdeathsig_only() -> None:  # for wrk: stays in our process group (gets Ctrl-C)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except Exception:
         pass
 
@@ -368,7 +379,7 @@ def ensure_npm(cache: Path, name: str, spec: str, version_ok: Callable[[str], bo
     log_path = cache / "logs" / f"npm-{name.replace('/', '_')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [npm, "install", "--prefix", str(cache), "--no-audit", "--no-fund",
-           "--loglevel=error", spec]
+           "--loglevel=error", "--save-exact", spec]
     log(f"installing {spec}: {' '.join(cmd)}")
     try:
         with open(log_path, "wb") as fh:
@@ -432,10 +443,40 @@ def start_fake(args, run_dir: Path) -> Server:
     return Server("fake", proc, port, argv, log_path, ready, get_task_id=None)
 
 
+def strip_callbacks(spec: Path, out_dir: Path) -> Path:
+    """Copy of ``spec`` without ``callbacks`` (Prism would fire each one per request),
+    with relative file $refs made absolute so the copy resolves from ``out_dir``."""
+    try:
+        import yaml  # PyYAML: a dependency of the project itself
+    except ImportError as exc:
+        raise Unavailable(f"--prism-no-callbacks needs PyYAML ({exc})")
+    doc = yaml.safe_load(spec.read_text())
+
+    def walk(node):
+        if isinstance(node, dict):
+            node.pop("callbacks", None)
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#") and "://" not in ref:
+                path, _, frag = ref.partition("#")
+                node["$ref"] = str((spec.parent / path).resolve()) + (f"#{frag}" if frag else "")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    out = out_dir / f"{spec.stem}.no-callbacks.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
 def start_prism(args, run_dir: Path) -> Server:
     spec = Path(args.spec).resolve()
     if not spec.is_file():
         raise Unavailable(f"OpenAPI spec not found: {spec}")
+    if args.prism_no_callbacks:
+        spec = strip_callbacks(spec, run_dir)
     if not shutil.which("node"):
         raise Unavailable("node not found on PATH")
     version = ensure_npm(args.cache_dir, "@stoplight/prism-cli", PRISM_PKG,
@@ -577,9 +618,9 @@ def parse_wrk(stdout: str) -> dict:
 
 def run_wrk(wrk: str, url: str, script: Path, duration: float, args) -> tuple[dict, str]:
     cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s",
-           f"--timeout", f"{args.wrk_timeout:g}s", "--latency", "-s", str(script), url]
+           "--timeout", f"{args.wrk_timeout:g}s", "--latency", "-s", str(script), url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True)
+                            stdin=subprocess.DEVNULL, text=True, preexec_fn=_pdeathsig_only)
     try:
         out, _ = proc.communicate(timeout=duration + args.wrk_timeout + 30)
     except BaseException:
@@ -619,6 +660,8 @@ class Result:
     rss_after_mib: float | None = None
     server_cpu_s: float | None = None
     rps_runs: list | None = None
+    loadavg_after: str | None = None
+    req_per_cpu_s: float | None = None
     server_version: str | None = None
     server_cmd: str | None = None
     wrk_cmd: str | None = None
@@ -647,15 +690,19 @@ def create_fake_task(server: Server, args) -> str:
     return str(task)
 
 
-def bench_target(target: str, args, wrk: str, run_dir: Path) -> list[Result]:
-    results: list[Result] = []
+def bench_target(target: str, args, wrk: str, run_dir: Path,
+                 results: list[Result] | None = None) -> list[Result]:
+    """Start one target, run every scenario, kill it.  Appends to (and returns)
+    ``results`` as it goes, so an interrupted run keeps what was measured."""
+    results = [] if results is None else results
     try:
         server = STARTERS[target](args, run_dir)
     except Unavailable as exc:
         msg = str(exc)
         log(f"{target}: UNAVAILABLE: {msg}")
         first = msg.splitlines()[0] if msg else "unavailable"
-        return [Result(target, s, "unavailable", note=first) for s in args.scenarios]
+        results.extend(Result(target, s, "unavailable", note=first) for s in args.scenarios)
+        return results
     log(f"{target}: ready on port {server.port} after {server.ready_s:.1f}s")
     try:
         rss_idle = tree_rss_mib(server.proc.pid)
@@ -685,22 +732,26 @@ def bench_target(target: str, args, wrk: str, run_dir: Path) -> list[Result]:
                     log(f"{target}/{scen}: warm-up {args.warmup:g}s")
                     run_wrk(wrk, url, script, args.warmup, args)
                 res.rss_before_mib = tree_rss_mib(server.proc.pid)
-                cpu0 = tree_cpu_seconds(server.proc.pid)
-                runs = []
+                runs = []  # (wrk stats, wrk stdout, server CPU seconds during the run)
                 for i in range(args.repeat):
                     log(f"{target}/{scen}: measuring {args.duration:g}s "
                         f"(-t{args.threads} -c{args.connections}, run {i + 1}/{args.repeat}) "
                         f"{method} {url}")
-                    runs.append(run_wrk(wrk, url, script, args.duration, args))
+                    cpu0 = tree_cpu_seconds(server.proc.pid)
+                    stats, raw_out = run_wrk(wrk, url, script, args.duration, args)
+                    runs.append((stats, raw_out, tree_cpu_seconds(server.proc.pid) - cpu0))
                 runs.sort(key=lambda r: r[0]["requests"] / max(r[0]["duration_us"], 1))
-                stats, raw_out = runs[len(runs) // 2]  # median run by req/s
+                stats, raw_out, cpu_s = runs[len(runs) // 2]  # median run by req/s
                 res.rps_runs = [round(r[0]["requests"] / (r[0]["duration_us"] / 1e6), 1)
                                 for r in runs]
-                res.server_cpu_s = round(tree_cpu_seconds(server.proc.pid) - cpu0, 2)
+                res.server_cpu_s = round(cpu_s, 2)
                 res.rss_after_mib = tree_rss_mib(server.proc.pid)
+                res.loadavg_after = _loadavg()
                 if server.proc.poll() is not None:
                     res.note = (res.note + "; " if res.note else "") + "server exited during load"
                 fill_stats(res, stats)
+                if res.server_cpu_s:
+                    res.req_per_cpu_s = round(res.requests / res.server_cpu_s, 1)
                 res.wrk_raw = raw_out
                 res.wrk_cmd = (f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
                                f"--timeout {args.wrk_timeout:g}s --latency -s {script.name} {url}")
@@ -710,6 +761,9 @@ def bench_target(target: str, args, wrk: str, run_dir: Path) -> list[Result]:
             except (RuntimeError, ValueError, OSError, urllib.error.URLError) as exc:
                 res.status, res.note = "error", str(exc).splitlines()[0][:200]
                 log(f"{target}/{scen}: ERROR {exc}")
+            except BaseException:
+                res.status, res.note = "error", "interrupted"
+                raise
     finally:
         kill(server.proc)
     return results
@@ -746,6 +800,13 @@ def _cmd_version(argv: list[str]) -> str | None:
     return text[0].strip() if text else None
 
 
+def _loadavg() -> str | None:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
+
+
 def machine_info() -> dict:
     cpu_model = None
     try:
@@ -771,6 +832,7 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model,
         "mem_total_gib": mem_gib,
+        "loadavg": _loadavg(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "wrk": _cmd_version(["wrk", "--version"]),
@@ -806,18 +868,19 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         f"(+{args.warmup:g}s warm-up, --timeout {args.wrk_timeout:g}s, median of {args.repeat} run(s)), "
         f"one server at a time on {HOST}. "
         f"Machine: nproc={info['nproc']}, {info.get('cpu_model') or '?'}, "
-        f"{info.get('mem_total_gib')} GiB, Python {info['python']}, {info['platform']}; "
+        f"{info.get('mem_total_gib')} GiB, load avg at start {info.get('loadavg')}, "
+        f"Python {info['python']}, {info['platform']}; "
         f"{info.get('wrk') or 'wrk ?'}; node {info.get('node') or '-'}; {info.get('java') or 'java -'}.",
         "",
         "| target | scenario | req/s | p50 ms | p99 ms | non-2xx | code≠200 | socket errors "
-        "| RSS before→after MiB | fake÷peer req/s | fake÷peer p99 | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|",
+        "| server CPU s | req/CPU-s | RSS before→after MiB | fake÷peer req/s | fake÷peer p99 | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|---|",
     ]
     for r in results:
         label = TARGET_LABEL[r.target] + (f" {r.server_version}" if r.server_version else "")
         scen = SCENARIO_LABEL[r.scenario]
         if r.status != "ok":
-            lines.append(f"| {label} | {scen} | {r.status} | | | | | | | | | {r.note} |")
+            lines.append(f"| {label} | {scen} | {r.status} | | | | | | | | | | | {r.note} |")
             continue
         sock = sum(r.socket_errors.values()) if r.socket_errors else None
         rss = f"{_fmt(r.rss_before_mib, '.1f')}→{_fmt(r.rss_after_mib, '.1f')}"
@@ -829,12 +892,15 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         rp = f"{ratio['p99']:.2f}×" if ratio and ratio["p99"] else ("—" if r.target == "fake" else "n/a")
         lines.append(
             f"| {label} | {scen} | {rps} | {_fmt(r.p50_ms, '.2f')} | {_fmt(r.p99_ms, '.2f')} "
-            f"| {_fmt(r.non_2xx, 'd')} | {_fmt(r.bad_code, 'd')} | {_fmt(sock, 'd')} | {rss} | {rr} | {rp} | {r.note} |")
+            f"| {_fmt(r.non_2xx, 'd')} | {_fmt(r.bad_code, 'd')} | {_fmt(sock, 'd')} "
+            f"| {_fmt(r.server_cpu_s, '.1f')} | {_fmt(r.req_per_cpu_s)} | {rss} | {rr} | {rp} | {r.note} |")
     lines += [
         "",
         "non-2xx = responses with HTTP status >= 400 (wrk's count); code≠200 = 2xx responses "
         "whose JSON envelope `code` is not 200 (kie.ai reports errors as HTTP 200 + code); "
-        "socket errors = connect+read+write+timeout. fake÷peer req/s > 1 means the fake is faster; "
+        "socket errors = connect+read+write+timeout. server CPU s = user+sys CPU time of the "
+        "server's process tree during the measured run; req/CPU-s = requests / that (less "
+        "sensitive than req/s to other load on the machine). fake÷peer req/s > 1 means the fake is faster; "
         "fake÷peer p99 < 1 means the fake has the lower tail latency. RSS is the whole "
         "server process tree (VmRSS) just before and just after the measured run.",
         "",
@@ -881,6 +947,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra environment for the fake (repeatable)")
     p.add_argument("--api-key", default="kie-mock-key", help="bearer key sent with every request")
     p.add_argument("--spec", default=str(REPO_ROOT / "openapi.yaml"), help="OpenAPI document for Prism")
+    p.add_argument("--prism-no-callbacks", action="store_true",
+                   help="mock a copy of --spec without 'callbacks' (Prism fires them on every request)")
     p.add_argument("--prism-args", default="", help="extra args for 'prism mock'")
     p.add_argument("--wiremock-threads", type=int, default=32, help="WireMock --container-threads")
     p.add_argument("--java-opts", default="-Xms256m -Xmx512m", help="JVM options for WireMock")
@@ -902,26 +970,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0:
         raise SystemExit("--duration must be > 0")
     args.cache_dir = args.cache_dir.resolve()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with INT ignored
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     run_dir = Path(tempfile.mkdtemp(prefix="kie-bench-"))
     results: list[Result] = []
+    info: dict | None = None
+    rc: int | None = None
     try:
         wrk = ensure_wrk(args.install)
         info = machine_info()
         info["started"] = started
         for target in ALL_TARGETS:
             if target in args.only:
-                results.extend(bench_target(target, args, wrk, run_dir))
+                bench_target(target, args, wrk, run_dir, results)
     except Fatal as exc:
         log(f"FATAL: {exc}")
         return 2
     except KeyboardInterrupt:
-        log("interrupted: killing subprocesses")
-        return 130
+        log("interrupted: killing subprocesses; reporting what was measured")
+        rc = 130
     finally:
         kill_all()
+    if info is None:
+        return rc or 1
     ratios = add_ratios(results)
     report = render_markdown(results, info, args, ratios)
     print(report)
@@ -940,6 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(payload, indent=2))
         log(f"wrote {args.json}")
     log(f"server logs and wrk scripts: {run_dir}")
+    if rc is not None:
+        return rc
     return 0 if any(r.status == "ok" for r in results) else 1
 
 

@@ -6,6 +6,7 @@ One place for these rules, used by the control API (control.py) and scenario fil
 
 from __future__ import annotations
 
+import math
 import uuid
 
 from .faults import ERROR_CODES
@@ -29,6 +30,22 @@ def number(body: dict, name: str, default=None, lo: float = 0, hi: float = float
     return value
 
 
+def whole(body: dict, name: str, default=None, lo: int = 0, hi: int = 10**12) -> int:
+    """A whole number (5 or 5.0, not 5.5: a count or a balance is never silently rounded)."""
+    value = body.get(name, default)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and (isinstance(value, int) or value.is_integer()) and lo <= value <= hi)
+    if not ok:
+        raise BadRequest(f"{name}: a whole number from {lo} to {hi} is required (got {value!r})")
+    return int(value)
+
+
+def mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what}: a JSON object (mapping) is required (got {value!r})")
+    return value
+
+
 def check_setting(svc, name: str, value):
     if name not in SETTING_TYPES:
         raise BadRequest(f"unknown setting {name!r}; known: {', '.join(SETTING_TYPES)}")
@@ -41,14 +58,19 @@ def check_setting(svc, name: str, value):
     if name == "maintenance_window":  # [start, end] on the fake's clock, or {"start_in", "duration"}
         now = svc.clock.now()
         if isinstance(value, dict):
-            start = now + number(value, "start_in", 0)
-            return [start, start + number(value, "duration", None, 0)]
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+            if set(value) - {"start_in", "duration"}:
+                raise BadRequest(f"maintenance_window: {{start_in, duration}} seconds (got {value!r})")
+            start = now + number(value, "start_in", 0, 0, 10**9)
+            return [start, start + number(value, "duration", None, 0, 10**9)]
+        if isinstance(value, list) and len(value) == 2 \
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value) \
+                and value[0] <= value[1]:
             return [float(value[0]), float(value[1])]
-        raise BadRequest("maintenance_window: [start, end] epoch seconds, or {start_in, duration} seconds")
+        raise BadRequest("maintenance_window: [start, end] epoch seconds with start <= end, "
+                         f"or {{start_in, duration}} seconds (got {value!r})")
     if name == "latency":
-        if not isinstance(value, dict):
-            raise BadRequest("latency: {min: seconds, max: seconds} or null")
+        if not isinstance(value, dict) or set(value) - {"min", "max"}:
+            raise BadRequest(f"latency: {{min: seconds, max: seconds}} or null (got {value!r})")
         lo = number(value, "min", 0, 0, 60)
         return {"min": lo, "max": number(value, "max", lo, lo, 60)}
     if name == "default_scenario":
@@ -56,19 +78,28 @@ def check_setting(svc, name: str, value):
             return Scenario.parse(value).name
         except (ValueError, AttributeError) as exc:
             raise BadRequest(str(exc)) from None
-    return SETTING_TYPES[name](number({name: value}, name, None, 0, 10**9))
+    if SETTING_TYPES[name] is int:  # counts and prices: never silently rounded
+        return whole({name: value}, name, None, 0, 10**9)
+    return float(number({name: value}, name, None, 0, 10**9))
 
 
 def arm(svc, body: dict) -> dict:
     """Validate and arm one fault: {"code": 402} or {"scenario": "fail-501"}, "count", "key"."""
-    count = int(number(body, "count", 1, 1, 10**6))
+    mapping(body, "fault")
+    count = whole(body, "count", 1, 1, 10**6)
     key = body.get("key", "*")
     if not isinstance(key, str) or not key:
         raise BadRequest("key: an API key, or \"*\" for every key")
     fault = {"id": uuid.uuid4().hex[:12], "key": key, "count": count}
+    unknown = sorted(str(k) for k in set(body) - {"code", "scenario", "params", "count", "key"})
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a fault has code or scenario (+ params), "
+                         "count, key")
+    if "code" in body and "scenario" in body:
+        raise BadRequest("give code or scenario, not both (arm two faults for both)")
     if "code" in body:
-        if body["code"] not in ERROR_CODES or isinstance(body["code"], bool):
-            raise BadRequest(f"code: one of {', '.join(map(str, ERROR_CODES))}")
+        if type(body["code"]) is not int or body["code"] not in ERROR_CODES:  # 402.0 or true are not codes
+            raise BadRequest(f"code: one of {', '.join(map(str, ERROR_CODES))} (got {body['code']!r})")
         fault.update(kind="code", code=body["code"])
     elif "scenario" in body:
         try:
@@ -82,10 +113,8 @@ def arm(svc, body: dict) -> dict:
     return fault
 
 
-
-
 def update_settings(svc, body: dict) -> dict:
-    changes = {name: check_setting(svc, name, value) for name, value in body.items()}
+    changes = {name: check_setting(svc, name, value) for name, value in mapping(body, "settings").items()}
     svc.store.update_settings(changes)
     return svc.settings()
 
@@ -94,8 +123,12 @@ def put_account(svc, key: str, body: dict) -> dict:
     """Create or change an account: {"credits": int, "webhookHmacKey": str|null}."""
     if not isinstance(key, str) or not key:
         raise BadRequest("an account needs a non-empty API key")
+    mapping(body, f"account {key}")
+    unknown = sorted(str(k) for k in set(body) - {"credits", "webhookHmacKey"})
+    if unknown:
+        raise BadRequest(f"account {key}: unknown field(s) {', '.join(unknown)}; known: credits, webhookHmacKey")
     current = svc.store.get_account(key) or {"credits": 0, "hmac_key": None}
-    credits = int(number(body, "credits", current["credits"], 0, 10**12))
+    credits = whole(body, "credits", current["credits"], 0, 10**12)
     hmac_key = body.get("webhookHmacKey", current.get("hmac_key"))
     if hmac_key is not None and (not isinstance(hmac_key, str) or not hmac_key):
         raise BadRequest("webhookHmacKey: a non-empty string or null")

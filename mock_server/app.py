@@ -30,6 +30,16 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
     app.register_blueprint(files.bp)
     app.register_blueprint(control.bp)
 
+    flask_options = app.make_default_options_response
+
+    def options_envelope():
+        # Flask's automatic OPTIONS answer is an empty text/html body: keep its Allow, answer the envelope.
+        allow = flask_options().headers.get("Allow", "")
+        return respond(200, "success", {"allow": [m.strip() for m in allow.split(",") if m.strip()]},
+                       headers={"Allow": allow})
+
+    app.make_default_options_response = options_envelope
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         # Routing and protocol errors still answer in the envelope, with the HTTP status kept.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import DEFAULT_API_KEY, Config, _parse_keys, from_env
@@ -24,11 +25,14 @@ def _serve_parser(sub) -> None:
     p.add_argument("--public-url", help="base URL put in file links (default: the request's host)")
     p.add_argument("--rate-limit", type=int, help="new tasks per window per key (default 20; 0 = off)")
     p.add_argument("--admin-token", help="require X-Admin-Token on the control API")
-    p.add_argument("--store", help="memory (default), sqlite:PATH or redis://HOST:PORT/DB")
+    p.add_argument("--store", help="sqlite:PATH (kept across restarts), redis://HOST:PORT/DB (shared by instances) "
+                                   "or memory (one process); default: a fresh sqlite file in a temporary "
+                                   "directory, removed at a clean exit")
     p.add_argument("--scenario-file", help="YAML/JSON file of settings, accounts and faults to apply at start")
     p.add_argument("--source-check", action="store_true", default=None, help="fetch uploadUrl before accepting")
     p.add_argument("--outbound-allow", help="comma-separated hosts/networks the fake may call (callbacks, uploadUrl)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (production server)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (default 1); more than one needs a shared store (sqlite file or redis)")
 
 
 def build_config(args) -> Config:
@@ -59,7 +63,8 @@ def serve(args) -> int:
     except ValueError as exc:  # bad flag or environment value: a usage error, not a traceback
         print(f"kie-mock serve: {exc}", file=sys.stderr)
         return 2
-    return run(cfg, workers=args.workers, scenario_file=args.scenario_file)
+    default_store = args.store is None and "KIE_MOCK_STORE" not in os.environ
+    return run(cfg, workers=args.workers, scenario_file=args.scenario_file, default_store=default_store)
 
 
 def main(argv: list[str] | None = None) -> int:

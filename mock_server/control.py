@@ -18,6 +18,9 @@ from .scenarios import NAMES
 from .service import Service, mask_key
 
 PREFIX = "/_mock"
+TASK_STATUSES = ("PENDING", "TEXT_SUCCESS", "FIRST_SUCCESS", "SUCCESS", "CREATE_TASK_FAILED",
+                 "GENERATE_AUDIO_FAILED", "CALLBACK_EXCEPTION", "SENSITIVE_WORD_ERROR")
+CALLBACK_STAGES = ("text", "first", "complete", "error")
 bp = Blueprint("control", __name__, url_prefix=PREFIX)
 
 def _svc() -> Service:
@@ -35,7 +38,9 @@ def fail(code: int, msg: str) -> Response:
 @bp.before_request
 def _guard():
     token = _svc().cfg.admin_token
-    if token and not hmac.compare_digest(request.headers.get("X-Admin-Token", ""), token):
+    given = request.headers.get("X-Admin-Token", "")
+    # compared as bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401)
+    if token and not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8")):
         return fail(401, "control API: missing or wrong X-Admin-Token")
     return None
 
@@ -46,19 +51,30 @@ def _bad(exc):
 
 
 def _json() -> dict:
-    body = request.get_json(silent=True) if request.data else {}
+    # the raw body, whatever its Content-Type (a form-encoded body must not read as "no change")
+    if not request.get_data(cache=True).strip():
+        return {}
+    body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise BadRequest("control API: send a JSON object")
     return body
 
 
-def _int_arg(name: str, default: int) -> int:
+def _int_arg(name: str, default: int | None) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"{name}: a whole number is required (got {raw!r})")
     return int(raw)
+
+
+def _choice_arg(name: str, choices) -> str | None:
+    """A filter that can only take known values: a typo answers 400, not an empty list."""
+    raw = request.args.get(name)
+    if raw is not None and raw not in choices:
+        raise BadRequest(f"{name}: one of {', '.join(choices)} (got {raw!r})")
+    return raw
 
 
 @bp.get("/health")
@@ -87,13 +103,13 @@ def list_accounts():
     return ok([_account_view(a) for a in _svc().store.list_accounts()])
 
 
-@bp.put("/accounts/<key>")
+@bp.put("/accounts/<path:key>")  # path: keys may hold "/" (sent as %2F)
 def put_account(key: str):
     """Create or change an account: {"credits": int, "webhookHmacKey": str|null}."""
     return ok(_account_view(_put_account(_svc(), key, _json())))
 
 
-@bp.delete("/accounts/<key>")
+@bp.delete("/accounts/<path:key>")
 def delete_account(key: str):
     """Remove a key: its requests then answer 401."""
     if not _svc().store.delete_account(key):
@@ -172,7 +188,8 @@ def _task_view(task: dict) -> dict:
 @bp.get("/tasks")
 def list_tasks():
     """Tasks, newest first; filters: key, status, limit."""
-    tasks = _svc().store.list_tasks(request.args.get("key"), request.args.get("status"), _int_arg("limit", 100))
+    status = _choice_arg("status", TASK_STATUSES)
+    tasks = _svc().store.list_tasks(request.args.get("key"), status, _int_arg("limit", 100))
     return ok([_task_view(t) for t in tasks])
 
 
@@ -199,9 +216,8 @@ def fire(task_id: str):
 @bp.get("/requests")
 def requests_log():
     """Received API requests, newest first; filters: path, code, limit."""
-    code = request.args.get("code")
-    entries = _svc().store.read_log("requests", _int_arg("limit", 100), path=request.args.get("path"),
-                                    code=int(code) if code and code.isdigit() else None)
+    code = _int_arg("code", None)
+    entries = _svc().store.read_log("requests", _int_arg("limit", 100), path=request.args.get("path"), code=code)
     return ok(entries)
 
 
@@ -209,5 +225,5 @@ def requests_log():
 def callbacks_log():
     """Callback delivery attempts, newest first; filters: task_id, stage, limit."""
     entries = _svc().store.read_log("attempts", _int_arg("limit", 100), task_id=request.args.get("task_id"),
-                                    stage=request.args.get("stage"))
+                                    stage=_choice_arg("stage", CALLBACK_STAGES))
     return ok(entries)

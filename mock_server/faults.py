@@ -1,7 +1,8 @@
 """What the user asked to go wrong, from three places, consumed by the HTTP layer:
 
 1. a request header in the style of Prism: `Prefer: code=402`, `Prefer: scenario=fail-501`
-   (several: `Prefer: code=500, latency=2`);
+   (several: `Prefer: code=500, latency=2`; a scenario's parameter rides along:
+   `Prefer: scenario=delayed-callbacks, delay=5`);
 2. faults armed through the control API or a scenario file: "the next N requests of this
    key answer CODE" (kind "code") or "the next N tasks of this key play SCENARIO"
    (kind "scenario");
@@ -45,6 +46,7 @@ class Prefer:
         if not header:
             return cls()
         code = scenario = latency = None
+        params: dict = {}
         for part in header.split(","):
             name, _, value = part.strip().partition("=")
             name, value = name.strip().lower(), value.strip().strip('"')
@@ -53,10 +55,12 @@ class Prefer:
                     raise PreferError(f"Prefer: code must be one of {', '.join(map(str, ERROR_CODES))} (got {value!r})")
                 code = int(value)
             elif name == "scenario":
+                scenario = value
+            elif name in ("delay", "seconds"):  # the scenario's parameter: scenario=empty-files, seconds=5
                 try:
-                    scenario = Scenario.parse(value)
-                except ValueError as exc:
-                    raise PreferError(f"Prefer: {exc}") from None
+                    params[name] = float(value)
+                except ValueError:
+                    raise PreferError(f"Prefer: {name} must be a number of seconds (got {value!r})") from None
             elif name == "latency":
                 try:
                     latency = float(value)
@@ -65,6 +69,14 @@ class Prefer:
                 if not 0 <= latency <= 60:
                     raise PreferError("Prefer: latency must be from 0 to 60 seconds")
             # other preferences (e.g. Prism's example=, dynamic=) are ignored, as RFC 7240 says
+        if params and scenario is None:
+            raise PreferError(f"Prefer: {', '.join(params)} is a parameter of a scenario: "
+                              f"add scenario=delayed-callbacks (delay) or scenario=empty-files (seconds)")
+        if scenario is not None:
+            try:
+                scenario = Scenario.parse(scenario, params)
+            except ValueError as exc:
+                raise PreferError(f"Prefer: {exc}") from None
         return cls(code, scenario, latency)
 
 

@@ -15,6 +15,7 @@ failure setup into their repository.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -25,9 +26,12 @@ SECTIONS = ("settings", "accounts", "faults")
 
 
 def load(path: str | Path) -> dict:
+    path = Path(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())  # JSON is YAML too
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+        # a .json file is read as strict JSON (YAML would let a trailing comma pass); anything else as YAML
+        data = json.loads(text) if path.suffix.lower() == ".json" and text.strip() else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise BadRequest(f"scenario file {path}: {exc}") from None
     if data is None:
         return {}

@@ -23,6 +23,8 @@ from .config import Config
 FAIL_CODES = (400, 408, 413, 500, 501, 531)
 NAMES = ("success", "complete-only", *(f"fail-{c}" for c in FAIL_CODES), "duplicate-callbacks",
          "delayed-callbacks", "no-callbacks", "empty-files")
+# The parameters a scenario takes (seconds); the others take none.
+PARAMS = {"delayed-callbacks": ("delay",), "empty-files": ("seconds",)}
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,20 @@ class Scenario:
     @classmethod
     def parse(cls, name: str, params: dict | None = None) -> "Scenario":
         """A scenario by name; ValueError with the list of names when unknown."""
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"scenario: a name is required (got {name!r}); known: {', '.join(NAMES)}")
         name = (name or "success").strip()
         if name not in NAMES:
             raise ValueError(f"unknown scenario {name!r}; known: {', '.join(NAMES)}")
+        if params is not None and not isinstance(params, dict):
+            raise ValueError(f"scenario {name}: params is a mapping, e.g. {{\"delay\": 5}} (got {params!r})")
         params = dict(params or {})
-        for k in ("delay", "seconds"):
+        allowed = PARAMS.get(name, ())
+        unknown = sorted(str(k) for k in set(params) - set(allowed))
+        if unknown:  # a misspelt parameter would otherwise be ignored without a word
+            takes = f"takes only {', '.join(allowed)}" if allowed else "takes no parameters"
+            raise ValueError(f"scenario {name} {takes} (got {', '.join(unknown)})")
+        for k in allowed:
             if k in params:
                 value = params[k]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400 * 30:

@@ -54,11 +54,25 @@ class Scheduler:
         self._add(task["taskId"], "stage", task["plan"][0]["at"], index=0)
 
     def fire_now(self, task_id: str) -> int:
-        """Make every pending job of the task due now (and run them, on a virtual clock)."""
-        n = self.store.reschedule_jobs(task_id, self.clock.now())
+        """Make the task's pending work due now: its stages still to come (the rest of its plan is
+        moved to now), callback retries and late deliveries. On a virtual clock it all runs before
+        this returns, without moving the clock (a receiver that keeps failing uses up its retries)."""
+        now = self.clock.now()
+        task = self.store.get_task(task_id)
+        if task is not None and any(step["at"] > now for step in task["plan"]):
+            self.store.update_task(task_id, {"plan": [dict(step, at=min(step["at"], now)) for step in task["plan"]]})
+        n = self.store.reschedule_jobs(task_id, now)
         self._wake.set()
         if getattr(self.clock, "virtual", False):
             self.clock.advance(0)
+            # running may add work for later (the next retry, a delayed delivery): fire it too;
+            # bounded, since a task has a bounded number of stages and attempts
+            for _ in range(100):
+                more = self.store.reschedule_jobs(task_id, now)
+                if not more:
+                    break
+                n += more
+                self.clock.advance(0)
         return n
 
     # -- running --------------------------------------------------------------------------

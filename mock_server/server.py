@@ -1,35 +1,214 @@
-"""Running the app: one process (threaded) by default."""
+"""Running the app: `kie-mock serve [--workers N]` on a production WSGI server.
+
+The server is granian (its WSGI interface), chosen by measurement against gunicorn's sync and
+gthread workers on a 2-core machine (POST upload-cover, wrk, 32 connections; figures in
+ARCHITECTURE.md / the README). `KIE_MOCK_HTTP_SERVER=gunicorn-gthread|gunicorn-sync|werkzeug`
+picks another one (for comparison, or where granian's wheel is missing).
+
+Workers are processes: each one builds its own app (and so its own scheduler thread and
+store connections) AFTER the fork, from the factory `worker_app`. With more than one worker
+the state must live in a store the processes share (a sqlite file or redis); the shared store
+is seeded (configured keys, the scenario file) once, by the parent, before any worker starts.
+Each worker's scheduler claims due jobs with a lease, so every callback attempt is made by
+one worker only, and a dead worker's jobs are taken over when its lease runs out.
+"""
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import pickle
+import shutil
 import signal
+import socket
 import sys
+import tempfile
+import threading
 
-from .app import create_app
 from .config import Config
 
+ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
+ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
+SERVERS = ("granian", "gunicorn-gthread", "gunicorn-sync", "werkzeug")
+DEFAULT_SERVER = "granian"
+THREADS_PER_WORKER = 8  # WSGI threads per worker process (the work is CPU-bound; more only adds switching)
 
-def run(cfg: Config, workers: int = 1, scenario_file: str | None = None) -> int:
-    from werkzeug.serving import make_server
 
+class ServeError(Exception):
+    """A setting that cannot work (the message says why and what to do instead)."""
+
+
+def shared_store(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://")) or (
+        url.startswith("sqlite:") and url[len("sqlite:"):] not in ("", ":memory:"))
+
+
+def check(cfg: Config, workers: int) -> None:
+    if workers < 1:
+        raise ServeError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and not shared_store(cfg.store):
+        raise ServeError(
+            f"--workers {workers} needs a store the worker processes share, and {cfg.store!r} lives inside one "
+            f"process (each worker would have its own tasks, credits and rate windows). Use --store "
+            f"sqlite:PATH (the default for serve) or --store redis://HOST:PORT/DB, or --workers 1.")
+    if workers > 1 and cfg.clock == "virtual":
+        raise ServeError("--clock virtual needs --workers 1: each worker process would have its own clock, "
+                         "and POST /_mock/clock/advance would move only one of them.")
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _prepare_shared_store(cfg: Config, scenario_file: str | None) -> None:
+    """Seed the shared store once, before the workers start (they then find the keys there)."""
+    from .service import Service
+
+    svc = Service(cfg)  # seeds the configured keys the store does not know yet
+    try:
+        if scenario_file:
+            from .scenario_file import apply_file
+
+            apply_file(svc, scenario_file)
+    finally:
+        svc.store.close()
+
+
+def worker_app():
+    """The app of one worker process (the factory the WSGI server calls after forking)."""
+    from .app import create_app
+
+    cfg: Config = pickle.loads(base64.b64decode(os.environ[ENV_CONFIG]))
     app = create_app(cfg)
-    if scenario_file:
+    scenario_file = os.environ.get(ENV_SCENARIO)
+    if scenario_file:  # only set for a one-process store: this worker is the only one
         from .scenario_file import apply_file
 
         apply_file(app.extensions["kie_mock"], scenario_file)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(cfg.host, cfg.port, app, threaded=True)
+    return app
+
+
+def banner(cfg: Config, port: int, workers: int, server: str) -> str:
     keys = ", ".join(cfg.api_keys)
-    print(f"kie-mock listening on http://{cfg.host}:{server.port}  (keys: {keys}; transport: {cfg.transport}; "
-          f"clock: {cfg.clock}; store: {cfg.store})", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    return (f"kie-mock listening on http://{cfg.host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
+            f"clock: {cfg.clock}; store: {cfg.store}; server: {server}, workers: {workers})")
+
+
+def default_store_dir() -> str:
+    """Where `serve` keeps its state when no --store is given: a fresh directory per start."""
+    return tempfile.mkdtemp(prefix="kie-mock-")
+
+
+def run(cfg: Config, workers: int = 1, scenario_file: str | None = None, server: str | None = None,
+        default_store: bool = False) -> int:
+    """Serve until SIGINT/SIGTERM. `default_store`: the user named no store, so use a fresh sqlite
+    file in a temporary directory (shared by the workers, on disk rather than in memory) and
+    remove it at a clean exit. After a crash it stays, and the banner names it."""
+    tmpdir = None
+    if default_store:
+        tmpdir = default_store_dir()
+        cfg = cfg.with_overrides(store=f"sqlite:{os.path.join(tmpdir, 'kie-mock.sqlite')}")
     try:
-        server.serve_forever()
+        return _run(cfg, workers, scenario_file, server)
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | None) -> int:
+    server = server or os.environ.get("KIE_MOCK_HTTP_SERVER") or DEFAULT_SERVER
+    try:
+        if server not in SERVERS:
+            raise ServeError(f"KIE_MOCK_HTTP_SERVER must be one of {', '.join(SERVERS)}, got {server!r}")
+        check(cfg, workers)
+        if server == "werkzeug" and workers > 1:
+            raise ServeError("the werkzeug development server runs one process: use --workers 1")
+    except ServeError as exc:
+        print(f"kie-mock serve: {exc}", file=sys.stderr)
+        return 2
+    if cfg.port == 0:
+        cfg = cfg.with_overrides(port=_free_port(cfg.host))
+    if shared_store(cfg.store):
+        _prepare_shared_store(cfg, scenario_file)
+        scenario_file = None
+    os.environ[ENV_CONFIG] = base64.b64encode(pickle.dumps(cfg)).decode()
+    if scenario_file:
+        os.environ[ENV_SCENARIO] = os.path.abspath(scenario_file)
+    else:
+        os.environ.pop(ENV_SCENARIO, None)
+    line = banner(cfg, cfg.port, workers, server)
+    if server == "granian":
+        return _run_granian(cfg, workers, line)
+    if server.startswith("gunicorn"):
+        return _run_gunicorn(cfg, workers, line, server.split("-", 1)[1])
+    return _run_werkzeug(cfg, line)
+
+
+def _run_granian(cfg: Config, workers: int, line: str) -> int:
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    threads = int(os.environ.get("KIE_MOCK_HTTP_THREADS", THREADS_PER_WORKER))
+    srv = Server("mock_server.server:worker_app", address=cfg.host, port=cfg.port, interface=Interfaces.WSGI,
+                 workers=workers, factory=True, blocking_threads=threads, backpressure=max(threads * 16, 128),
+                 log_level=LogLevels.warning, log_access=False, respawn_failed_workers=True,
+                 workers_kill_timeout=10)
+    srv.on_startup(lambda: print(line, flush=True))  # called once the socket is bound
+    srv.serve()
+    return 0
+
+
+def _run_gunicorn(cfg: Config, workers: int, line: str, kind: str) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    threads = int(os.environ.get("KIE_MOCK_HTTP_THREADS", THREADS_PER_WORKER))
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    options = {
+        "bind": f"{host}:{cfg.port}", "workers": workers, "worker_class": kind,
+        "threads": threads if kind == "gthread" else 1, "timeout": 120, "graceful_timeout": 10,
+        "keepalive": 5, "accesslog": None, "errorlog": "-", "loglevel": "warning", "backlog": 2048,
+        "when_ready": lambda arbiter: print(line, flush=True),
+        "worker_exit": lambda arbiter, worker: _stop_worker(getattr(worker, "wsgi", None)),
+    }
+
+    class App(BaseApplication):
+        def load_config(self):
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):  # in the worker, after the fork
+            return worker_app()
+
+    App().run()
+    return 0
+
+
+def _stop_worker(app) -> None:
+    svc = getattr(app, "extensions", {}).get("kie_mock") if app is not None else None
+    if svc is not None:
+        svc.scheduler.stop()
+
+
+def _run_werkzeug(cfg: Config, line: str) -> int:
+    from werkzeug.serving import make_server
+
+    app = worker_app()
+    srv = make_server(cfg.host, cfg.port, app, threaded=True)
+    print(line, flush=True)
+    # shutdown() waits for serve_forever() to return: ask from another thread.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown, daemon=True).start())
+    try:
+        srv.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        app.extensions["kie_mock"].scheduler.stop()
+        _stop_worker(app)
     return 0
 
 

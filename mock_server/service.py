@@ -84,8 +84,8 @@ class Service:
         if code is None:
             fault = self.store.take_fault(key, "code")
             code = fault["code"] if fault else None
-        if code is not None:
-            return Rejection(code, faults.MESSAGES[code], None, "forced")
+        if code is not None:  # a forced 429 looks like a real one: Retry-After included
+            return Rejection(code, faults.MESSAGES[code], None, "forced", retry_after=1 if code == 429 else None)
         return None
 
     def upload_cover(self, key: str, body, base_url: str, prefer: faults.Prefer) -> Accepted | Rejection:

@@ -96,3 +96,12 @@ def submit(client, payload=None, headers=None, **kw):
     h.update(headers or {})
     r = client.post("/api/v1/generate/upload-cover", json=body() if payload is None else payload, headers=h, **kw)
     return r.status_code, r.get_json()
+
+
+@pytest.fixture(scope="module")
+def lenient_client():
+    """One fake per test module with no rate limit and a huge balance: for many verdicts in a row."""
+    cfg = Config(clock="virtual", rate_limit=0, api_keys={KEY: 10**12})
+    app = create_app(cfg, clock=VirtualClock(start=1_750_000_000.0), deliver=RecordingDelivery())
+    yield app.test_client()
+    app.extensions["kie_mock"].scheduler.stop()

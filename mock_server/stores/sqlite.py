@@ -37,20 +37,22 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     key TEXT PRIMARY KEY, credits INTEGER NOT NULL, hmac_key TEXT, seq INTEGER);
 CREATE TABLE IF NOT EXISTS rates (
-    token TEXT PRIMARY KEY, bucket TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL);
+    token TEXT PRIMARY KEY, bucket TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rates_bucket ON rates (bucket, expires);
-CREATE INDEX IF NOT EXISTS rates_expires ON rates (expires);
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    bucket TEXT PRIMARY KEY, n INTEGER NOT NULL, last REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rate_buckets_last ON rate_buckets (last);
 CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, key TEXT, status TEXT,
     expires_at REAL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_expires ON tasks (expires_at);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, task_id TEXT, due REAL NOT NULL, owner TEXT, lease_until REAL,
-    avail REAL NOT NULL, data BLOB NOT NULL);
+    avail REAL NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_avail ON jobs (avail);
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
 CREATE TABLE IF NOT EXISTS logs (
-    journal TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (journal, n));
+    journal TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (journal, n)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS faults (
     seq INTEGER PRIMARY KEY, kind TEXT, key TEXT, count INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS faults_kind ON faults (kind, seq);
@@ -173,7 +175,7 @@ class SqliteStore(Store):
 
     def reset(self) -> None:
         with self._write() as conn:
-            for table in ("accounts", "rates", "tasks", "jobs", "logs", "faults", "settings"):
+            for table in ("accounts", "rates", "rate_buckets", "tasks", "jobs", "logs", "faults", "settings"):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- accounts ----------------------------------------------------------------------------
@@ -207,22 +209,34 @@ class SqliteStore(Store):
 
     # -- rate windows ------------------------------------------------------------------------
     def rate_acquire(self, bucket, now, limit, window):
-        token = uuid.uuid4().hex
+        # rates: one row per admitted entry; rate_buckets: their count per bucket (COUNT(*) would
+        # walk the whole window) and the latest expiry, so whole idle buckets can be swept.
         with self._write() as conn:
-            conn.execute("DELETE FROM rates WHERE bucket = ? AND expires <= ?", (bucket, now))
-            count, first = conn.execute("SELECT COUNT(*), MIN(at) FROM rates WHERE bucket = ?",
-                                        (bucket,)).fetchone()
-            if count >= limit:
-                return False, max(first + window - now, 0.0) if first is not None else 0.0, ""
+            gone = conn.execute("DELETE FROM rates WHERE bucket = ? AND expires <= ?", (bucket, now)).rowcount
+            row = conn.execute("SELECT n FROM rate_buckets WHERE bucket = ?", (bucket,)).fetchone()
+            n = (row[0] if row else 0) - gone
+            if n >= limit:
+                if gone:
+                    conn.execute("UPDATE rate_buckets SET n = ? WHERE bucket = ?", (n, bucket))
+                (first,) = conn.execute("SELECT MIN(expires) FROM rates WHERE bucket = ?", (bucket,)).fetchone()
+                return False, max(first - now, 0.0) if first is not None else 0.0, ""
+            token = uuid.uuid4().hex
+            expires = now + window
             conn.execute("INSERT INTO rates (token, bucket, at, expires) VALUES (?, ?, ?, ?)",
-                         (token, bucket, now, now + window))
+                         (token, bucket, now, expires))
+            conn.execute("INSERT INTO rate_buckets (bucket, n, last) VALUES (?1, ?2, ?3) ON CONFLICT (bucket) "
+                         "DO UPDATE SET n = ?2, last = MAX(last, ?3)", (bucket, n + 1, expires))
             self._sweep += 1
-            if self._sweep % 512 == 0:  # buckets that are never used again (per-task poll limits)
-                conn.execute("DELETE FROM rates WHERE expires <= ?", (now,))
+            if self._sweep % 256 == 0:  # buckets nobody uses again (per-task poll limits): drop whole
+                conn.execute("DELETE FROM rates WHERE bucket IN (SELECT bucket FROM rate_buckets WHERE last <= ?)",
+                             (now,))
+                conn.execute("DELETE FROM rate_buckets WHERE last <= ?", (now,))
         return True, 0.0, token
 
     def rate_release(self, bucket, token):
-        self._exec("DELETE FROM rates WHERE token = ? AND bucket = ?", (token, bucket))
+        with self._write() as conn:
+            if conn.execute("DELETE FROM rates WHERE token = ? AND bucket = ?", (token, bucket)).rowcount:
+                conn.execute("UPDATE rate_buckets SET n = n - 1 WHERE bucket = ?", (bucket,))
 
     # -- tasks ------------------------------------------------------------------------------
     def put_task(self, task):

@@ -1,0 +1,184 @@
+"""Replay: hold a fake to what a target answered when it was recorded (`verify --record DIR`).
+
+Every recorded request is sent again to the fake (keys and callback URLs substituted, the
+recorded taskIds mapped to the fake's), and the fake's answer must match the recording in
+what the contract is about: the HTTP status, the envelope code, and the *shape* of the
+body (keys and JSON types, not values: ids, messages and times differ by design). The
+callbacks each recorded task received must match too: the same stages, in the same order,
+with payloads of the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .runner import Context, Result
+from .target import REDACTED
+
+
+def load(directory) -> tuple[dict, list[dict], list[dict]]:
+    d = Path(directory)
+    if not (d / "exchanges.jsonl").exists():
+        raise FileNotFoundError(f"{d}: no exchanges.jsonl (record one with verify --record {d})")
+    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+    read = lambda name: [json.loads(line) for line in (d / name).read_text().splitlines() if line.strip()]  # noqa: E731
+    return meta, read("exchanges.jsonl"), read("callbacks.jsonl") if (d / "callbacks.jsonl").exists() else []
+
+
+def shape(value):
+    """The JSON shape of a value: key sets and types; a list's shape is its first item's."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if value is None:
+        return "null"
+    return "string"
+
+
+def shape_diff(want, got, path: str = "") -> list[str]:
+    """Where two shapes differ ('data.taskId: string vs missing')."""
+    here = path or "(root)"
+    if isinstance(want, dict) and isinstance(got, dict):
+        out = []
+        for k in want:
+            if k not in got:
+                out.append(f"{path + '.' if path else ''}{k}: recorded, missing from the fake")
+            else:
+                out += shape_diff(want[k], got[k], f"{path + '.' if path else ''}{k}")
+        out += [f"{path + '.' if path else ''}{k}: the fake has it, the recording not" for k in got if k not in want]
+        return out
+    if isinstance(want, list) and isinstance(got, list):
+        if want and got:
+            return shape_diff(want[0], got[0], f"{path}[]")
+        return []  # an empty list matches any list
+    if want == got:
+        return []
+    return [f"{here}: recorded {_kind(want)}, the fake {_kind(got)}"]
+
+
+def _kind(s) -> str:
+    return "object" if isinstance(s, dict) else "array" if isinstance(s, list) else s
+
+
+def _subst(value, key: str, ids: dict, urls: dict):
+    if isinstance(value, str):
+        for old, new in ids.items():
+            value = value.replace(old, new)
+        for old, new in urls.items():
+            if value == old:
+                value = new
+        return value.replace(REDACTED, key)
+    if isinstance(value, dict):
+        return {k: _subst(v, key, ids, urls) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_subst(v, key, ids, urls) for v in value]
+    return value
+
+
+def replay(ctx: Context, directory, progress=None) -> list[Result]:
+    meta, exchanges, callbacks = load(directory)
+    target = ctx.target
+    key = target.api_key
+    ids: dict[str, str] = {}  # recorded taskId -> the fake's
+    urls: dict[str, str] = {}  # recorded callBackUrl -> our receiver's
+    tokens: dict[str, tuple[str, str]] = {}  # receiver token -> (recorded task id, check)
+    by_check: dict[str, Result] = {}
+    order = list(dict.fromkeys(e.get("check") or "?" for e in exchanges))
+    for i, name in enumerate(order, 1):
+        r = by_check[name] = Result(f"replay:{name}", "replay", "free")
+        ctx.result = r
+        started = time.monotonic()
+        for rec in (e for e in exchanges if (e.get("check") or "?") == name):
+            _one(ctx, rec, key, ids, urls, tokens)
+        r.duration = time.monotonic() - started
+        r.status = "failed" if r.disagreements else "passed"
+        if progress:
+            progress.stream.write(f"[{i:>2}/{len(order)}] {r.check:<40} {r.status.upper()} ({r.cases} exchanges)\n")
+    if callbacks:
+        r = Result("replay:callbacks", "replay", "free")
+        ctx.result = r
+        _callbacks(ctx, callbacks, ids, tokens)
+        r.status = "failed" if r.disagreements else "passed"
+        by_check["replay:callbacks"] = r
+    return list(by_check.values())
+
+
+def _one(ctx, rec: dict, key: str, ids: dict, urls: dict, tokens: dict) -> None:
+    path = rec["path"]
+    if path.startswith(("http://", "https://")):
+        ctx.note(f"not replayed (a file download from the recorded target): {path[:60]}")
+        return
+    body = rec.get("body")
+    if isinstance(body, dict) and isinstance(body.get("callBackUrl"), str) and ctx.receiver:
+        old = body["callBackUrl"]
+        token = old.rstrip("/").rsplit("/", 1)[-1]
+        urls.setdefault(old, ctx.receiver.url(token))
+    body = _subst(body, key, ids, urls)
+    headers = _subst(rec.get("headers") or {}, key, ids, urls)
+    query = _subst(rec.get("query") or {}, key, ids, urls)
+    call = {"json": body} if isinstance(body, (dict, list)) or (body is None and "content-type" in
+                                                                  {h.lower() for h in headers}) else {"data": body}
+    if isinstance(body, str):
+        call = {"data": body}
+    ex = ctx.target.call(rec["method"], path, params=query, headers=headers,
+                         auth=headers.get("Authorization") or headers.get("authorization"),
+                         label=ctx.result.check, retry_429=False, **call)
+    ctx.case()
+    want = rec["response"]
+    got = ex.reply
+    rj, gj = want.get("json"), got.json()
+    if isinstance(rj, dict) and isinstance(gj, dict) and rj.get("code") == 200 and gj.get("code") == 200:
+        old_id = (rj.get("data") or {}).get("taskId") if isinstance(rj.get("data"), dict) else None
+        new_id = (gj.get("data") or {}).get("taskId") if isinstance(gj.get("data"), dict) else None
+        if old_id and new_id:
+            ids[old_id] = new_id
+            if isinstance(body, dict) and isinstance(body.get("callBackUrl"), str):
+                tokens[body["callBackUrl"].rstrip("/").rsplit("/", 1)[-1]] = (old_id, ctx.result.check)
+    said = f"recorded: HTTP {want['status']}" + (f", code {rj.get('code')}" if isinstance(rj, dict) else "")
+    if got.status != want["status"]:
+        ctx.disagree("replay.http-status", ex, said, ex)
+    if isinstance(rj, dict) and isinstance(gj, dict):
+        if rj.get("code") != gj.get("code"):
+            ctx.disagree("replay.code", ex, said + f' "{str(rj.get("msg"))[:60]}"', ex)
+        else:
+            diffs = shape_diff(shape(rj), shape(gj))
+            if diffs:
+                ctx.disagree("replay.shape", ex, "the recorded body's shape (keys and types)", "; ".join(diffs[:3]))
+    elif (rj is None) != (gj is None):
+        ctx.disagree("replay.body", ex, "a JSON body" if rj is not None else "a non-JSON body", ex)
+
+
+def _callbacks(ctx, recorded: list[dict], ids: dict, tokens: dict) -> None:
+    rx = ctx.receiver
+    if rx is None:
+        ctx.note("no receiver: recorded callbacks not compared")
+        return
+    by_task: dict[str, list[dict]] = {}
+    for c in recorded:
+        by_task.setdefault(c["task_id"], []).append(c)
+    for token, (old_id, check_name) in tokens.items():
+        want = by_task.get(old_id)
+        if not want:
+            continue
+        final = want[-1]["json"]["data"].get("callbackType") if isinstance(want[-1].get("json"), dict) else None
+        got = rx.wait_for_stage(token, final or ("complete", "error"), timeout=ctx.callback_timeout, settle=0.2)
+        ctx.case()
+        ws = [(c.get("json") or {}).get("data", {}).get("callbackType") for c in want]
+        gs = [c.stage for c in got if c.status < 300]
+        where = f"callbacks of the task of {check_name} (recorded {old_id})"
+        if ws != gs:
+            ctx.disagree("replay.callback-stages", where, f"recorded stages: {', '.join(map(str, ws))}",
+                         f"the fake sent: {', '.join(map(str, gs)) or 'none'}")
+            continue
+        for w, g in zip(want, (c for c in got if c.status < 300)):
+            diffs = shape_diff(shape(w.get("json")), shape(g.json))
+            if diffs:
+                ctx.disagree("replay.callback-shape", f"{g.stage} callback, {where}",
+                             "the recorded payload's shape", "; ".join(diffs[:3]))

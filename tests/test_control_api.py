@@ -1,0 +1,577 @@
+"""Issue 4: the control API under /_mock: every endpoint, as documented in control-openapi.yaml
+(each answer checked against the document), bad input answered 400 with a reason and never
+500, the admin token guard, the filters, and the Python client over HTTP and in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_openapi
+
+from conftest import AUTH, KEY, body, submit
+from mock_server.control_client import ControlClient, ControlError
+from mock_server.scenarios import NAMES
+from test_failures import T0, accepted, auth, credits, make_fake, record_info, serve  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = yaml.safe_load((ROOT / "control-openapi.yaml").read_text())
+METHODS = ("get", "put", "post", "delete", "patch")
+
+
+# -- the document -------------------------------------------------------------------------------------
+def node_path(ref: str) -> list[str]:
+    return ref.lstrip("#/").split("/")
+
+
+def resolve(node: dict) -> dict:
+    while "$ref" in node:
+        target = SPEC
+        for part in node_path(node["$ref"]):
+            target = target[part]
+        node = target
+    return node
+
+
+def template_of(path: str) -> str:
+    for template in SPEC["paths"]:
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path):
+            return template
+    raise AssertionError(f"{path} is not in control-openapi.yaml")
+
+
+def check_documented(method: str, path: str, status: int, envelope) -> None:
+    """The answer is one the document lists for this operation, and matches its schema."""
+    template = template_of(path.split("?")[0])
+    operation = SPEC["paths"][template].get(method.lower())
+    assert operation, f"{method} {template} is not documented"
+    assert str(status) in operation["responses"], \
+        f"{method} {template} answered HTTP {status}; documented: {sorted(operation['responses'])}"
+    response = resolve(operation["responses"][str(status)])
+    schema = response["content"]["application/json"]["schema"]
+    errors = sorted(Draft202012Validator({**schema, "components": SPEC["components"]}).iter_errors(envelope),
+                    key=str)
+    assert not errors, f"{method} {path} -> {status}: {errors[0].message} at {list(errors[0].absolute_path)}"
+    assert envelope["code"] == status  # the control API mirrors the code in the HTTP status
+
+
+class Checked:
+    """The control API through a Flask test client, every answer checked against the document."""
+
+    def __init__(self, client, token: str | None = None):
+        self.client, self.token = client, token
+        self.seen: set[tuple[str, str, int]] = set()
+
+    def __call__(self, method: str, path: str, payload=None, raw: str | None = None, headers=None):
+        h = dict(headers or {})
+        if self.token is not None:
+            h.setdefault("X-Admin-Token", self.token)
+        if raw is not None:
+            r = self.client.open(path, method=method, data=raw, content_type="application/json", headers=h)
+        else:
+            r = self.client.open(path, method=method, json=payload, headers=h)
+        envelope = r.get_json()
+        assert envelope is not None, f"{method} {path}: not JSON: {r.data[:200]!r}"
+        check_documented(method, path, r.status_code, envelope)
+        self.seen.add((template_of(path.split("?")[0]), method.lower(), r.status_code))
+        return r.status_code, envelope
+
+
+@pytest.fixture
+def mock(client) -> Checked:
+    return Checked(client)
+
+
+def ok(result) -> object:
+    status, envelope = result
+    assert (status, envelope["code"]) == (200, 200), envelope
+    return envelope["data"]
+
+
+def bad(result, reason: str, code: int = 400) -> str:
+    status, envelope = result
+    assert (status, envelope["code"], envelope["data"]) == (code, code, None), envelope
+    assert reason in envelope["msg"], envelope["msg"]
+    return envelope["msg"]
+
+
+# ==================================================================================================
+# The document itself
+# ==================================================================================================
+def test_the_document_is_valid_openapi_3_1():
+    assert SPEC["openapi"].startswith("3.1")
+    validate_openapi(SPEC)
+
+
+def test_every_control_route_is_documented_and_nothing_else(app):
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/_mock"):
+            path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+            routes |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(p, m) for p, ops in SPEC["paths"].items() for m in ops if m in METHODS}
+    assert routes == documented
+
+
+def test_documented_scenario_names_and_codes_are_the_fakes(mock):
+    data = ok(mock("GET", "/_mock/scenarios"))
+    schemas = SPEC["components"]["schemas"]
+    assert data["scenarios"] == list(NAMES) == schemas["ScenarioName"]["enum"]
+    assert data["codes"] == schemas["ForcedCode"]["enum"]
+
+
+# ==================================================================================================
+# Every endpoint, in a user's order, each answer as documented
+# ==================================================================================================
+def test_every_documented_operation_answers_as_documented(client, clock, delivery):
+    mock = Checked(client)
+    assert "fail-531" in ok(mock("GET", "/_mock/scenarios"))["scenarios"]
+    health = ok(mock("GET", "/_mock/health"))
+    assert (health["status"], health["clock"], health["now"]) == ("ok", "virtual", T0)
+
+    # accounts
+    assert ok(mock("PUT", "/_mock/accounts/team-key", {"credits": 30, "webhookHmacKey": "s3cret"})) == \
+        {"key": "t…", "credits": 30, "signed": True}  # keys never shown in full
+    accounts = ok(mock("GET", "/_mock/accounts"))
+    assert {a["credits"] for a in accounts} == {1000, 30} and all(KEY not in a["key"] for a in accounts)
+    assert credits(client, "team-key") == 30
+
+    # settings
+    settings = ok(mock("GET", "/_mock/settings"))
+    assert settings == {"rate_limit": 20, "rate_window": 10.0, "cover_cost": 12, "record_info_per_second": 3,
+                        "maintenance": False, "maintenance_window": None, "latency": None,
+                        "default_scenario": "success"}
+    changed = ok(mock("PATCH", "/_mock/settings", {"cover_cost": 10, "latency": {"min": 0, "max": 0},
+                                                    "maintenance_window": {"start_in": 100, "duration": 10}}))
+    assert changed["cover_cost"] == 10 and changed["maintenance_window"] == [T0 + 100, T0 + 110]
+    assert ok(mock("GET", "/_mock/settings")) == changed
+
+    # faults
+    fault = ok(mock("POST", "/_mock/faults", {"scenario": "fail-531", "key": "team-key"}))
+    assert fault["kind"] == "scenario" and fault["count"] == 1 and "team-key" not in fault["key"]
+    ok(mock("POST", "/_mock/faults", {"code": 409, "count": 3}))
+    assert [f["kind"] for f in ok(mock("GET", "/_mock/faults"))] == ["scenario", "code"]
+    ok(mock("DELETE", "/_mock/faults"))
+    assert ok(mock("GET", "/_mock/faults")) == []
+    ok(mock("POST", "/_mock/faults", {"scenario": "fail-531", "key": "team-key"}))
+
+    # a task, its journal, the clock
+    task_id = accepted(client, headers=auth("team-key"))
+    assert credits(client, "team-key") == 20
+    assert ok(mock("GET", "/_mock/clock")) == {"now": T0, "virtual": True}
+    assert ok(mock("POST", "/_mock/clock/advance", {"seconds": 2})) == {"now": T0 + 2, "virtual": True}
+    task = ok(mock("GET", f"/_mock/tasks/{task_id}"))
+    assert (task["status"], task["recordInfo"]["status"], task["scenario"]["name"]) == \
+        ("TEXT_SUCCESS", "TEXT_SUCCESS", "fail-531")
+    assert [j["kind"] for j in task["jobs"]] == ["stage"]
+    assert ok(mock("POST", f"/_mock/tasks/{task_id}/fire"))["jobs"] >= 1
+    assert ok(mock("GET", "/_mock/clock"))["now"] == T0 + 2  # fire does not move the clock
+    assert ok(mock("GET", f"/_mock/tasks/{task_id}"))["recordInfo"]["errorCode"] == 531
+    assert credits(client, "team-key") == 30  # refunded
+    assert [t["taskId"] for t in ok(mock("GET", "/_mock/tasks"))] == [task_id]
+    attempts = ok(mock("GET", "/_mock/callbacks"))
+    assert [a["stage"] for a in attempts] == ["error", "text"]
+    assert all(a["signed"] for a in attempts) and "X-Webhook-Signature" in delivery.calls[0]["headers"]
+    requests = ok(mock("GET", "/_mock/requests"))
+    assert [e["task_id"] for e in requests if e["path"] == "/api/v1/generate/upload-cover"] == [task_id]
+
+    # remove a key, then reset everything
+    ok(mock("DELETE", "/_mock/accounts/team-key"))
+    assert submit(client, headers=auth("team-key"))[1]["code"] == 401
+    ok(mock("POST", "/_mock/reset"))
+    assert ok(mock("GET", "/_mock/tasks")) == [] and ok(mock("GET", "/_mock/callbacks")) == []
+    assert ok(mock("GET", "/_mock/requests")) == [] and ok(mock("GET", "/_mock/faults")) == []
+    assert ok(mock("GET", "/_mock/settings")) == settings
+    assert [a["credits"] for a in ok(mock("GET", "/_mock/accounts"))] == [1000]
+    assert ok(mock("GET", "/_mock/clock"))["now"] == T0 + 2  # the clock is not moved back
+
+    documented = {(p, m) for p, ops in SPEC["paths"].items() for m in ops if m in METHODS}
+    answered = {(p, m) for p, m, status in mock.seen if status == 200}
+    assert answered == documented
+
+
+def test_reset_gives_configured_keys_their_starting_balance_back(client, mock):
+    accepted(client)
+    ok(mock("PUT", f"/_mock/accounts/{KEY}", {"credits": 3}))
+    ok(mock("POST", "/_mock/reset"))
+    assert credits(client) == 1000
+
+
+def test_put_account_keeps_what_is_not_given_and_null_turns_signing_off(client, mock, clock, delivery):
+    ok(mock("PUT", "/_mock/accounts/team-key", {"webhookHmacKey": "k"}))
+    assert credits(client, "team-key") == 0  # a new account starts with nothing
+    assert ok(mock("PUT", "/_mock/accounts/team-key", {"credits": 12}))["signed"] is True
+    assert ok(mock("PUT", "/_mock/accounts/team-key", {"webhookHmacKey": None}))["signed"] is False
+    assert credits(client, "team-key") == 12
+    task_id = accepted(client, headers=auth("team-key"))
+    clock.advance(2)
+    assert delivery.stages(task_id) == ["text"] and delivery.calls[0]["headers"] == {}
+
+
+def test_account_keys_are_path_segments_url_encoded(client, app):
+    ctl = ControlClient.in_process(app)
+    ctl.put_account("team key/with+odd", credits=12)
+    accepted(client, headers=auth("team key/with+odd"))
+    ctl.delete_account("team key/with+odd")
+    assert submit(client, headers=auth("team key/with+odd"))[1]["code"] == 401
+
+
+def test_fire_a_delayed_callbacks_task_delivers_everything_now(client, mock, clock, delivery):
+    task_id = accepted(client, headers={"Prefer": "scenario=delayed-callbacks"})
+    clock.advance(8)
+    assert delivery.calls == []
+    ok(mock("POST", f"/_mock/tasks/{task_id}/fire"))
+    assert delivery.stages(task_id) == ["text", "first", "complete"]
+
+
+def test_fire_a_fresh_task_runs_every_stage_now_in_order(client, mock, delivery, clock):
+    task_id = accepted(client)
+    assert ok(mock("POST", f"/_mock/tasks/{task_id}/fire"))["jobs"] >= 1
+    assert delivery.stages(task_id) == ["text", "first", "complete"]
+    assert record_info(client, task_id)["data"]["status"] == "SUCCESS"
+    assert clock.now() == T0
+
+
+# ==================================================================================================
+# Bad input: 400 with a reason, never 500
+# ==================================================================================================
+BAD = [
+    # settings
+    ("PATCH", "/_mock/settings", "[1, 2]", "JSON object"),
+    ("PATCH", "/_mock/settings", "{not json", "JSON object"),
+    ("PATCH", "/_mock/settings", {"rate_limt": 5}, "unknown setting 'rate_limt'"),
+    ("PATCH", "/_mock/settings", {"rate_limit": "5"}, "rate_limit"),
+    ("PATCH", "/_mock/settings", {"rate_limit": 1.5}, "whole number"),
+    ("PATCH", "/_mock/settings", {"rate_limit": -1}, "rate_limit"),
+    ("PATCH", "/_mock/settings", {"rate_window": True}, "rate_window"),
+    ("PATCH", "/_mock/settings", {"cover_cost": None}, "cover_cost"),
+    ("PATCH", "/_mock/settings", {"maintenance": "yes"}, "true or false"),
+    ("PATCH", "/_mock/settings", {"maintenance_window": [5]}, "maintenance_window"),
+    ("PATCH", "/_mock/settings", {"maintenance_window": [20, 10]}, "start <= end"),
+    ("PATCH", "/_mock/settings", {"maintenance_window": [True, 10]}, "maintenance_window"),
+    ("PATCH", "/_mock/settings", {"maintenance_window": {"start_in": -1, "duration": 5}}, "start_in"),
+    ("PATCH", "/_mock/settings", {"maintenance_window": {"start_in": 1}}, "duration"),
+    ("PATCH", "/_mock/settings", {"maintenance_window": {"start": 1, "duration": 5}}, "start_in, duration"),
+    ("PATCH", "/_mock/settings", {"maintenance_window": "soon"}, "maintenance_window"),
+    ("PATCH", "/_mock/settings", '{"maintenance_window": [0, Infinity]}', "maintenance_window"),
+    ("PATCH", "/_mock/settings", {"latency": "fast"}, "latency"),
+    ("PATCH", "/_mock/settings", {"latency": {"min": 61}}, "min"),
+    ("PATCH", "/_mock/settings", {"latency": {"min": 2, "max": 1}}, "max"),
+    ("PATCH", "/_mock/settings", {"latency": {"mn": 1}}, "latency"),
+    ("PATCH", "/_mock/settings", '{"latency": {"min": NaN}}', "min"),
+    ("PATCH", "/_mock/settings", {"default_scenario": "explode"}, "unknown scenario 'explode'"),
+    ("PATCH", "/_mock/settings", {"default_scenario": 5}, "scenario"),
+    # faults
+    ("POST", "/_mock/faults", {}, "give either code"),
+    ("POST", "/_mock/faults", "[]", "JSON object"),
+    ("POST", "/_mock/faults", {"code": 418}, "code: one of"),
+    ("POST", "/_mock/faults", {"code": "402"}, "code: one of"),
+    ("POST", "/_mock/faults", {"code": 402.0}, "code: one of"),
+    ("POST", "/_mock/faults", {"code": True}, "code: one of"),
+    ("POST", "/_mock/faults", {"code": 402, "count": 0}, "count"),
+    ("POST", "/_mock/faults", {"code": 402, "count": 1.5}, "whole number"),
+    ("POST", "/_mock/faults", {"code": 402, "key": ""}, "key"),
+    ("POST", "/_mock/faults", {"code": 402, "key": 7}, "key"),
+    ("POST", "/_mock/faults", {"code": 402, "scenario": "fail-501"}, "not both"),
+    ("POST", "/_mock/faults", {"cod": 402}, "unknown field(s) cod"),
+    ("POST", "/_mock/faults", {"scenario": "explode"}, "unknown scenario"),
+    ("POST", "/_mock/faults", {"scenario": 5}, "scenario"),
+    ("POST", "/_mock/faults", {"scenario": ["fail-501"]}, "scenario"),
+    ("POST", "/_mock/faults", {"scenario": "fail-501", "params": {"delay": 5}}, "takes no parameters"),
+    ("POST", "/_mock/faults", {"scenario": "delayed-callbacks", "params": {"delai": 5}}, "takes only delay"),
+    ("POST", "/_mock/faults", {"scenario": "delayed-callbacks", "params": {"delay": -1}}, "delay"),
+    ("POST", "/_mock/faults", {"scenario": "empty-files", "params": {"seconds": "5"}}, "seconds"),
+    ("POST", "/_mock/faults", {"scenario": "empty-files", "params": "5"}, "params"),
+    # accounts
+    ("PUT", "/_mock/accounts/k", {"credits": -1}, "credits"),
+    ("PUT", "/_mock/accounts/k", {"credits": "10"}, "credits"),
+    ("PUT", "/_mock/accounts/k", {"credits": 1.5}, "whole number"),
+    ("PUT", "/_mock/accounts/k", {"credits": 10**13}, "credits"),
+    ("PUT", "/_mock/accounts/k", {"credit": 10}, "unknown field(s) credit"),
+    ("PUT", "/_mock/accounts/k", {"webhookHmacKey": ""}, "webhookHmacKey"),
+    ("PUT", "/_mock/accounts/k", {"webhookHmacKey": 5}, "webhookHmacKey"),
+    ("PUT", "/_mock/accounts/k", "[1]", "JSON object"),
+    ("PUT", "/_mock/accounts/k", '"k"', "JSON object"),
+    # the clock
+    ("POST", "/_mock/clock/advance", {}, "seconds"),
+    ("POST", "/_mock/clock/advance", {"seconds": -1}, "seconds"),
+    ("POST", "/_mock/clock/advance", {"seconds": "1"}, "seconds"),
+    ("POST", "/_mock/clock/advance", '{"seconds": NaN}', "seconds"),
+    ("POST", "/_mock/clock/advance", {"seconds": 10**10}, "seconds"),
+    # filters
+    ("GET", "/_mock/tasks?status=DONE", None, "status: one of"),
+    ("GET", "/_mock/tasks?limit=-1", None, "limit"),
+    ("GET", "/_mock/tasks?limit=ten", None, "limit"),
+    ("GET", "/_mock/tasks?limit=%C2%B2", None, "limit"),
+    ("GET", "/_mock/requests?code=abc", None, "code"),
+    ("GET", "/_mock/requests?limit=1.5", None, "limit"),
+    ("GET", "/_mock/callbacks?stage=second", None, "stage: one of"),
+    ("GET", "/_mock/callbacks?limit=", None, "limit"),
+]
+
+
+@pytest.mark.parametrize("method, path, payload, reason", BAD, ids=[f"{m} {p} {pl!r}"[:80] for m, p, pl, _ in BAD])
+def test_bad_input_answers_400_with_a_reason(mock, method, path, payload, reason):
+    before = ok(mock("GET", "/_mock/settings")), ok(mock("GET", "/_mock/faults"))
+    if isinstance(payload, str):
+        result = mock(method, path, raw=payload)
+    else:
+        result = mock(method, path, payload)
+    bad(result, reason)
+    assert (ok(mock("GET", "/_mock/settings")), ok(mock("GET", "/_mock/faults"))) == before  # nothing applied
+
+
+def test_a_rejected_settings_change_applies_none_of_its_values(mock):
+    bad(mock("PATCH", "/_mock/settings", {"rate_limit": 5, "latency": {"min": 99}}), "min")
+    assert ok(mock("GET", "/_mock/settings"))["rate_limit"] == 20
+
+
+def test_bad_input_with_a_non_json_content_type(client):
+    r = client.patch("/_mock/settings", data="rate_limit=5", content_type="application/x-www-form-urlencoded")
+    assert (r.status_code, r.get_json()["code"]) == (400, 400)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("DELETE", "/_mock/accounts/nobody"),
+    ("GET", "/_mock/tasks/nope"),
+    ("POST", "/_mock/tasks/nope/fire"),
+])
+def test_unknown_account_or_task_answers_404(mock, method, path):
+    bad(mock(method, path), "no such", code=404)
+
+
+def test_unknown_control_path_answers_an_envelope_404(client):
+    r = client.get("/_mock/nothing-here")
+    assert r.status_code == 404 and r.get_json()["code"] == 404
+
+
+def test_advancing_a_real_clock_answers_409(make_fake):
+    fake = make_fake(clock="real")
+    r = fake.client.post("/_mock/clock/advance", json={"seconds": 1})
+    check_documented("POST", "/_mock/clock/advance", r.status_code, r.get_json())
+    assert r.status_code == 409 and "--clock virtual" in r.get_json()["msg"]
+    assert fake.ctl.clock()["virtual"] is False
+
+
+# ==================================================================================================
+# The admin token
+# ==================================================================================================
+@pytest.fixture
+def guarded(make_fake):
+    return make_fake(admin_token="t")
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Admin-Token": "wrong"}, {"X-Admin-Token": "T"},
+                                     {"X-Admin-Token": "t "}, {"X-Admin-Token": "é"}, {"Authorization": "Bearer t"}],
+                         ids=["missing", "wrong", "case", "space", "non-ascii", "bearer"])
+def test_admin_token_missing_or_wrong_answers_401_on_every_endpoint(guarded, headers):
+    for template, ops in SPEC["paths"].items():
+        path = template.replace("{key}", KEY).replace("{task_id}", "x")
+        for method in ops:
+            if method not in METHODS:
+                continue
+            r = guarded.client.open(path, method=method.upper(), json={}, headers=headers)
+            assert r.status_code == 401, (method, path, r.get_json())
+            check_documented(method, path, 401, r.get_json())
+            assert "X-Admin-Token" in r.get_json()["msg"]
+    assert guarded.service.settings()["maintenance"] is False  # nothing was changed
+
+
+def test_admin_token_right_answers_200(guarded):
+    mock = Checked(guarded.client, token="t")
+    assert ok(mock("PATCH", "/_mock/settings", {"cover_cost": 7}))["cover_cost"] == 7
+    assert ok(mock("GET", "/_mock/health"))["status"] == "ok"
+    ControlClient.in_process(guarded.app, admin_token="t").reset()
+
+
+def test_admin_token_does_not_guard_the_faked_api(guarded):
+    status, env = submit(guarded.client)
+    assert env["code"] == 200
+
+
+def test_no_admin_token_configured_means_no_header_needed(client):
+    assert client.get("/_mock/health").status_code == 200
+
+
+# ==================================================================================================
+# Filters
+# ==================================================================================================
+def test_task_filters_key_status_limit(client, clock, mock):
+    ok(mock("PUT", "/_mock/accounts/other-key", {"credits": 100}))
+    mine = [accepted(client) for _ in range(3)]
+    clock.advance(8)
+    late = accepted(client)
+    other = accepted(client, headers=auth("other-key"))
+    ids = lambda q: [t["taskId"] for t in ok(mock("GET", "/_mock/tasks" + q))]  # noqa: E731
+    assert ids("") == [other, late, *reversed(mine)]  # newest first
+    assert ids(f"?key={KEY}") == [late, *reversed(mine)]
+    assert ids("?key=other-key") == [other]
+    assert ids("?key=nobody") == []
+    assert ids("?status=SUCCESS") == list(reversed(mine))
+    assert ids("?status=PENDING") == [other, late]
+    assert ids(f"?status=PENDING&key={KEY}") == [late]
+    assert ids("?limit=2") == [other, late]
+    assert ids("?limit=0") == []
+
+
+def test_request_filters_path_code_limit(client, mock):
+    task_id = accepted(client)
+    submit(client, body(callBackUrl=...))
+    submit(client, headers={"Prefer": "code=409"})
+    record_info(client, task_id)
+    client.get("/api/v1/chat/credit", headers=AUTH)
+    all_ = ok(mock("GET", "/_mock/requests"))
+    assert [(e["path"].rsplit("/", 1)[-1], e["code"]) for e in all_] == [
+        ("credit", 200), ("record-info", 200), ("upload-cover", 409), ("upload-cover", 422), ("upload-cover", 200)]
+    assert all(KEY not in (e["key"] or "") for e in all_)  # keys masked
+    covers = ok(mock("GET", "/_mock/requests?path=/api/v1/generate/upload-cover"))
+    assert [e["code"] for e in covers] == [409, 422, 200]
+    assert [e["path"] for e in ok(mock("GET", "/_mock/requests?code=422"))] == ["/api/v1/generate/upload-cover"]
+    assert ok(mock("GET", "/_mock/requests?code=200&path=/api/v1/generate/upload-cover"))[0]["task_id"] == task_id
+    assert len(ok(mock("GET", "/_mock/requests?limit=2"))) == 2
+    assert ok(mock("GET", "/_mock/requests?code=455")) == []
+    assert all(not e["path"].startswith("/_mock") for e in ok(mock("GET", "/_mock/requests")))
+
+
+def test_callback_filters_task_stage_limit(client, clock, delivery, mock):
+    one = accepted(client)
+    two = accepted(client, headers={"Prefer": "scenario=fail-500"})
+    clock.advance(10)
+    attempts = lambda q: [(a["task_id"], a["stage"]) for a in ok(mock("GET", "/_mock/callbacks" + q))]  # noqa: E731
+    assert attempts(f"?task_id={one}") == [(one, "complete"), (one, "first"), (one, "text")]
+    assert attempts(f"?task_id={two}") == [(two, "error"), (two, "text")]
+    assert sorted(attempts("?stage=text")) == sorted([(one, "text"), (two, "text")])
+    assert attempts("?stage=error") == [(two, "error")]
+    assert attempts(f"?task_id={one}&stage=error") == []
+    assert len(attempts("?limit=1")) == 1 and attempts("?limit=1") == [(one, "complete")]
+
+
+# ==================================================================================================
+# The Python client (mock_server.control_client)
+# ==================================================================================================
+def exercise(ctl: ControlClient, submit_cover) -> None:
+    """Every method of the client, against whatever fake it talks to."""
+    ctl.reset()
+    assert ctl.health()["status"] == "ok"
+    assert ctl.settings()["rate_limit"] == 20
+    assert ctl.update_settings(rate_limit=5)["rate_limit"] == 5
+    assert ctl.maintenance(True)["maintenance"] is True
+    assert submit_cover(KEY)["code"] == 455
+    assert ctl.maintenance(False)["maintenance"] is False
+    window = ctl.maintenance_window(start_in=60, duration=5)["maintenance_window"]
+    assert window[1] - window[0] == 5
+    assert ctl.latency(0.0, 0.0)["latency"] == {"min": 0.0, "max": 0.0}
+    assert ctl.latency(None)["latency"] is None
+    assert ctl.put_account("team-key", credits=11)["credits"] == 11
+    assert submit_cover("team-key")["code"] == 402
+    assert ctl.set_credits("team-key", 24)["credits"] == 24
+    assert {a["credits"] for a in ctl.accounts()} == {1000, 24}
+    assert "fail-501" in ctl.scenarios()["scenarios"]
+    assert ctl.arm(code=409, count=2, key="team-key")["count"] == 2
+    assert ctl.arm(scenario="delayed-callbacks", params={"delay": 5})["params"] == {"delay": 5}
+    assert [f["kind"] for f in ctl.faults()] == ["code", "scenario"]
+    assert submit_cover("team-key")["code"] == 409
+    ctl.clear_faults()
+    assert ctl.faults() == []
+    task_id = submit_cover("team-key")["data"]["taskId"]
+    assert [t["taskId"] for t in ctl.tasks(key="team-key", status="PENDING", limit=5)] == [task_id]
+    assert ctl.task(task_id)["status"] == "PENDING"
+    now = ctl.now()
+    assert ctl.clock() == {"now": now, "virtual": True}
+    assert ctl.advance(2) == now + 2
+    assert ctl.task(task_id)["status"] == "TEXT_SUCCESS"
+    assert ctl.fire(task_id) >= 1
+    assert ctl.task(task_id)["status"] == "SUCCESS"
+    attempts = ctl.callbacks(task_id=task_id)
+    assert sorted(a["stage"] for a in attempts) == ["complete", "first", "text"]
+    assert ctl.callbacks(task_id=task_id, stage="first", limit=1)[0]["stage"] == "first"
+    assert [r["code"] for r in ctl.requests(path="/api/v1/generate/upload-cover", limit=3)] == [200, 409, 402]
+    assert len(ctl.requests(code=455)) == 1
+    ctl.delete_account("team-key")
+    assert submit_cover("team-key")["code"] == 401
+    with pytest.raises(ControlError) as err:
+        ctl.arm(code=418)
+    assert err.value.status == 400 and "code: one of" in err.value.msg
+    with pytest.raises(ControlError) as err:
+        ctl.task("nope")
+    assert err.value.status == 404
+    ctl.reset()
+    assert ctl.tasks() == []
+
+
+def test_control_client_in_process(app, client):
+    def submit_cover(key):
+        return client.post("/api/v1/generate/upload-cover", json=body(), headers=auth(key)).get_json()
+
+    exercise(ControlClient.in_process(app), submit_cover)
+    exercise(ControlClient.in_process(client), submit_cover)  # a test client works as well
+
+
+class Receiver:
+    """A loopback callback receiver that answers 200 and counts what it got."""
+
+    def __init__(self):
+        outer = self
+        self.received: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                outer.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/callback"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_control_client_over_http_against_a_real_server_with_an_admin_token():
+    import urllib3
+
+    receiver = Receiver()
+    with serve("--clock", "virtual", "--admin-token", "t") as base:
+        http = urllib3.PoolManager(retries=False)
+
+        def submit_cover(key):
+            r = http.request("POST", base + "/api/v1/generate/upload-cover",
+                             body=json.dumps(body(callBackUrl=receiver.url)).encode(),
+                             headers={**auth(key), "Content-Type": "application/json"})
+            return json.loads(r.data)
+
+        with ControlClient(base, admin_token="t") as ctl:
+            exercise(ctl, submit_cover)
+        with pytest.raises(ControlError) as err:
+            ControlClient(base, admin_token="wrong").health()
+        assert err.value.status == 401 and "X-Admin-Token" in str(err.value)
+        with pytest.raises(ControlError):
+            ControlClient(base).reset()
+    receiver.close()
+    assert [b["data"]["callbackType"] for b in receiver.received] == ["text", "first", "complete"]
+
+
+def test_control_client_says_when_the_answer_is_not_the_fake():
+    ctl = ControlClient(transport=lambda method, path, data, headers: (200, b"<html>hello</html>"))
+    with pytest.raises(ControlError) as err:
+        ctl.health()
+    assert "not a JSON answer" in str(err.value)
+
+
+def test_control_client_needs_exactly_one_target():
+    with pytest.raises(ValueError):
+        ControlClient()

@@ -1,0 +1,530 @@
+"""One conformance suite for every store backend: memory, sqlite (a file, and ":memory:"), redis.
+
+Each verb of `stores/base.Store`, and its atomicity promises under concurrency: threads for
+every backend, processes for the backends that processes share (a sqlite file, redis).
+
+Redis runs against the real server that `.ci/services.sh` starts (KIE_MOCK_TEST_REDIS_URL);
+each test works under its own key prefix. Without that variable the redis cases fail under
+CI=true (a CI that silently skipped them would prove nothing) and skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import threading
+import uuid
+
+import pytest
+
+from mock_server.stores import open_store
+
+REDIS_URL = os.environ.get("KIE_MOCK_TEST_REDIS_URL")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ALL = ["memory", "sqlite-file", "sqlite-memory", "redis"]
+SHARED = ["sqlite-file", "redis"]  # backends several processes can share
+
+
+def need_redis() -> str:
+    if REDIS_URL:
+        return REDIS_URL
+    msg = ("KIE_MOCK_TEST_REDIS_URL is not set: the redis store is tested against a real redis-server. "
+           "Run `source .ci/services.sh` (it installs and starts one) or point the variable at a server.")
+    if IN_CI:
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def store_url(kind: str, tmp_path) -> str:
+    if kind == "memory":
+        return "memory"
+    if kind == "sqlite-file":
+        return f"sqlite:{tmp_path / 'store.sqlite'}"
+    if kind == "sqlite-memory":
+        return "sqlite::memory:"
+    if kind == "redis":
+        sep = "&" if "?" in need_redis() else "?"
+        return f"{REDIS_URL}{sep}prefix=kie-mock-test:{uuid.uuid4().hex[:12]}:"
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=ALL)
+def url(request, tmp_path):
+    return store_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def store(url):
+    s = open_store(url)
+    s.reset()
+    yield s
+    s.reset()
+    s.close()
+
+
+@pytest.fixture(params=SHARED)
+def shared_url(request, tmp_path):
+    u = store_url(request.param, tmp_path)
+    yield u
+    s = open_store(u)
+    s.reset()
+    s.close()
+
+
+def task(task_id: str, key: str = "k1", status: str = "PENDING", expires_at: float = 2000.0, **extra) -> dict:
+    return {"taskId": task_id, "key": key, "status": status, "expires_at": expires_at, "created_at": 1.5,
+            "param": '{"model":"V3_5"}', "tracks": [{"id": "t1", "duration": 198.44, "tags": None}],
+            "plan": [{"stage": "text", "at": 2.0}], "errorCode": None, "refunded": False, **extra}
+
+
+def job(job_id: str, task_id: str = "t", due: float = 10.0, **extra) -> dict:
+    return {"id": job_id, "task_id": task_id, "kind": "stage", "due": due, "index": 0, **extra}
+
+
+# -- accounts --------------------------------------------------------------------------------------
+def test_accounts_put_get_list_delete(store):
+    assert store.get_account("nobody") is None
+    store.put_account("a", 100)
+    store.put_account("b", 5, "hmac-secret")
+    assert store.get_account("a") == {"key": "a", "credits": 100, "hmac_key": None}
+    assert store.get_account("b") == {"key": "b", "credits": 5, "hmac_key": "hmac-secret"}
+    assert [a["key"] for a in store.list_accounts()] == ["a", "b"]
+    store.put_account("a", 7)  # overwrite: balance set, nothing duplicated
+    assert store.get_account("a")["credits"] == 7
+    assert len(store.list_accounts()) == 2
+    assert store.delete_account("a") is True
+    assert store.delete_account("a") is False
+    assert store.get_account("a") is None
+    assert [a["key"] for a in store.list_accounts()] == ["b"]
+
+
+def test_charge_and_refund(store):
+    store.put_account("a", 30)
+    assert store.charge("a", 12) == 18
+    assert store.charge("a", 12) == 6
+    assert store.charge("a", 12) is None  # short: nothing taken
+    assert store.get_account("a")["credits"] == 6
+    assert store.charge("a", 6) == 0
+    assert store.charge("a", 1) is None
+    assert store.refund("a", 12) == 12
+    assert store.charge("nobody", 1) is None
+    assert store.refund("nobody", 1) is None
+    assert store.get_account("nobody") is None
+
+
+# -- rate windows -------------------------------------------------------------------------------
+def test_rate_window_admits_limit_then_refuses_until_a_slot_frees(store):
+    tokens = []
+    for i in range(3):
+        ok, wait, token = store.rate_acquire("cover:a", 100.0 + i, 3, 10.0)
+        assert ok and wait == 0.0 and token
+        tokens.append(token)
+    assert len(set(tokens)) == 3
+    ok, wait, token = store.rate_acquire("cover:a", 105.0, 3, 10.0)
+    assert (ok, token) == (False, "")
+    assert wait == pytest.approx(5.0)  # the first entry (at 100) leaves the window at 110
+    assert store.rate_acquire("cover:b", 105.0, 3, 10.0)[0]  # buckets are independent
+    ok, _, _ = store.rate_acquire("cover:a", 110.0, 3, 10.0)  # 100 + 10: the first slot is free
+    assert ok
+    assert not store.rate_acquire("cover:a", 110.5, 3, 10.0)[0]
+
+
+def test_rate_release_gives_the_slot_back(store):
+    ok, _, t1 = store.rate_acquire("poll:x", 50.0, 2, 1.0)
+    ok2, _, _ = store.rate_acquire("poll:x", 50.1, 2, 1.0)
+    assert ok and ok2
+    assert not store.rate_acquire("poll:x", 50.2, 2, 1.0)[0]
+    store.rate_release("poll:x", t1)
+    store.rate_release("poll:x", "not-a-token")  # unknown tokens are ignored
+    assert store.rate_acquire("poll:x", 50.3, 2, 1.0)[0]
+    assert not store.rate_acquire("poll:x", 50.4, 2, 1.0)[0]
+
+
+# -- tasks -------------------------------------------------------------------------------------------
+def test_tasks_roundtrip_update_and_copies(store):
+    assert store.get_task("nope") is None
+    t = task("t1")
+    store.put_task(t)
+    got = store.get_task("t1")
+    assert got == t
+    got["tracks"][0]["id"] = "mutated"  # a copy: the store is not changed through it
+    t["status"] = "mutated"
+    assert store.get_task("t1")["tracks"][0]["id"] == "t1"
+    assert store.get_task("t1")["status"] == "PENDING"
+
+    changes = {"status": "TEXT_SUCCESS", "stage": "text", "errorCode": None, "completed_at": 12.25}
+    updated = store.update_task("t1", changes)
+    assert updated["status"] == "TEXT_SUCCESS" and updated["stage"] == "text" and updated["completed_at"] == 12.25
+    assert updated["tracks"] == task("t1")["tracks"]  # a merge: untouched fields kept
+    assert store.get_task("t1") == updated
+    assert store.update_task("nope", {"status": "X"}) is None
+    assert store.get_task("nope") is None
+
+    store.put_task(task("t1", status="SUCCESS"))  # put replaces
+    assert store.get_task("t1")["status"] == "SUCCESS" and "stage" not in store.get_task("t1")
+
+
+def test_list_tasks_newest_first_with_filters(store):
+    for i in range(5):
+        store.put_task(task(f"t{i}", key="k1" if i % 2 == 0 else "k2", status="SUCCESS" if i < 2 else "PENDING"))
+    assert [t["taskId"] for t in store.list_tasks()] == ["t4", "t3", "t2", "t1", "t0"]
+    assert [t["taskId"] for t in store.list_tasks(limit=2)] == ["t4", "t3"]
+    assert [t["taskId"] for t in store.list_tasks(key="k1")] == ["t4", "t2", "t0"]
+    assert [t["taskId"] for t in store.list_tasks(status="SUCCESS")] == ["t1", "t0"]
+    assert [t["taskId"] for t in store.list_tasks(key="k2", status="PENDING")] == ["t3"]
+    store.update_task("t4", {"status": "SUCCESS"})
+    assert [t["taskId"] for t in store.list_tasks(status="SUCCESS")] == ["t4", "t1", "t0"]
+
+
+def test_purge_tasks_by_expiry(store):
+    store.put_task(task("old", expires_at=100.0))
+    store.put_task(task("edge", expires_at=200.0))
+    store.put_task(task("new", expires_at=300.0))
+    assert store.purge_tasks(200.0) == 2
+    assert store.get_task("old") is None and store.get_task("edge") is None
+    assert store.get_task("new") is not None
+    assert [t["taskId"] for t in store.list_tasks()] == ["new"]
+    assert store.purge_tasks(200.0) == 0
+
+
+# -- jobs --------------------------------------------------------------------------------------------
+def test_jobs_claim_lease_finish(store):
+    store.add_job(job("j1", "t1", due=10.0, stage="text", attempt=0))
+    store.add_job(job("j2", "t1", due=20.0))
+    store.add_job(job("j3", "t2", due=5.0))
+    assert store.next_due() == 5.0
+    assert store.claim_due(4.9, "w1", 30.0) == []
+    claimed = store.claim_due(10.0, "w1", 30.0)
+    assert [j["id"] for j in claimed] == ["j3", "j1"]
+    j1 = claimed[1]
+    assert (j1["owner"], j1["lease_until"], j1["task_id"], j1["due"]) == ("w1", 40.0, "t1", 10.0)
+    assert (j1["stage"], j1["attempt"], j1["kind"]) == ("text", 0, "stage")  # extra fields kept
+    assert store.claim_due(10.0, "w2", 30.0) == []  # held by w1
+    assert store.next_due() == 20.0
+    store.finish_job("j3")
+    store.finish_job("j3")  # twice is harmless
+    assert [j["id"] for j in store.list_jobs()] == ["j1", "j2"]
+    assert [j["id"] for j in store.list_jobs("t1")] == ["j1", "j2"]
+    assert store.list_jobs("t2") == []
+    listed = store.list_jobs("t1")[0]
+    assert (listed["owner"], listed["lease_until"]) == ("w1", 40.0)
+    assert store.list_jobs("t1")[1]["owner"] is None
+
+
+def test_claim_due_limit_and_order(store):
+    for i in range(10):
+        store.add_job(job(f"j{i}", due=float(100 - i)))
+    first = store.claim_due(1000.0, "w", 60.0, limit=4)
+    assert [j["id"] for j in first] == ["j9", "j8", "j7", "j6"]
+    rest = store.claim_due(1000.0, "w", 60.0, limit=100)
+    assert [j["id"] for j in rest] == ["j5", "j4", "j3", "j2", "j1", "j0"]
+
+
+def test_expired_lease_lets_another_claimant_take_the_job(store):
+    store.add_job(job("j1", due=10.0))
+    assert [j["id"] for j in store.claim_due(10.0, "dead-worker", 5.0)] == ["j1"]
+    assert store.next_due() == 15.0
+    assert store.claim_due(14.99, "w2", 5.0) == []
+    taken = store.claim_due(15.0, "w2", 5.0)
+    assert [(j["id"], j["owner"], j["lease_until"]) for j in taken] == [("j1", "w2", 20.0)]
+    assert store.claim_due(15.0, "dead-worker", 5.0) == []
+
+
+def test_reschedule_jobs_moves_only_unclaimed_later_jobs(store):
+    store.add_job(job("a", "t1", due=50.0))
+    store.add_job(job("b", "t1", due=80.0))
+    store.add_job(job("c", "t1", due=5.0))
+    store.add_job(job("other", "t2", due=90.0))
+    assert [j["id"] for j in store.claim_due(5.0, "w", 100.0)] == ["c"]
+    assert store.reschedule_jobs("t1", 20.0) == 2  # a, b (c is held)
+    assert store.reschedule_jobs("t1", 20.0) == 0
+    assert {j["id"]: j["due"] for j in store.list_jobs("t1")} == {"a": 20.0, "b": 20.0, "c": 5.0}
+    assert [j["id"] for j in store.claim_due(20.0, "w", 100.0)] == ["a", "b"]
+    assert store.list_jobs("t2")[0]["due"] == 90.0
+
+
+# -- journals --------------------------------------------------------------------------------------
+def test_journals_are_bounded_newest_first_and_filterable(store):
+    for i in range(15):
+        store.log("attempts", {"task_id": f"t{i % 3}", "n": i, "ok": i % 2 == 0}, 10)
+    store.log("requests", {"path": "/x"}, 10)
+    entries = store.read_log("attempts", limit=100)
+    assert [e["n"] for e in entries] == list(range(14, 4, -1))  # the 10 newest, newest first
+    assert [e["n"] for e in store.read_log("attempts", limit=3)] == [14, 13, 12]
+    assert [e["n"] for e in store.read_log("attempts", task_id="t1")] == [13, 10, 7]
+    assert [e["n"] for e in store.read_log("attempts", task_id="t1", ok=True)] == [10]
+    assert [e["n"] for e in store.read_log("attempts", limit=2, task_id=None)] == [14, 13]  # None: any
+    assert store.read_log("requests") == [{"path": "/x"}]
+    assert store.read_log("nothing") == []
+
+
+# -- faults -----------------------------------------------------------------------------------------
+def test_faults_consumed_once_oldest_first(store):
+    assert store.take_fault("k1", "code") is None
+    store.arm_fault({"id": "f1", "key": "k1", "kind": "code", "code": 500, "count": 2})
+    store.arm_fault({"id": "f2", "key": "*", "kind": "code", "code": 455, "count": 1})
+    store.arm_fault({"id": "f3", "key": "*", "kind": "scenario", "scenario": "error", "count": 1})
+    assert [(f["id"], f["count"]) for f in store.list_faults()] == [("f1", 2), ("f2", 1), ("f3", 1)]
+    got = store.take_fault("k1", "code")
+    assert (got["id"], got["code"], got["count"]) == ("f1", 500, 1)
+    assert store.take_fault("k2", "code")["id"] == "f2"  # k1's fault is not k2's; "*" is everyone's
+    assert store.take_fault("k2", "code") is None
+    assert store.take_fault("k1", "code")["count"] == 0
+    assert store.take_fault("k1", "code") is None
+    assert [f["id"] for f in store.list_faults()] == ["f3"]
+    store.clear_faults()
+    assert store.list_faults() == [] and store.take_fault("k1", "scenario") is None
+
+
+# -- settings and reset ---------------------------------------------------------------------------------
+def test_settings_merge(store):
+    assert store.get_settings() == {}
+    assert store.update_settings({"rate_limit": 5, "maintenance": True}) == {"rate_limit": 5, "maintenance": True}
+    assert store.update_settings({"maintenance": False, "latency": {"ms": 10}}) == {
+        "rate_limit": 5, "maintenance": False, "latency": {"ms": 10}}
+    assert store.get_settings()["latency"] == {"ms": 10}
+
+
+def test_reset_forgets_everything(store):
+    store.put_account("a", 1)
+    store.rate_acquire("cover:a", 1.0, 1, 100.0)
+    store.put_task(task("t1"))
+    store.add_job(job("j1"))
+    store.log("attempts", {"n": 1}, 10)
+    store.arm_fault({"id": "f", "key": "*", "kind": "code", "code": 500, "count": 1})
+    store.update_settings({"x": 1})
+    store.reset()
+    assert store.list_accounts() == [] and store.get_task("t1") is None and store.list_tasks() == []
+    assert store.list_jobs() == [] and store.next_due() is None and store.claim_due(1e12, "w", 1) == []
+    assert store.read_log("attempts") == [] and store.list_faults() == [] and store.get_settings() == {}
+    assert store.rate_acquire("cover:a", 1.0, 1, 100.0)[0]
+
+
+def test_redis_reset_only_deletes_its_own_prefix():
+    url = store_url("redis", None)
+    import redis
+
+    from mock_server.stores.redis import split_url
+
+    plain, _ = split_url(url)
+    client = redis.Redis.from_url(plain)
+    foreign = f"not-kie-mock:{uuid.uuid4().hex}"
+    client.set(foreign, "keep me")
+    try:
+        s = open_store(url)
+        s.put_account("a", 1)
+        s.reset()
+        assert s.list_accounts() == []
+        assert client.get(foreign) == b"keep me"
+    finally:
+        client.delete(foreign)
+        client.close()
+
+
+def test_state_survives_reopening(shared_url):
+    s = open_store(shared_url)
+    s.reset()
+    s.put_account("a", 40)
+    s.charge("a", 12)
+    s.put_task(task("t1"))
+    s.add_job(job("j1", "t1", due=3.0))
+    s.log("attempts", {"n": 1}, 10)
+    s.close()
+    again = open_store(shared_url)
+    assert again.get_account("a")["credits"] == 28
+    assert again.get_task("t1") == task("t1")
+    assert [j["id"] for j in again.claim_due(3.0, "w", 10.0)] == ["j1"]
+    assert again.read_log("attempts") == [{"n": 1}]
+    again.close()
+
+
+# -- concurrency: threads (every backend) ------------------------------------------------------------------
+def run_threads(n: int, fn) -> list:
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+    errors: list = []
+
+    def body(i):
+        try:
+            barrier.wait(timeout=30)
+            results[i] = fn(i)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    return results
+
+
+def charge_until_empty(store, amount: int = 3) -> list[int]:
+    balances = []
+    while True:
+        left = store.charge("shared", amount)
+        if left is None:
+            return balances
+        balances.append(left)
+
+
+def test_threads_charge_takes_exactly_the_credits(store):
+    store.put_account("shared", 3 * 400 + 2)
+    results = run_threads(8, lambda i: charge_until_empty(store))
+    balances = [b for r in results for b in r]
+    assert len(balances) == 400  # exactly the available credits were taken
+    assert all(b >= 0 for b in balances)
+    assert sorted(balances) == list(range(2, 3 * 400, 3))  # each balance seen once: no lost update
+    assert store.get_account("shared")["credits"] == 2
+
+
+def test_threads_rate_window_admits_exactly_limit(store):
+    results = run_threads(8, lambda i: [store.rate_acquire("cover:k", 100.0, 20, 10.0)[0] for _ in range(10)])
+    assert sum(ok for r in results for ok in r) == 20
+
+
+def test_threads_each_job_claimed_once(store):
+    for i in range(300):
+        store.add_job(job(f"j{i}", due=float(i % 7)))
+
+    def claimant(i):
+        got = []
+        while True:
+            jobs = store.claim_due(100.0, f"w{i}", 600.0, limit=5)
+            if not jobs:
+                return got
+            got += [j["id"] for j in jobs]
+
+    ids = [jid for r in run_threads(8, claimant) for jid in r]
+    assert sorted(ids) == sorted(f"j{i}" for i in range(300))
+
+
+def test_threads_take_fault_consumes_each_count_once(store):
+    store.arm_fault({"id": "f", "key": "*", "kind": "code", "code": 500, "count": 60})
+
+    def taker(i):
+        n = 0
+        while store.take_fault("k", "code") is not None:
+            n += 1
+        return n
+
+    assert sum(run_threads(8, taker)) == 60
+    assert store.list_faults() == []
+
+
+# -- concurrency: processes (backends that processes share) -----------------------------------------------------
+_BARRIER = None  # the children's barrier, for functions that move in lockstep
+
+
+def _proc_main(fn_name: str, url: str, idx: int, barrier, out) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+    try:
+        s = open_store(url)
+        barrier.wait(timeout=60)
+        out.put((idx, "ok", globals()[fn_name](s, idx)))
+        s.close()
+    except BaseException as exc:  # reported to the parent
+        out.put((idx, "error", repr(exc)))
+
+
+def run_procs(n: int, fn_name: str, url: str) -> list:
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_proc_main, args=(fn_name, url, i, barrier, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in range(n):
+            idx, status, value = out.get(timeout=120)
+            assert status == "ok", f"process {idx}: {value}"
+            results[idx] = value
+    except queue.Empty:
+        raise AssertionError("a store process did not report within 120 s") from None
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [results[i] for i in range(n)]
+
+
+def _p_charge(s, idx):
+    return charge_until_empty(s)
+
+
+def _p_rate(s, idx):
+    return [s.rate_acquire("cover:k", 100.0, 20, 10.0)[0] for _ in range(15)]
+
+
+def _p_claim(s, idx):
+    got = []
+    while True:
+        jobs = s.claim_due(100.0, f"proc{idx}", 600.0, limit=5)
+        if not jobs:
+            return got
+        got += [j["id"] for j in jobs]
+
+
+def _p_fault(s, idx):
+    n = 0
+    while s.take_fault("k", "code") is not None:
+        n += 1
+    return n
+
+
+def _p_lease(s, idx):
+    # Every process tries the same job at the same moments: inside, then past, the first lease.
+    steps = []
+    for now in (10.0, 15.0, 20.0):
+        steps.append([j["owner"] for j in s.claim_due(now, f"proc{idx}", 10.0)])
+        _BARRIER.wait(timeout=60)
+    return steps
+
+
+def test_processes_charge_takes_exactly_the_credits(shared_url):
+    s = open_store(shared_url)
+    s.reset()
+    s.put_account("shared", 3 * 300 + 1)
+    balances = [b for r in run_procs(4, "_p_charge", shared_url) for b in r]
+    assert len(balances) == 300 and all(b >= 0 for b in balances)
+    assert sorted(balances) == list(range(1, 3 * 300, 3))
+    assert s.get_account("shared")["credits"] == 1
+
+
+def test_processes_rate_window_admits_exactly_limit(shared_url):
+    s = open_store(shared_url)
+    s.reset()
+    admitted = sum(ok for r in run_procs(4, "_p_rate", shared_url) for ok in r)
+    assert admitted == 20
+
+
+def test_processes_each_job_claimed_once(shared_url):
+    s = open_store(shared_url)
+    s.reset()
+    for i in range(200):
+        s.add_job(job(f"j{i}", due=float(i % 5)))
+    ids = [jid for r in run_procs(4, "_p_claim", shared_url) for jid in r]
+    assert sorted(ids) == sorted(f"j{i}" for i in range(200))
+
+
+def test_processes_take_fault_consumes_each_count_once(shared_url):
+    s = open_store(shared_url)
+    s.reset()
+    s.arm_fault({"id": "f", "key": "*", "kind": "code", "code": 500, "count": 50})
+    assert sum(run_procs(4, "_p_fault", shared_url)) == 50
+
+
+def test_processes_an_expired_lease_is_taken_over_by_exactly_one(shared_url):
+    s = open_store(shared_url)
+    s.reset()
+    s.add_job(job("j", due=10.0))
+    results = run_procs(4, "_p_lease", shared_url)
+    at10, at15, at20 = ([owner for r in results for owner in r[step]] for step in range(3))
+    assert len(at10) == 1  # one claimant holds it until 20
+    assert at15 == []  # inside the lease: nobody else
+    assert len(at20) == 1  # the lease ran out: exactly one claimant took it over
+    assert s.list_jobs()[0]["owner"] == at20[0] and s.list_jobs()[0]["lease_until"] == 30.0

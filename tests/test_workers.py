@@ -1,0 +1,276 @@
+"""Two workers of one `kie-mock serve`, and two instances sharing one Redis, behave as one fake.
+
+Real subprocess servers on loopback ports, a real HTTP callback receiver (http.server in a
+thread). No timing assertions: everything waits by polling, with generous deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from conftest import AUTH, body
+
+ROOT = Path(__file__).resolve().parents[1]
+COVER = "/api/v1/generate/upload-cover"
+RECORD = "/api/v1/generate/record-info"
+CREDIT = "/api/v1/chat/credit"
+HTTP = urllib3.PoolManager(maxsize=64, retries=False, timeout=urllib3.Timeout(total=30))
+
+
+# -- a real server in a subprocess ------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, base: str, output: list[str]):
+        self.proc, self.base, self.output = proc, base, output
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (the parent and its worker processes)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+
+@contextmanager
+def serve(*args: str, env: dict | None = None, timeout: float = 60.0):
+    """`kie-mock serve --port P ARGS` in its own process group; yields a Server once it answers HTTP."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(port), *args],
+                            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    output: list[str] = []
+    threading.Thread(target=lambda: [output.append(line) for line in proc.stdout], daemon=True).start()
+    server = Server(proc, f"http://127.0.0.1:{port}", output)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"kie-mock serve exited {proc.returncode}: {''.join(output)}")
+            try:
+                if HTTP.request("GET", server.base + "/_mock/health", timeout=2).status == 200:
+                    break
+            except urllib3.exceptions.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kie-mock serve did not answer in {timeout} s: {''.join(output)}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+
+
+# -- a real callback receiver ----------------------------------------------------------------------------------
+class Receiver:
+    """Records every callback POSTed to it: (task_id, callbackType, body), in arrival order."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, dict]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                with receiver.lock:
+                    receiver.calls.append((data["data"]["task_id"], data["data"]["callbackType"], data))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/callback"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stages(self, task_id: str) -> list[str]:
+        with self.lock:
+            return [stage for tid, stage, _ in self.calls if tid == task_id]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+def post_cover(base: str, payload: dict) -> tuple[int, dict]:
+    r = HTTP.request("POST", base + COVER, body=json.dumps(payload).encode(),
+                     headers={**AUTH, "Content-Type": "application/json"})
+    return r.status, json.loads(r.data)
+
+
+def get_json(base: str, path: str) -> dict:
+    r = HTTP.request("GET", base + path, headers=AUTH)
+    return json.loads(r.data)
+
+
+def wait_for(what: str, check, timeout: float = 60.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def redis_url() -> str:
+    url = os.environ.get("KIE_MOCK_TEST_REDIS_URL")
+    if not url:
+        msg = ("KIE_MOCK_TEST_REDIS_URL is not set: two instances on one Redis need a real redis-server "
+               "(`source .ci/services.sh` installs and starts one)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return f"{url}{'&' if '?' in url else '?'}prefix=kie-mock-workers:{uuid.uuid4().hex[:12]}:"
+
+
+FAST = {"KIE_MOCK_STAGE_DELAYS": "0.2,0.4,0.6", "KIE_MOCK_RETRY_DELAYS": "0.2,0.2,0.2"}
+
+
+@contextmanager
+def deployment(kind: str, tmp_path, env: dict | None = None):
+    """Yields the base URLs to spread requests over: one server with two workers, or two
+    single-worker instances on one shared store."""
+    env = {**FAST, **(env or {})}
+    with ExitStack() as stack:
+        if kind == "two-workers":
+            server = stack.enter_context(serve("--workers", "2", "--store", f"sqlite:{tmp_path / 'kie.sqlite'}",
+                                               env=env))
+            yield [server.base]
+        elif kind == "two-instances-redis":
+            url = redis_url()
+            stack.callback(_reset_redis, url)  # runs last, after both servers stopped
+            yield [stack.enter_context(serve("--store", url, env=env)).base for _ in range(2)]
+        elif kind == "two-instances-sqlite":
+            store = f"sqlite:{tmp_path / 'kie.sqlite'}"
+            yield [stack.enter_context(serve("--store", store, env=env)).base for _ in range(2)]
+        else:
+            raise AssertionError(kind)
+
+
+def _reset_redis(url: str) -> None:
+    from mock_server.stores import open_store
+
+    s = open_store(url)
+    s.reset()
+    s.close()
+
+
+KINDS = ["two-workers", "two-instances-redis", "two-instances-sqlite"]
+
+
+# -- the tests ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_lifecycle_callbacks_in_order_exactly_once(kind, tmp_path, receiver):
+    with deployment(kind, tmp_path) as bases:
+        task_ids = []
+        for i in range(8):  # alternate between the instances (and, for workers, whichever accepts)
+            status, env = post_cover(bases[i % len(bases)], body(callBackUrl=receiver.url))
+            assert (status, env["code"]) == (200, 200), env
+            task_ids.append(env["data"]["taskId"])
+
+        for tid in task_ids:
+            wait_for(f"the complete callback of {tid}", lambda: "complete" in receiver.stages(tid))
+            for base in bases:  # every instance sees the same task
+                info = get_json(base, f"{RECORD}?taskId={tid}")
+                assert (info["code"], info["data"]["status"]) == (200, "SUCCESS"), info
+            # No job left for the task: nothing more can be sent (exactly-once is final).
+            wait_for(f"no pending job for {tid}",
+                     lambda: get_json(bases[0], f"/_mock/tasks/{tid}")["data"]["jobs"] == [])
+
+        for tid in task_ids:
+            assert receiver.stages(tid) == ["text", "first", "complete"], (tid, receiver.stages(tid))
+        attempts = get_json(bases[-1], "/_mock/callbacks?limit=1000")["data"]
+        mine = [a for a in attempts if a["task_id"] in task_ids]
+        assert len(mine) == 3 * len(task_ids) and all(a["ok"] for a in mine)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rate_limit_exact_across_workers_and_instances(kind, tmp_path):
+    # The default limit (20 per window); a window of an hour so a slow machine cannot let a
+    # slot free up while the 30 requests are in flight.
+    with deployment(kind, tmp_path, env={"KIE_MOCK_RATE_WINDOW": "3600"}) as bases:
+        start = threading.Barrier(30)
+        results: queue.Queue = queue.Queue()
+
+        def one(i):
+            start.wait(30)
+            results.put(post_cover(bases[i % len(bases)], body(callBackUrl="http://127.0.0.1:9/cb")))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(30)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        got = [results.get_nowait() for _ in range(results.qsize())]
+        assert len(got) == 30
+        assert sorted((status, env["code"]) for status, env in got) == [(200, 200)] * 20 + [(429, 429)] * 10
+        for base in bases:  # one balance, charged exactly 20 times
+            assert get_json(base, CREDIT)["data"] == 1000 - 20 * 12
+
+
+def test_workers_need_a_shared_store():
+    for store in ("memory", "sqlite::memory:"):
+        r = subprocess.run([sys.executable, "-m", "mock_server", "serve", "--workers", "2", "--store", store],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert "needs a store the worker processes share" in r.stderr and "--store sqlite:PATH" in r.stderr
+
+
+def test_default_store_is_a_fresh_sqlite_file_removed_at_exit(tmp_path):
+    env = {"TMPDIR": str(tmp_path)}
+    with serve("--workers", "2", env=env) as server:
+        assert get_json(server.base, CREDIT)["data"] == 1000
+        banner = wait_for("the banner", lambda: next((l for l in server.output if "listening on" in l), None))
+        store = re.search(r"store: sqlite:(\S+);", banner).group(1)
+        assert Path(store).exists() and Path(store).is_relative_to(tmp_path)
+        status, env_ = post_cover(server.base, body(callBackUrl="http://127.0.0.1:9/cb"))
+        assert env_["code"] == 200
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+    assert not Path(store).parent.exists()
