@@ -4,7 +4,7 @@
 One command, from the repository root::
 
     python bench/run.py                      # all targets, 10 s per scenario
-    python bench/run.py --only prism,wiremock --duration 5 --json bench/results.json
+    python bench/run.py --only prism,wiremock --duration 5 --json bench/results/run.json
 
 Every target is started as a subprocess on a free 127.0.0.1 port, one target at
 a time (so the servers never compete with each other for the 2 cores), polled
