@@ -88,6 +88,40 @@ def _branch_for(body: dict) -> dict | None:
     return None
 
 
+def _disjoint(a: dict, b: dict) -> bool:
+    """True when no body can match both branches, judged from their discriminators alone."""
+    pa, pb = a["properties"], b["properties"]
+    for name in ("customMode", "instrumental"):
+        if "const" in pa[name] and "const" in pb[name] and pa[name]["const"] is not pb[name]["const"]:
+            return True
+    return not set(pa["model"]["enum"]) & set(pb["model"]["enum"])
+
+
+@lru_cache(maxsize=1)
+def _exclusive() -> bool:
+    """The branches of the oneOf exclude each other (checked once, on the schema itself)."""
+    bs = _branches()
+    return all(_disjoint(a, b) for i, a in enumerate(bs) for b in bs[i + 1:])
+
+
+@lru_cache(maxsize=None)
+def _branch_validator(index: int):
+    return validator_for(_branches()[index])
+
+
+def schema_accepts(body: dict) -> bool:
+    """The schema's verdict on an object body.
+
+    When the branches provably exclude each other, `oneOf` holds exactly when the one
+    branch the discriminators pick holds, so only that branch is evaluated (about five
+    times less work than evaluating all of them; tests compare both on generated bodies).
+    """
+    if _exclusive():
+        branch = _branch_for(body)
+        return branch is not None and _branch_validator(_branches().index(branch)).is_valid(body)
+    return validator(REQUEST_SCHEMA).is_valid(body)
+
+
 def _order(field_name: str | None) -> int:
     return FIELD_ORDER.index(field_name) if field_name in FIELD_ORDER else len(FIELD_ORDER)
 
@@ -154,7 +188,7 @@ def check_upload_cover(body) -> Rejection | None:
     """None when the schema accepts `body`; otherwise the first reason, as a 422."""
     if not isinstance(body, dict):
         return Rejection(422, f"request body must be a JSON object, got {json_type(body)}", None, "type")
-    if validator(REQUEST_SCHEMA).is_valid(body):
+    if schema_accepts(body):
         return None
     errors = diagnose(body)
     if not errors:  # the schema said no but no branch explains it: say what the schema said
