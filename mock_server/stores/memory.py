@@ -121,6 +121,8 @@ class MemoryStore(Store):
         with self._lock:
             records = list(self._tasks.values())
         out = []
+        if limit <= 0:
+            return out
         for data in reversed(records):
             t = orjson.loads(data)
             if (key is None or t.get("key") == key) and (status is None or t.get("status") == status):
