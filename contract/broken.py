@@ -287,7 +287,7 @@ def other_server():
             return ids[fake_id]
 
     def to_other(text: str) -> str:
-        return _FAKE_ID.sub(lambda m: other(m.group(0)) if m.group(0) in ids or True else m.group(0), text)
+        return _FAKE_ID.sub(lambda m: other(m.group(0)), text)  # the fake's ids are 32 hex digits
 
     def to_fake(text: str) -> str:
         return re.sub(r"ot-[0-9A-F]{20}", lambda m: back.get(m.group(0), m.group(0)), text)

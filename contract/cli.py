@@ -6,7 +6,6 @@ Exit codes: 0 the target agrees, 1 it does not (or a check could not finish), 2 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,9 @@ def add_verify_parser(subparsers) -> argparse.ArgumentParser:
                     "Without --base-url the target is an in-process fake. Exit 0: agrees; 1: disagrees; 2: usage.")
     p.add_argument("--base-url", help="the target, e.g. https://api.kie.ai or http://127.0.0.1:8787 "
                                       "(default: an in-process fake)")
+    p.add_argument("--app", metavar="MODULE:NAME",
+                   help="verify a WSGI app in this process instead (an app, a factory, or a name MODULE.build() "
+                        "knows: contract.broken:stage-order-swapped)")
     p.add_argument("--api-key", default=os.environ.get("KIE_API_KEY"),
                    help="the target's API key (default: $KIE_API_KEY, or the fake's kie-mock-key)")
     p.add_argument("--allow-spend", type=int, metavar="CREDITS",
@@ -100,8 +102,43 @@ def _check_args(args) -> None:
     args.base_url = _url(args.base_url, "--base-url")
     args.callback_url = _url(args.callback_url, "--callback-url")
     args.upload_url = _url(args.upload_url, "--upload-url")
+    if args.app and args.base_url:
+        raise UsageError("--app and --base-url name two targets: give one")
+    if args.app and ":" not in args.app:
+        raise UsageError(f"--app: MODULE:NAME (got {args.app!r})")
     if args.replay and not os.path.isdir(args.replay):
         raise UsageError(f"--replay: no such directory {args.replay!r}")
+
+
+def load_app(spec: str):
+    """MODULE:NAME -> a WSGI app: NAME is an app, a factory of one, or a name MODULE.build() knows."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--app: cannot import {module_name}: {exc}") from None
+    obj = getattr(module, attr, None)
+    if obj is None and hasattr(module, "build"):
+        try:
+            return module.build(attr)
+        except KeyError:
+            raise UsageError(f"--app: {module_name} has no {attr!r}") from None
+    if obj is None:
+        raise UsageError(f"--app: {module_name} has no {attr!r}")
+    if hasattr(obj, "wsgi_app") or not callable(obj) or _is_wsgi(obj):
+        return obj
+    return obj()
+
+
+def _is_wsgi(obj) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(obj).parameters) == 2
+    except (TypeError, ValueError):
+        return False
 
 
 def _select(args):
@@ -158,11 +195,11 @@ def _run(args, checks) -> int:
         control = ControlClient.for_url(args.base_url, args.admin_token)
         name = args.base_url
     else:
-        app = make_fake()
+        app = load_app(args.app) if args.app else make_fake()
         transport = WsgiTransport(app)
         remote = False
-        control = ControlClient(transport, args.admin_token)
-        name = "in-process fake (kie-mock)"
+        control = ControlClient.for_app(app, args.admin_token)
+        name = f"in-process app {args.app}" if args.app else "in-process fake (kie-mock)"
     api_key = args.api_key or VERIFY_KEY
     try:
         probe = transport.send("GET", "/api/v1/chat/credit", {}, {"Authorization": f"Bearer {api_key}"}, None)
@@ -179,7 +216,7 @@ def _run(args, checks) -> int:
         temp_key = f"kie-mock-verify-{uuid.uuid4().hex[:12]}"
         control.put_account(temp_key, credits=10**9)
         api_key = temp_key
-        notes.append(f"fake detected (/_mock answers): using a temporary account for this run")
+        notes.append("fake detected (/_mock answers): using a temporary account for this run")
     limit = args.allow_spend if args.allow_spend is not None else (None if is_fake else 0)
     budget = Budget(limit)
     if limit is not None and not is_fake:

@@ -72,6 +72,7 @@ class CallbackReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # one 40 ms delayed-ACK stall per callback otherwise
 
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 try:

@@ -90,13 +90,19 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
     urls: dict[str, str] = {}  # recorded callBackUrl -> our receiver's
     tokens: dict[str, tuple[str, str]] = {}  # receiver token -> (recorded task id, check)
     by_check: dict[str, Result] = {}
+    finals = {}  # recorded task id -> the last stage its callbacks reached
+    for c in callbacks:
+        stage = ((c.get("json") or {}).get("data") or {}).get("callbackType")
+        if stage:
+            finals[c["task_id"]] = stage
+    state = {"finals": finals, "tokens_by_task": {}}
     order = list(dict.fromkeys(e.get("check") or "?" for e in exchanges))
     for i, name in enumerate(order, 1):
         r = by_check[name] = Result(f"replay:{name}", "replay", "free")
         ctx.result = r
         started = time.monotonic()
         for rec in (e for e in exchanges if (e.get("check") or "?") == name):
-            _one(ctx, rec, key, ids, urls, tokens)
+            _one(ctx, rec, key, ids, urls, tokens, state)
         r.duration = time.monotonic() - started
         r.status = "failed" if r.disagreements else "passed"
         if progress:
@@ -110,11 +116,16 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
     return list(by_check.values())
 
 
-def _one(ctx, rec: dict, key: str, ids: dict, urls: dict, tokens: dict) -> None:
+def _one(ctx, rec: dict, key: str, ids: dict, urls: dict, tokens: dict, state: dict) -> None:
     path = rec["path"]
     if path.startswith(("http://", "https://")):
         ctx.note(f"not replayed (a file download from the recorded target): {path[:60]}")
         return
+    old_task = (rec.get("query") or {}).get("taskId")
+    token = state["tokens_by_task"].get(old_task)
+    if token and ctx.receiver and old_task in state["finals"]:
+        # Recorded after that task's callbacks: replay it at the same point of the task's life.
+        ctx.receiver.wait_for_stage(token, state["finals"][old_task], timeout=ctx.callback_timeout)
     body = rec.get("body")
     if isinstance(body, dict) and isinstance(body.get("callBackUrl"), str) and ctx.receiver:
         old = body["callBackUrl"]
@@ -140,7 +151,9 @@ def _one(ctx, rec: dict, key: str, ids: dict, urls: dict, tokens: dict) -> None:
         if old_id and new_id:
             ids[old_id] = new_id
             if isinstance(body, dict) and isinstance(body.get("callBackUrl"), str):
-                tokens[body["callBackUrl"].rstrip("/").rsplit("/", 1)[-1]] = (old_id, ctx.result.check)
+                token = body["callBackUrl"].rstrip("/").rsplit("/", 1)[-1]
+                tokens[token] = (old_id, ctx.result.check)
+                state["tokens_by_task"][old_id] = token
     said = f"recorded: HTTP {want['status']}" + (f", code {rj.get('code')}" if isinstance(rj, dict) else "")
     if got.status != want["status"]:
         ctx.disagree("replay.http-status", ex, said, ex)

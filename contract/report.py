@@ -89,7 +89,6 @@ def junit_xml(results: list[Result], path, name: str = "kie-mock verify") -> Non
             el.text = "\n".join(r.notes)
         if r.notes and r.status != "error":
             ET.SubElement(case, "system-out").text = "\n".join(r.notes)
-    ET.ElementTree(ET.Element("testsuites")).getroot().append(suite)
     root = ET.Element("testsuites")
     root.append(suite)
     ET.indent(root)

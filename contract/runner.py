@@ -108,9 +108,9 @@ class Budget:
 
     def reserve(self, n: int = 1) -> None:
         if not self.affordable(n):
-            left = "unlimited" if self.limit is None else f"{self.limit - self.spent} of {self.limit}"
-            raise OverBudget(f"a cover costs {self.per_cover} credits; budget left: {left} "
-                             f"(raise it with --allow-spend CREDITS)")
+            left = max(0, self.limit - self.spent)
+            raise OverBudget(f"budget exhausted: a cover costs {self.per_cover} credits, {left} of {self.limit} "
+                             f"left (raise it with --allow-spend CREDITS)")
         self.spent += n * self.per_cover
         self.covers += n
 
@@ -205,9 +205,10 @@ class Context:
                           f"HTTP {reply.status}, body {reply.content[:80]!r}")
             return False
         ok = True
-        missing = [k for k in ("code", "msg", "data") if k not in body]
+        # error-envelope.json requires code and msg (data is null when present); success also needs data
+        missing = [k for k in ("code", "msg", "data") if k not in body and (k != "data" or body["code"] == 200)]
         if missing or not isinstance(body.get("msg"), str):
-            self.disagree(rule + ".fields", ex, "the envelope has code, msg (a string) and data",
+            self.disagree(rule + ".fields", ex, "the envelope has code, msg (a string) and, on success, data",
                           f"keys {sorted(body)}" + (f", msg {type(body.get('msg')).__name__}" if "msg" in body else ""))
             ok = False
         code = body["code"]
@@ -249,10 +250,22 @@ class Context:
     def submit(self, body: dict, *, label: str, headers: dict | None = None) -> Exchange:
         """POST a body the contract accepts: it spends, so the budget is asked first."""
         self.budget.reserve()
+        learn = not self.is_fake and self.budget.limit is not None and not self.shared.get("price_checked")
+        before = self._balance() if learn else None
         ex = self.target.call("POST", S.UPLOAD_COVER, json=body, label=label, headers=headers)
         if ex.reply.code != 200:
             self.budget.release()
+        elif learn:  # chat/credit says what a cover really costs: budget by that if it is more
+            self.shared["price_checked"] = True
+            after = self._balance()
+            if isinstance(before, int) and isinstance(after, int) and before > after:
+                self.budget.learn_price(before - after)
+                self.note(f"a cover cost {before - after} credits (chat/credit)")
         return ex
+
+    def _balance(self):
+        ex = self.target.call("GET", S.CREDIT, label="budget")
+        return ex.reply.data if ex.reply.code == 200 else None
 
     def send_rejected(self, body, *, label: str, auth=..., headers: dict | None = None) -> Exchange:
         """POST a body the contract rejects (free). If the target accepts it anyway, that costs."""
@@ -260,7 +273,7 @@ class Context:
             raise Skip("stopped sending: the target accepted several bodies the contract rejects, "
                        "and each acceptance costs credits beyond the budget")
         ex = self.target.call("POST", S.UPLOAD_COVER, json=body, label=label, auth=auth, headers=headers)
-        if ex.reply.code == 200:
+        if ex.reply.code == 200 and isinstance(ex.reply.data, dict) and "taskId" in ex.reply.data:
             self.budget.charge_surprise()
             if self.budget.limit is not None and self.budget.spent >= self.budget.limit and self.budget.surprises >= 3:
                 self.stop_free_bodies = True

@@ -169,19 +169,21 @@ def request_valid(body) -> bool:
 
 
 def request_errors(body) -> list[str]:
+    """Why the schema rejects `body`: the errors of the branch it means (its customMode /
+    instrumental / model), or the oneOf's own when it means none. Empty when valid."""
     if not isinstance(body, dict):
         return [f"(root): the body must be a JSON object, got {type(body).__name__}"]
-    return errors("upload-cover-request.json", body) and _branch_errors(body)
-
-
-def _branch_errors(body: dict) -> list[str]:
-    """The errors of the branch the body means (its customMode/instrumental/model), else the oneOf's."""
     try:
-        b = branch_for(body.get("customMode"), body.get("instrumental"), body.get("model"))
-    except (LookupError, TypeError):
+        v = _branch_validator(branches().index(branch_for(body.get("customMode"), body.get("instrumental"),
+                                                          body.get("model"))))
+    except (LookupError, TypeError, ValueError):
         return errors("upload-cover-request.json", body)
-    v = Validator({k: v for k, v in {"type": "object", "required": list(b.required),
-                                      "properties": b.properties}.items()},
-                  registry=registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)
     found = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:160]}" for e in v.iter_errors(body)]
-    return found or errors("upload-cover-request.json", body)
+    return found
+
+
+@lru_cache(maxsize=None)
+def _branch_validator(index: int):
+    b = branches()[index]
+    return Validator({"type": "object", "required": list(b.required), "properties": b.properties},
+                     registry=registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)

@@ -157,7 +157,7 @@ def _mutations(body: dict, branch: S.Branch) -> list[tuple[str, str, object, str
         out.append(("type", w, "0.5", f"{w}: must be a number"))
     for u in ("uploadUrl", "callBackUrl"):
         out.append(("pattern", u, "ftp://storage.example.com/a.mp3", f"{u}: an absolute http(s) URL"))
-        out.append(("format", u, "not a url", f"{u}: an absolute http(s) URL"))
+        out.append(("format", u, "http://[::1/cover.mp3", f"{u}: a URI (RFC 3986)"))
     for b in ("customMode", "instrumental"):
         out.append(("type", b, "true", f"{b}: a boolean"))
     return out

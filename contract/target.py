@@ -81,7 +81,7 @@ class Exchange:
     reply: Reply
     label: str = ""
 
-    def describe(self, limit: int = 110) -> str:
+    def describe(self, limit: int = 150) -> str:
         """'POST /api/... {model: V3_5, title: <81 chars>}' for the disagreement table."""
         q = f"?{urlencode(self.query)}" if self.query else ""
         auth = self.headers.get("Authorization")

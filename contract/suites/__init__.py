@@ -7,6 +7,8 @@ def load() -> None:
     global _LOADED
     if _LOADED:
         return
-    from . import auth, rules, spec, lifecycle, failures  # noqa: F401  (registration order = run order)
+    # Registration order is the run order within a tier: the lifecycle spends first, so a small
+    # budget goes to the most telling check.
+    from . import auth, lifecycle, rules, spec, failures  # noqa: F401
 
     _LOADED = True

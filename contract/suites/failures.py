@@ -6,6 +6,8 @@ changed for a check are put back; faults are armed for this run's key only.
 
 from __future__ import annotations
 
+import uuid
+
 from .. import schemas as S
 from .. import strategies as T
 from ..runner import Skip, check
@@ -71,21 +73,25 @@ def insufficient_credits(ctx):
 def rate_limit(ctx):
     """Over the per-account limit: HTTP 429 with code 429 and a Retry-After in whole seconds."""
     ctl = ctx.need_control()
-    with ctl.settings_changed(rate_limit=2, rate_window=60):
-        exs = []
-        for _ in range(3):
-            ctx.budget.reserve()
-            exs.append(ctx.target.call("POST", S.UPLOAD_COVER, json=_valid(ctx), label=ctx.result.check,
-                                       retry_429=False))
-            ctx.case()
-        last = exs[-1]
-        if ctx.expect_code(last, 429, "rate-limit.429", "429 for the 3rd new task within the window (limit 2)"):
-            ra = last.reply.header("retry-after")
-            if ra is None or not ra.isdigit() or int(ra) < 1:
-                ctx.disagree("rate-limit.retry-after", last, "Retry-After: whole seconds >= 1",
-                             f"Retry-After: {ra}")
-        for ex in exs[:2]:
-            ctx.expect_code(ex, 200, "rate-limit.under", "200 while under the limit")
+    key = f"kie-mock-verify-rate-{uuid.uuid4().hex[:8]}"  # an account whose window is empty
+    ctl.put_account(key, credits=1000)
+    try:
+        with ctl.settings_changed(rate_limit=2, rate_window=60):
+            exs = []
+            for _ in range(3):
+                ctx.budget.reserve()
+                exs.append(ctx.target.call("POST", S.UPLOAD_COVER, json=_valid(ctx), label=ctx.result.check,
+                                           retry_429=False, auth=f"Bearer {key}"))
+                ctx.case()
+    finally:
+        ctl.delete_account(key)
+    last = exs[-1]
+    if ctx.expect_code(last, 429, "rate-limit.429", "429 for the 3rd new task within the window (limit 2)"):
+        ra = last.reply.header("retry-after")
+        if ra is None or not ra.isdigit() or int(ra) < 1:
+            ctx.disagree("rate-limit.retry-after", last, "Retry-After: whole seconds >= 1", f"Retry-After: {ra}")
+    for ex in exs[:2]:
+        ctx.expect_code(ex, 200, "rate-limit.under", "200 while under the limit")
 
 
 @check("failures.maintenance", "failures", "control")

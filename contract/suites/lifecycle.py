@@ -35,7 +35,7 @@ def submit_and_wait(ctx, label: str, final=("complete", "error")):
         raise Skip("the cover was not accepted, so nothing more can be checked")
     task_id = ex.reply.data["taskId"]
     # The same task may be called back more than once: wait a little after the final stage for repeats.
-    calls = rx.wait_for_stage(token, final, timeout=ctx.callback_timeout, settle=0.2 if ctx.is_fake else 2.0)
+    calls = rx.wait_for_stage(token, final, timeout=ctx.callback_timeout, settle=0.05 if ctx.is_fake else 2.0)
     if ctx.recorder:
         for c in calls:
             ctx.recorder.add_callback(label, task_id, c.path, c.headers, c.json)
@@ -79,15 +79,64 @@ def check_payloads(ctx, ex, task_id, calls, expect_final="complete"):
 @check("lifecycle.callbacks", "lifecycle", "spends")
 def callbacks(ctx):
     """Submit one cover: text, first, complete arrive in order, valid, with the right task_id."""
-    ex, body, task_id, token, calls = submit_and_wait(ctx, ctx.result.check)
+    try:
+        ex, body, task_id, token, calls = submit_and_wait(ctx, ctx.result.check)
+    except Skip as exc:
+        ctx.shared["lifecycle_skipped"] = str(exc)
+        raise
     ctx.shared["lifecycle"] = {"exchange": ex, "body": body, "task_id": task_id, "calls": calls}
     check_payloads(ctx, ex, task_id, calls)
 
 
+_CAMEL = {"audioUrl": "audio_url", "imageUrl": "image_url", "sourceAudioUrl": "source_audio_url",
+          "streamAudioUrl": "stream_audio_url", "sourceStreamAudioUrl": "source_stream_audio_url",
+          "sourceImageUrl": "source_image_url", "modelName": "model_name"}
+
+
+def _finished(data) -> bool:
+    """SUCCESS; or CALLBACK_EXCEPTION (no receiver could be called back) with every track's audio there."""
+    if not isinstance(data, dict):
+        return False
+    if data.get("status") == "SUCCESS":
+        return True
+    tracks = ((data.get("response") or {}).get("sunoData")) or []
+    return data.get("status") == "CALLBACK_EXCEPTION" and bool(tracks) and all(t.get("audioUrl") for t in tracks)
+
+
+def _poll_only(ctx):
+    """No receiver the target can reach: submit and poll record-info until the task ends."""
+    body = cover_body(ctx, ctx.callback_url()[0])
+    ex = ctx.submit(body, label=ctx.result.check)
+    ctx.case()
+    if not ctx.expect_code(ex, 200, "upload-cover.accepted", "200 with a taskId for a valid body",
+                           "upload-cover-response.json"):
+        raise Skip("the cover was not accepted, so nothing more can be checked")
+    task_id = ex.reply.data["taskId"]
+    deadline = time.monotonic() + ctx.callback_timeout
+    while True:  # polling every ~30 s is what the provider advises; 10 s is still far under 3/s
+        time.sleep(0.2 if ctx.is_fake else 10)
+        info = ctx.target.call("GET", S.RECORD_INFO, params={"taskId": task_id}, label=ctx.result.check)
+        data = info.reply.data if info.reply.code == 200 else None
+        status = data.get("status") if isinstance(data, dict) else None
+        if _finished(data) or time.monotonic() > deadline:
+            break
+    if not _finished(data):
+        raise Skip(f"the task did not succeed within {ctx.callback_timeout:g}s (status {status})")
+    tracks = [{_CAMEL.get(k, k): v for k, v in t.items()} for t in data["response"]["sunoData"]]
+    fake_call = type("Polled", (), {"stage": "complete", "json": {"data": {"data": tracks}}, "status": 200})
+    got = {"exchange": ex, "body": body, "task_id": task_id, "calls": [fake_call], "polled": True}
+    ctx.shared["lifecycle"] = got
+    ctx.note("no reachable callback receiver: the task was followed by polling record-info")
+    return got
+
+
 def _lifecycle(ctx):
     got = ctx.shared.get("lifecycle")
+    if not got and (ctx.receiver is None or not ctx.callback_public):
+        got = _poll_only(ctx)
     if not got:
-        raise Skip("no completed task from lifecycle.callbacks to look at")
+        why = ctx.shared.get("lifecycle_skipped")
+        raise Skip(f"lifecycle.callbacks was skipped ({why})" if why else "no task from lifecycle.callbacks")
     complete = [c for c in got["calls"] if c.stage == "complete"]
     if not complete:
         raise Skip("lifecycle.callbacks saw no complete callback")
@@ -104,14 +153,15 @@ def record_info(ctx):
         ex = ctx.target.call("GET", S.RECORD_INFO, params={"taskId": task_id}, label=ctx.result.check)
         ctx.case()
         data = ex.reply.data if ex.reply.code == 200 else None
-        if isinstance(data, dict) and data.get("status") == "SUCCESS" or time.monotonic() > deadline:
+        if (_finished(data) if got.get("polled") else isinstance(data, dict) and data.get("status") == "SUCCESS") \
+                or time.monotonic() > deadline:
             break
         time.sleep(0.5 if ctx.is_fake else 5)
     if not ctx.expect_code(ex, 200, "record-info.known-task", "200 with the task", "record-info-response.json"):
         return
     if data.get("taskId") != task_id:
         ctx.disagree("record-info.taskId", ex, f"data.taskId = {task_id}", f"data.taskId = {data.get('taskId')}")
-    if data.get("status") != "SUCCESS":
+    if not (_finished(data) if got.get("polled") else data.get("status") == "SUCCESS"):
         ctx.disagree("record-info.status", ex, "status SUCCESS once the complete callback arrived",
                      f"status {data.get('status')}")
         return
@@ -135,7 +185,9 @@ def record_info(ctx):
     except ValueError:
         param = None
     sent = got["body"]
-    if not isinstance(param, dict) or any(param.get(k) != v for k, v in sent.items() if k != "callBackUrl"):
+    # Real records show param with some of the request's fields (no URLs): what it has must agree.
+    if not isinstance(param, dict) or param.get("model") != sent["model"] \
+            or any(k in sent and param[k] != sent[k] for k in param):
         ctx.disagree("record-info.param", ex, "param is the original request as a JSON string",
                      f"param = {str(data.get('param'))[:80]}")
 
@@ -144,13 +196,13 @@ def record_info(ctx):
 def files(ctx):
     """The complete callback's audio and image URLs download (non-empty, audio/* and image/*)."""
     got, tracks = _lifecycle(ctx)
+    deadline = time.monotonic() + (0.5 if ctx.is_fake else 30)  # for all files together
     for t in tracks:
         for key, kind in (("audio_url", "audio/"), ("image_url", "image/")):
             url = t.get(key)
             if not url:
                 ctx.disagree(f"files.{key}", f"complete callback of {got['task_id']}", f"{key} is a URL", "empty")
                 continue
-            deadline = time.monotonic() + (2 if ctx.is_fake else 30)
             while True:  # real captures: files can serve 0 bytes right after SUCCESS
                 ex = ctx.target.fetch(url, label=ctx.result.check)
                 ctx.case()

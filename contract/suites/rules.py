@@ -4,9 +4,30 @@ hypothesis examples of valid and single-rule-broken bodies, generated from the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+
 from .. import schemas as S
 from .. import strategies as T
 from ..runner import Skip, check
+
+
+@lru_cache(maxsize=None)
+def _drawn(kind: str, n: int, seed: int) -> tuple:
+    """Hypothesis examples, drawn once per (kind, n, seed) with the page's example URLs."""
+    strategy = T.valid_bodies() if kind == "valid" else T.invalid_bodies()
+    return tuple(T.draw_examples(strategy, n, seed))
+
+
+def _with_urls(ctx, body: dict) -> dict:
+    """The run's uploadUrl and callBackUrl in place of the defaults (a broken URL stays broken)."""
+    urls = ctx.urls()
+    out = dict(body)
+    for name, default, new in (("uploadUrl", T.DEFAULT_UPLOAD_URL, urls["upload_url"]),
+                               ("callBackUrl", T.DEFAULT_CALLBACK_URL, urls["callback_url"])):
+        if out.get(name) == default:
+            out[name] = new
+    return out
 
 
 def _reject(ctx, case, label=None):
@@ -48,8 +69,8 @@ def single_rule_breaks(ctx):
 @check("rules.invalid-examples", "rules", "free")
 def invalid_examples(ctx):
     """Hypothesis: valid bodies of any mode/model with exactly one rule broken: 422."""
-    for case in T.draw_examples(T.invalid_bodies(**ctx.urls()), ctx.examples, ctx.seed):
-        _reject(ctx, case)
+    for case in _drawn("invalid", ctx.examples, ctx.seed):
+        _reject(ctx, replace(case, body=_with_urls(ctx, case.body)))
 
 
 @check("rules.at-limit", "rules", "spends")
@@ -84,7 +105,7 @@ def legal_weights(ctx):
 @check("rules.valid-examples", "rules", "spends")
 def valid_examples(ctx):
     """Hypothesis: valid bodies of every mode and model (lengths at the limits, any legal weight): accepted."""
-    bodies = T.draw_examples(T.valid_bodies(**ctx.urls()), ctx.examples, ctx.seed)
+    bodies = [_with_urls(ctx, b) for b in _drawn("valid", ctx.examples, ctx.seed)]
     for i, body in enumerate(bodies):
         if not ctx.budget.affordable():
             raise Skip(f"budget exhausted after {i} of {len(bodies)} examples")

@@ -57,9 +57,28 @@ def operations():
 
 
 def coverage_cases(op, modes):
+    return list(_coverage_cases(op.label, tuple(m.value for m in modes)))
+
+
+@lru_cache(maxsize=None)
+def _coverage_cases(label: str, modes: tuple[str, ...]):
+    """The coverage phase is deterministic: computed once per operation and mode."""
+    from schemathesis import GenerationMode
+
     schema = load_schema()
-    return list(schema.iter_coverage_cases(op, generation_modes=modes,
+    op = next(o for o in operations() if o.label == label)
+    modes = [GenerationMode(m) for m in modes]
+    return tuple(schema.iter_coverage_cases(op, generation_modes=modes,
                                            generation_config=schema.config.generation_for(operation=op)))
+
+
+@lru_cache(maxsize=None)
+def fuzz_cases(label: str, mode: str, n: int, seed: int):
+    """`n` fuzzed cases of one operation (the same for the same seed: computed once)."""
+    from schemathesis import GenerationMode
+
+    op = next(o for o in operations() if o.label == label)
+    return tuple(draw_examples(op.as_strategy(generation_mode=GenerationMode(mode)), n, seed))
 
 
 def _scenario(case) -> str:
@@ -211,6 +230,10 @@ def _builtin_failures(case, lifted, headers) -> list:
     return []
 
 
+def _created(ex: Exchange) -> bool:
+    return ex.reply.code == 200 and isinstance(ex.reply.data, dict) and "taskId" in ex.reply.data
+
+
 def run_case(ctx, case, spends_allowed: bool) -> None:
     method, path, query, headers, body, data = _prepare(ctx, case)
     expected, may_spend, why = _expected(ctx, method, path, headers, body, data)
@@ -228,7 +251,7 @@ def run_case(ctx, case, spends_allowed: bool) -> None:
     code = ex.reply.code
     if may_spend and code != 200:
         ctx.budget.release()
-    elif not may_spend and code == 200 and path == S.UPLOAD_COVER:
+    elif not may_spend and method == "POST" and path == S.UPLOAD_COVER and _created(ex):
         ctx.budget.charge_surprise()
     scenario = _scenario(case) or (case.meta.generation.mode.value if case.meta else "")
     for failure in _builtin_failures(case, _lifted(ctx, ex), headers):
@@ -254,7 +277,7 @@ def _spec_run(ctx, positive: bool) -> None:
     mode = GenerationMode.POSITIVE if positive else GenerationMode.NEGATIVE
     for op in operations():
         cases = select(coverage_cases(op, [mode]), ctx.examples, ctx.seed)
-        cases += draw_examples(op.as_strategy(generation_mode=mode), ctx.examples, ctx.seed)
+        cases += fuzz_cases(op.label, mode.value, ctx.examples, ctx.seed)
         for case in cases:
             run_case(ctx, case, spends_allowed=positive)
     if positive:

@@ -1,0 +1,215 @@
+"""`kie-mock verify`: exit codes, tiers and the budget, JUnit XML, record and replay, pacing and 429."""
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from contract.broken import other_server
+from contract.runner import Budget, Context, run_checks, all_checks
+from contract.servers import ServerThread, make_fake, stop_app
+from contract.target import Pacer, Reply, Target, WsgiTransport
+from mock_server.cli import main
+
+
+def verify(capsys, *args):
+    code = main(["verify", "-q", "--examples", "2", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def other():
+    """A conforming server that is not the fake (no control API), over HTTP."""
+    app = other_server()
+    with ServerThread(app) as url:
+        yield url, app.app.extensions["kie_mock"]
+
+
+def test_the_in_process_fake_agrees_and_writes_junit(capsys, tmp_path):
+    code, out, _ = verify(capsys, "--junit-xml", str(tmp_path / "r.xml"))
+    assert code == 0, out
+    assert "0 failed, 0 skipped, 0 errors" in out
+    suite = ET.parse(tmp_path / "r.xml").getroot().find("testsuite")
+    assert int(suite.get("tests")) == len(all_checks()) and suite.get("failures") == "0"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--allow-spend", "-1"], "--allow-spend"),
+    (["--base-url", "ftp://example.com"], "--base-url"),
+    (["--record", "a", "--replay", "b"], "cannot be combined"),
+    (["--suite", "nope"], "unknown nope"),
+    (["--base-url", "http://127.0.0.1:1"], "cannot reach"),
+    (["--base-url", "https://api.kie.ai.invalid"], "--api-key"),
+    (["--app", "contract.broken:no-such-variant"], "no 'no-such-variant'"),
+    (["--replay", "/nonexistent/dir"], "no such directory"),
+])
+def test_usage_errors_exit_2(capsys, args, says, monkeypatch):
+    monkeypatch.delenv("KIE_API_KEY", raising=False)
+    code, _, err = verify(capsys, *args)
+    assert code == 2 and says in err, err
+
+
+def test_argparse_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", "--examples", "many"])
+    assert exc.value.code == 2
+
+
+def test_without_a_budget_a_target_that_is_not_a_fake_gets_free_checks_only(capsys, other):
+    url, svc = other
+    before = len(svc.store.list_tasks())
+    code, out, _ = verify(capsys, "--base-url", url)
+    assert code == 0, out
+    skipped = re.findall(r"  - (\S+) \[(\w+)\]: (.*)", out)
+    assert {t for _, t, _ in skipped} == {"spends", "control"}
+    assert all("budget" in why or "control API" in why for _, _, why in skipped)
+    assert len(svc.store.list_tasks()) == before  # nothing was created: nothing charged
+
+
+def test_the_run_stops_before_exceeding_the_budget(capsys, other):
+    url, svc = other
+    before = len(svc.store.list_tasks())
+    code, out, _ = verify(capsys, "--base-url", url, "--allow-spend", "40", "--tier", "spends")
+    assert code == 0, out
+    assert len(svc.store.list_tasks()) - before == 3  # 40 credits at 12 per cover
+    assert "spend: 36/40 credits (3 covers at 12)" in out
+    assert re.search(r"rules.at-limit \[spends\]: budget exhausted", out)
+
+
+def test_a_conforming_server_that_is_not_the_fake_agrees(capsys, other):
+    url, _ = other
+    code, out, _ = verify(capsys, "--base-url", url, "--allow-spend", "100000")
+    assert code == 0, out
+    assert re.search(r"failures\.\S+ \[control\]: the target has no control API", out)  # skipped, not passed
+
+
+SUITES = ("--suite", "auth", "--suite", "rules.one-past-limit", "--suite", "lifecycle", "--suite", "credit.balance")
+
+
+def test_record_redacts_the_key_and_replay_holds_the_fake_to_it(capsys, tmp_path):
+    rec = tmp_path / "rec"
+    with ServerThread(make_fake()) as url:  # stands in for the real service
+        code, out, _ = verify(capsys, "--base-url", url, "--api-key", "kie-mock-key", "--record", str(rec), *SUITES)
+    assert code == 0, out
+    files = {p.name: p.read_text() for p in rec.iterdir()}
+    assert set(files) == {"meta.json", "exchanges.jsonl", "callbacks.jsonl"}
+    text = "".join(files.values())
+    assert "kie-mock-key" not in text and not re.search(r"kie-mock-verify-[0-9a-f]{12}\b", text)
+    assert "Bearer <redacted>" in files["exchanges.jsonl"]
+    assert len(files["callbacks.jsonl"].splitlines()) == 3
+
+    code, out, _ = verify(capsys, "--replay", str(rec))
+    assert code == 0, out
+
+    code, out, _ = verify(capsys, "--replay", str(rec), "--app", "contract.broken:envelope-msg-renamed")
+    assert code == 1 and "replay.shape" in out, out
+
+
+def test_replay_names_a_transport_difference(capsys, other, tmp_path):
+    """The other server mirrors codes as HTTP statuses; the default fake does not: replay says so."""
+    url, _ = other
+    rec = tmp_path / "rec"
+    code, out, _ = verify(capsys, "--base-url", url, "--allow-spend", "1000", "--record", str(rec), *SUITES)
+    assert code == 0, out
+    code, out, _ = verify(capsys, "--replay", str(rec))
+    assert code == 1 and "replay.http-status" in out and "recorded: HTTP 401, code 401" in out
+
+
+def test_replay_fails_when_the_recording_says_otherwise(capsys, tmp_path):
+    rec = tmp_path / "rec"
+    code, out, _ = verify(capsys, "--record", str(rec), "--suite", "credit.balance", "--suite", "lifecycle")
+    assert code == 0, out
+    lines = [json.loads(x) for x in (rec / "exchanges.jsonl").read_text().splitlines()]
+    for x in lines:  # pretend the real service answered chat/credit differently
+        if x["path"] == "/api/v1/chat/credit":
+            x["response"]["json"]["data"] = {"balance": 5}
+    (rec / "exchanges.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cbs = [json.loads(x) for x in (rec / "callbacks.jsonl").read_text().splitlines()]
+    (rec / "callbacks.jsonl").write_text("".join(json.dumps(x) + "\n" for x in cbs if x["json"]["data"]
+                                                 ["callbackType"] != "text"))
+    code, out, _ = verify(capsys, "--replay", str(rec))
+    assert code == 1
+    assert "[replay:credit.balance]" in out and "replay.shape" in out
+    assert "replay.callback-stages" in out
+
+
+def test_without_a_reachable_receiver_the_lifecycle_is_followed_by_polling():
+    app = make_fake()
+    try:
+        target = Target(WsgiTransport(app), "kie-mock-key")
+        ctx = Context(target, budget=Budget(None), callback_public=False, is_fake=True, callback_timeout=10)
+        results = {r.check: r for r in run_checks(ctx, only=lambda c: c.suite == "lifecycle")}
+    finally:
+        stop_app(app)
+    assert results["lifecycle.callbacks"].status == "skipped"
+    assert "--callback-url" in results["lifecycle.callbacks"].reason
+    assert results["lifecycle.record-info"].status == "passed", results["lifecycle.record-info"]
+    assert results["lifecycle.files"].status == "passed", results["lifecycle.files"]
+
+
+class Scripted:
+    base_url = "http://scripted"
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.sent = 0
+
+    def send(self, method, path, query, headers, data):
+        self.sent += 1
+        return self.replies.pop(0)
+
+
+def test_429_is_retried_after_what_retry_after_says():
+    env = b'{"code":429,"msg":"Rate limited","data":null}'
+    transport = Scripted([Reply(429, {"retry-after": "3", "content-type": "application/json"}, env),
+                          Reply(200, {"content-type": "application/json"}, b'{"code":200,"msg":"success","data":1}')])
+    slept = []
+    target = Target(transport, "k", sleep=slept.append)
+    ex = target.call("GET", "/api/v1/chat/credit")
+    assert ex.reply.code == 200 and slept == [3.0] and transport.sent == 2
+
+
+def test_429_gives_up_after_a_few_tries_and_can_be_asked_not_to_retry():
+    env = b'{"code":429,"msg":"Rate limited","data":null}'
+    transport = Scripted([Reply(429, {}, env)] * 5)
+    slept = []
+    target = Target(transport, "k", sleep=slept.append, retry_429=2)
+    assert target.call("GET", "/api/v1/chat/credit").reply.status == 429
+    assert slept == [10.0, 20.0]  # no Retry-After: the window, then twice it
+    assert Target(Scripted([Reply(429, {}, env)]), "k", sleep=slept.append).call(
+        "GET", "/x", retry_429=False).reply.status == 429
+
+
+def test_the_pacer_keeps_under_the_rate():
+    slept = []
+    pacer = Pacer(3, 10.0, sleep=slept.append)
+    for _ in range(3):
+        pacer.wait()
+    assert slept == []
+    pacer.wait()
+    assert len(slept) == 1 and 9.9 < slept[0] <= 10.02
+
+
+def test_kie_mock_verify_against_a_running_fake(tmp_path):
+    """The command, end to end: `kie-mock serve` in a process, `kie-mock verify --base-url` against it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(port), "--instant",
+                               "--rate-limit", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        server.stdout.readline()  # "kie-mock listening on ..."
+        run = subprocess.run([sys.executable, "-m", "mock_server", "verify", "--base-url", f"http://127.0.0.1:{port}",
+                              "--examples", "2", "-q"], capture_output=True, text=True, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "the target AGREES with the contract" in run.stdout
+    assert "0 skipped" in run.stdout
