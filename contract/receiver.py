@@ -59,6 +59,7 @@ class CallbackReceiver:
         self.calls: list[Callback] = []
         self.errors: list[BaseException] = []
         self.answers: dict[str, list[int]] = {}  # token -> statuses to answer first (then 200)
+        self.fail_first = 0  # answer 500 to this many more callbacks, whatever their token
         self.on_call: Callable[[Callback], None] | None = None
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
@@ -81,7 +82,13 @@ class CallbackReceiver:
                     token = self.path.rstrip("/").rsplit("/", 1)[-1]
                     with receiver._cond:
                         queue = receiver.answers.get(token)
-                        status = queue.pop(0) if queue else 200
+                        if queue:
+                            status = queue.pop(0)
+                        elif receiver.fail_first > 0:  # any path: `kie-mock receive --fail N`
+                            receiver.fail_first -= 1
+                            status = 500
+                        else:
+                            status = 200
                     call = Callback(token, self.path, {k: v for k, v in self.headers.items()}, content,
                                     time.time(), status)
                     with receiver._cond:

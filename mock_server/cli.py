@@ -73,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     try:
         from contract.cli import add_verify_parser
+        from contract.receive import add_receive_parser
     except ImportError:  # the contract kit is optional at run time
-        add_verify_parser = None
-    if add_verify_parser:
+        pass
+    else:
         add_verify_parser(sub)
+        add_receive_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)

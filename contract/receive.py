@@ -1,0 +1,69 @@
+"""`kie-mock receive`: a callback receiver for people. Prints each callback as it arrives.
+
+    kie-mock receive --port 9000            # then use callBackUrl http://127.0.0.1:9000/callback
+    kie-mock receive --port 9000 --json     # whole bodies
+    kie-mock receive --port 9000 --fail 4   # answer 500 to the first 4 callbacks (rehearse retries)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from .receiver import Callback, CallbackReceiver
+
+
+def add_receive_parser(subparsers):
+    p = subparsers.add_parser("receive", help="print the callbacks POSTed to a local port",
+                              description="Listen for callbacks and print each one as it arrives (Ctrl-C stops).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--json", action="store_true", help="print every body in full")
+    p.add_argument("--fail", type=int, default=0, metavar="N", help="answer HTTP 500 to the first N callbacks")
+    p.set_defaults(func=receive)
+    return p
+
+
+def describe(call: Callback) -> str:
+    body = call.json
+    if not isinstance(body, dict):
+        return f"{call.path}: not JSON ({len(call.content)} bytes)"
+    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    tracks = data.get("data") if isinstance(data.get("data"), list) else []
+    line = (f"{time.strftime('%H:%M:%S', time.localtime(call.at))}  {str(data.get('callbackType')):<8} "
+            f"task {data.get('task_id')}  code {body.get('code')}  {body.get('msg')!r}")
+    for t in tracks:
+        if isinstance(t, dict):
+            line += f"\n    track {t.get('id')}  {t.get('duration')} s  audio {t.get('audio_url') or '(not yet)'}"
+    if "X-Webhook-Signature" in call.headers:
+        line += f"\n    signed: {call.headers['X-Webhook-Signature']} at {call.headers.get('X-Webhook-Timestamp')}"
+    if call.status >= 300:
+        line += f"\n    answered HTTP {call.status} (--fail): the fake will retry"
+    return line
+
+
+def receive(args) -> int:
+    rx = CallbackReceiver(host=args.host, port=args.port, prefix="/")
+    rx.fail_first = args.fail
+
+    def on_call(call: Callback):
+        print(describe(call), flush=True)
+        if args.json:
+            print(json.dumps(call.json, indent=2), flush=True)
+
+    rx.on_call = on_call
+    try:
+        rx.start()
+    except OSError as exc:
+        print(f"kie-mock receive: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    print(f"receiving callbacks on http://{args.host}:{rx.port}/callback (any path works); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rx.stop()
+    return 0

@@ -1,0 +1,54 @@
+"""`kie-mock receive`: the quickstart's callback receiver prints what arrives and can refuse."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> int:
+    req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_receive_prints_each_callback_and_fails_the_first_n():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "receive", "--port", str(port), "--fail", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "receiving callbacks" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}/callback"
+        text = {"code": 200, "msg": "Text generation completed.",
+                "data": {"callbackType": "text", "task_id": "abc123", "data": []}}
+        assert _post(url, text) == 500  # --fail 1
+        assert _post(url, text) == 200
+        time.sleep(0.2)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert out.count("text     task abc123  code 200") == 2
+    assert "answered HTTP 500" in out
+
+
+def test_receive_reports_a_busy_port_as_a_usage_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = subprocess.run([sys.executable, "-m", "mock_server", "receive", "--port", str(s.getsockname()[1])],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cannot listen" in r.stderr
