@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from jsonschema import ValidationError
 
+from .fastschema import Unsupported, compile_schema
 from .limits import table
 from .spec import schema, validator, validator_for
 
@@ -105,8 +106,13 @@ def _exclusive() -> bool:
 
 
 @lru_cache(maxsize=None)
-def _branch_validator(index: int):
-    return validator_for(_branches()[index])
+def _branch_check(index: int):
+    """The branch compiled to a predicate (fastschema), or jsonschema's is_valid if it can't be."""
+    branch = _branches()[index]
+    try:
+        return compile_schema(branch)
+    except Unsupported:
+        return validator_for(branch).is_valid
 
 
 def schema_accepts(body: dict) -> bool:
@@ -118,7 +124,7 @@ def schema_accepts(body: dict) -> bool:
     """
     if _exclusive():
         branch = _branch_for(body)
-        return branch is not None and _branch_validator(_branches().index(branch)).is_valid(body)
+        return branch is not None and _branch_check(_branches().index(branch))(body)
     return validator(REQUEST_SCHEMA).is_valid(body)
 
 

@@ -32,19 +32,20 @@ def _decimal(x) -> Decimal | None:
         return None
 
 
-def _multiple_of(validator, divisor, instance, schema):
-    if not validator.is_type(instance, "number"):
-        return
+def is_multiple(instance, divisor) -> bool:
+    """multipleOf on the decimal value of the number's shortest repr (0.29 is a multiple of 0.01)."""
     n, d = _decimal(instance), _decimal(divisor)
     if n is None or d is None or not n.is_finite():
-        yield ValidationError(f"{instance!r} is not a finite number")
-        return
+        return False
     # The integer quotient of a huge number (1e30, 10**30) needs more digits than the default
     # 28: give the division enough precision instead of raising DivisionImpossible (a 500).
     with localcontext() as ctx:
         ctx.prec = max(ctx.prec, n.adjusted() - d.adjusted() + 2)
-        multiple = n % d == 0
-    if not multiple:
+        return n % d == 0
+
+
+def _multiple_of(validator, divisor, instance, schema):
+    if validator.is_type(instance, "number") and not is_multiple(instance, divisor):
         yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
 
 

@@ -60,3 +60,31 @@ def test_fast_verdict_on_the_page_example():
             "callBackUrl": "https://api.example.com/callback", "styleWeight": 0.65}
     assert rules.schema_accepts(body) and FULL.is_valid(body)
     assert not rules.schema_accepts({**body, "styleWeight": 0.655}) and not FULL.is_valid({**body, "styleWeight": 0.655})
+
+
+def test_every_branch_compiles_to_a_fast_predicate():
+    from mock_server.fastschema import compile_schema
+
+    for branch in rules._branches():
+        compile_schema(branch)  # raises Unsupported if a keyword were not compiled
+
+
+def test_an_unknown_keyword_is_refused_not_ignored():
+    import pytest
+
+    from mock_server.fastschema import Unsupported, compile_schema
+
+    with pytest.raises(Unsupported):
+        compile_schema({"type": "object", "dependentRequired": {"a": ["b"]}})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)))
+def test_compiled_keywords_match_jsonschema_on_scalars(x):
+    from mock_server.fastschema import compile_schema
+    from mock_server.spec import validator_for
+
+    for schema in ({"type": "number"}, {"type": "integer"}, {"type": ["string", "null"]}, {"const": True},
+                   {"const": 1}, {"enum": ["m", "f", None]}, {"minimum": 0, "maximum": 1, "multipleOf": 0.01},
+                   {"maxLength": 2, "minLength": 1}, {"format": "uri"}, {"pattern": "^a"}):
+        assert compile_schema(schema)(x) == validator_for(schema).is_valid(x), (schema, x)
