@@ -1,105 +1,214 @@
-"""The API's HTTP face (thin): parse, call the service, render the envelope."""
+"""The API's HTTP face (thin): parse, call the service, render the envelope.
+
+The three endpoints are plain functions of a WSGI environ (`ApiRequest`) returning an
+`ApiResponse`. `FastPath` serves them straight from WSGI, before Flask (the hot path:
+Flask's request machinery costs more than the fake's own work); the Flask Blueprint
+declares the same routes so 404 / 405 / OPTIONS answers stay Flask's, and serves them
+when the fast path is off (`create_app(..., fast_path=False)`).
+"""
 
 from __future__ import annotations
 
+import re
 import time
+import traceback
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs
 
 import orjson
 from flask import Blueprint, Response, current_app, request
+from werkzeug.wsgi import get_input_stream
 
 from . import faults
-from .envelope import respond, success
+from .envelope import http_status
 from .rules import Rejection
 from .service import Accepted, Service, mask_key
 
 bp = Blueprint("api", __name__)
 
 JSON_TYPES = ("application/json",)
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
-def _service() -> Service:
-    return current_app.extensions["kie_mock"]
+@dataclass
+class ApiResponse:
+    code: int
+    body: bytes
+    status: int
+    headers: list = field(default_factory=list)
+    task_id: str | None = None
 
 
-def reject(rej: Rejection) -> Response:
-    headers = {"Retry-After": str(rej.retry_after)} if rej.retry_after else None
-    return respond(rej.code, rej.msg, None, transport=_service().cfg.transport, headers=headers)
+class ApiRequest:
+    """What the handlers read of a request, straight from the WSGI environ."""
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+        self.key_masked: str | None = None
+
+    def header(self, name: str) -> str | None:
+        return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+    def query(self, name: str) -> str | None:
+        values = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True).get(name)
+        return values[0] if values else None
+
+    def host_url(self, fallback: str) -> str:
+        """scheme://host/ of this request; a Host header that is not a plain host[:port] is not trusted."""
+        host = self.environ.get("HTTP_HOST", "")
+        if not _HOST.match(host):
+            return fallback
+        return f"{self.environ.get('wsgi.url_scheme', 'http')}://{host}/"
+
+    def json_body(self, max_bytes: int):
+        """The JSON body, or a Rejection saying what is wrong with it."""
+        content_type = self.environ.get("CONTENT_TYPE") or ""
+        mimetype = content_type.split(";", 1)[0].strip().lower()
+        if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
+            return Rejection(422, f"Content-Type must be application/json (got {content_type or 'none'})",
+                             None, "content-type")
+        length = self.environ.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > max_bytes:
+            return Rejection(422, f"request body too large: {length} bytes, the limit is {max_bytes}", None, "size")
+        raw = get_input_stream(self.environ, safe_fallback=True).read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            return Rejection(422, f"request body too large: the limit is {max_bytes} bytes", None, "size")
+        if not raw.strip():
+            return Rejection(422, "request body is empty: send a JSON object", None, "json")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            # orjson rejects NaN/Infinity, invalid UTF-8, > 64-bit integers and nesting over 1024 levels.
+            return Rejection(422, f"request body is not valid JSON: {exc}", None, "json")
 
 
-def parse_json_body(max_bytes: int):
-    """The request's JSON body, or a Rejection saying what is wrong with it."""
-    mimetype = request.mimetype or ""
-    if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
-        shown = request.content_type or "none"
-        return Rejection(422, f"Content-Type must be application/json (got {shown})", None, "content-type")
-    if request.content_length is not None and request.content_length > max_bytes:
-        return Rejection(422, f"request body too large: {request.content_length} bytes, the limit is {max_bytes}",
-                         None, "size")
-    raw = request.stream.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        return Rejection(422, f"request body too large: the limit is {max_bytes} bytes", None, "size")
-    if not raw.strip():
-        return Rejection(422, "request body is empty: send a JSON object", None, "json")
+def envelope(code: int, msg: str, data, transport: str, headers: list | None = None) -> ApiResponse:
+    return ApiResponse(code, orjson.dumps({"code": code, "msg": msg, "data": data}),
+                       http_status(code, transport), headers or [])
+
+
+def reject(svc: Service, rej: Rejection) -> ApiResponse:
+    headers = [("Retry-After", str(rej.retry_after))] if rej.retry_after else []
+    return envelope(rej.code, rej.msg, None, svc.cfg.transport, headers)
+
+
+def success(data) -> ApiResponse:
+    return ApiResponse(200, orjson.dumps({"code": 200, "msg": "success", "data": data}), 200)
+
+
+def _prelude(svc: Service, req: ApiRequest):
+    """Prefer header, authentication, latency, maintenance and forced codes: (key, prefer) or a response."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        # orjson rejects NaN/Infinity, invalid UTF-8, > 64-bit integers and nesting over 1024 levels.
-        return Rejection(422, f"request body is not valid JSON: {exc}", None, "json")
-
-
-def _prelude():
-    """Prefer header, authentication, maintenance and forced codes: (service, key, prefer) or a Response."""
-    svc = _service()
-    try:
-        prefer = faults.Prefer.parse(request.headers.get("Prefer"))
+        prefer = faults.Prefer.parse(req.header("Prefer"))
     except faults.PreferError as exc:
-        return reject(Rejection(422, str(exc), "Prefer", "prefer"))
-    key, rej = svc.authenticate(request.headers.get("Authorization"))
+        return reject(svc, Rejection(422, str(exc), "Prefer", "prefer"))
+    key, rej = svc.authenticate(req.header("Authorization"))
     if rej is None:
         settings = svc.settings()
         delay = faults.latency_for(settings, prefer)
         if delay:
             time.sleep(delay)
         rej = svc.gate(key, prefer, settings)
-    request.environ["kie_mock.key"] = mask_key(key)
+    req.key_masked = mask_key(key)
     if rej is not None:
-        return reject(rej)
-    return svc, key, prefer
+        return reject(svc, rej)
+    return key, prefer
 
 
-@bp.post("/api/v1/generate/upload-cover")
-def upload_cover():
+def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse:
     """Submit a cover task."""
-    pre = _prelude()
-    if isinstance(pre, Response):
+    pre = _prelude(svc, req)
+    if isinstance(pre, ApiResponse):
         return pre
-    svc, key, prefer = pre
-    body = parse_json_body(svc.cfg.max_body_bytes)
+    key, prefer = pre
+    body = req.json_body(svc.cfg.max_body_bytes)
     if isinstance(body, Rejection):
-        return reject(body)
-    result = svc.upload_cover(key, body, request.host_url, prefer)
+        return reject(svc, body)
+    result = svc.upload_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer)
     if isinstance(result, Accepted):
-        request.environ["kie_mock.task_id"] = result.task_id
-        return success({"taskId": result.task_id})
-    return reject(result)
+        resp = success({"taskId": result.task_id})
+        resp.task_id = result.task_id
+        return resp
+    return reject(svc, result)
 
 
-@bp.get("/api/v1/generate/record-info")
-def record_info():
+def record_info(svc: Service, req: ApiRequest) -> ApiResponse:
     """Poll a task."""
-    pre = _prelude()
-    if isinstance(pre, Response):
+    pre = _prelude(svc, req)
+    if isinstance(pre, ApiResponse):
         return pre
-    svc, key, _ = pre
-    result = svc.record_info(key, request.args.get("taskId"))
-    return reject(result) if isinstance(result, Rejection) else success(result)
+    key, _ = pre
+    result = svc.record_info(key, req.query("taskId"))
+    return reject(svc, result) if isinstance(result, Rejection) else success(result)
 
 
-@bp.get("/api/v1/chat/credit")
-def credit():
+def credit(svc: Service, req: ApiRequest) -> ApiResponse:
     """The key's remaining credits."""
-    pre = _prelude()
-    if isinstance(pre, Response):
+    pre = _prelude(svc, req)
+    if isinstance(pre, ApiResponse):
         return pre
-    svc, key, _ = pre
+    key, _ = pre
     return success(svc.credit(key))
+
+
+ROUTES = {
+    ("POST", "/api/v1/generate/upload-cover"): upload_cover,
+    ("GET", "/api/v1/generate/record-info"): record_info,
+    ("GET", "/api/v1/chat/credit"): credit,
+}
+
+
+def handle(svc: Service, handler, environ: dict) -> ApiResponse:
+    """Run one handler; journal the request; a bug still answers an envelope (500), never a crash."""
+    req = ApiRequest(environ)
+    try:
+        resp = handler(svc, req)
+    except Exception as exc:
+        traceback.print_exc()
+        resp = ApiResponse(500, orjson.dumps({"code": 500, "msg": f"Internal Error (kie-mock bug): "
+                                                      f"{type(exc).__name__}", "data": None}), 500)
+    svc.store.log("requests", {
+        "at": svc.clock.now(), "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+        "key": req.key_masked, "http_status": resp.status, "code": resp.code, "task_id": resp.task_id,
+    }, svc.cfg.journal_limit)
+    return resp
+
+
+class FastPath:
+    """WSGI middleware: the API endpoints served before Flask; anything else goes to Flask."""
+
+    def __init__(self, svc: Service, app):
+        self.svc, self.app = svc, app
+
+    def __call__(self, environ, start_response):
+        handler = ROUTES.get((environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")))
+        if handler is None:
+            return self.app(environ, start_response)
+        resp = handle(self.svc, handler, environ)
+        status = f"{resp.status} {_reason(resp.status)}"
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(resp.body))),
+                                *resp.headers])
+        return [resp.body]
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "UNKNOWN"  # 455 and other codes HTTP does not name
+
+
+def _flask_view(handler):
+    def view():
+        svc = current_app.extensions["kie_mock"]
+        resp = handle(svc, handler, request.environ)
+        return Response(resp.body, resp.status, resp.headers, mimetype="application/json")
+
+    view.__name__ = handler.__name__
+    view.__doc__ = handler.__doc__
+    return view
+
+
+for (_method, _path), _handler in ROUTES.items():
+    bp.add_url_rule(_path, view_func=_flask_view(_handler), methods=[_method])

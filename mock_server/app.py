@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import orjson
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
@@ -14,7 +13,7 @@ from .spec import check_uri_format_available
 
 
 def create_app(config: Config | None = None, *, store=None, clock=None, deliver=None,
-               source_checker=None, start_scheduler: bool = True) -> Flask:
+               source_checker=None, start_scheduler: bool = True, fast_path: bool = True) -> Flask:
     cfg = config or Config()
     check_uri_format_available()
     if source_checker is None and cfg.source_check:
@@ -59,19 +58,8 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
         app.logger.exception("unhandled error")
         return respond(500, f"Internal Error (kie-mock bug): {type(exc).__name__}", status=500)
 
-    @app.after_request
-    def journal(response):
-        if request.path.startswith("/api/"):
-            try:
-                code = orjson.loads(response.get_data())["code"]
-            except Exception:
-                code = None
-            service.store.log("requests", {
-                "at": service.clock.now(), "method": request.method, "path": request.path,
-                "key": request.environ.get("kie_mock.key"), "http_status": response.status_code,
-                "code": code, "task_id": request.environ.get("kie_mock.task_id"),
-            }, cfg.journal_limit)
-        return response
+    if fast_path:  # the API endpoints straight from WSGI (api.py); the rest through Flask
+        app.wsgi_app = api.FastPath(service, app.wsgi_app)
 
     if start_scheduler:
         service.scheduler.start()

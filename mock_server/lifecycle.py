@@ -9,11 +9,12 @@ camelCase `sunoData`; `first` carries both tracks with the unfinished one's audi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import time
 import uuid
+
+import orjson
 
 from . import media
 from .config import Config
@@ -121,7 +122,7 @@ def new_task(body: dict, key: str, now: float, cfg: Config, base_url: str,
     return {
         "taskId": task_id,
         "key": key,
-        "param": json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        "param": orjson.dumps(body).decode(),  # compact, non-ASCII kept as is
         "callBackUrl": body["callBackUrl"],
         "model": body["model"],
         "created_at": now,

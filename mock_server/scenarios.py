@@ -16,7 +16,7 @@ Names (also listed by GET /_mock/scenarios):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .config import Config
 
@@ -60,7 +60,7 @@ class Scenario:
         return cls(d["name"], d.get("params") or {})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"name": self.name, "params": dict(self.params)}
 
     @property
     def fail_code(self) -> int | None:

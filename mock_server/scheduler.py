@@ -46,7 +46,7 @@ class Scheduler:
 
     # -- scheduling ---------------------------------------------------------------------
     def _add(self, task_id: str, kind: str, due: float, **extra) -> None:
-        self.store.add_job({"id": uuid.uuid4().hex, "task_id": task_id, "kind": kind, "due": due, **extra})
+        self.store.add_job({"id": lifecycle.new_id(), "task_id": task_id, "kind": kind, "due": due, **extra})
         self._wake.set()
 
     def submit(self, task: dict) -> None:
