@@ -1,27 +1,20 @@
 """The contract as data: openapi.yaml, schemas/*.json and the limit table, read once.
 
-The validators here are the suite's own (jsonschema plus a decimal `multipleOf`), not the
-fake's: an oracle that reused mock_server's validation would share its bugs.
+Validation comes from the spec layer (mock_server.spec), which the kit may import: it reads
+the same files, and an independent JSON Schema implementation checks it in the tests.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import lru_cache
-from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator, ValidationError
-from jsonschema.validators import extend
-from referencing import Registry, Resource
 
-ROOT = Path(os.environ.get("KIE_MOCK_SPEC_DIR") or Path(__file__).resolve().parent.parent)
-OPENAPI = ROOT / "openapi.yaml"
-SCHEMAS = ROOT / "schemas"
-BASE = "https://kie-mock.local/schemas/"
+from mock_server import paths, spec
+
+OPENAPI = paths.OPENAPI
 
 UPLOAD_COVER = "/api/v1/generate/upload-cover"
 RECORD_INFO = "/api/v1/generate/record-info"
@@ -33,43 +26,10 @@ WEIGHTS = ("styleWeight", "weirdnessConstraint", "audioWeight")
 TEXT_FIELDS = ("prompt", "style", "title")
 
 
-def _decimal(x) -> Decimal | None:
-    try:
-        return Decimal(repr(x)) if isinstance(x, float) else Decimal(x)
-    except (InvalidOperation, ValueError, TypeError):
-        return None
-
-
-def _multiple_of(validator, divisor, instance, schema):
-    # Binary floats make 0.29 "not a multiple of 0.01" for plain jsonschema; the page means decimals.
-    if not validator.is_type(instance, "number"):
-        return
-    n, d = _decimal(instance), _decimal(divisor)
-    if n is None or d is None or not n.is_finite() or n % d != 0:
-        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
-
-
-Validator = extend(Draft202012Validator, {"multipleOf": _multiple_of})
-
-
-@lru_cache(maxsize=1)
-def registry() -> Registry:
-    resources = []
-    for path in sorted(SCHEMAS.glob("*.json")):
-        contents = json.loads(path.read_text())
-        if "$schema" in contents:
-            resources.append((BASE + path.name, Resource.from_contents(contents)))
-    return Registry().with_resources(resources)
-
-
-@lru_cache(maxsize=None)
-def schema(name: str) -> dict:
-    return registry().contents(BASE + name)
-
-
-@lru_cache(maxsize=None)
-def validator(name: str):
-    return Validator(schema(name), registry=registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+# The spec layer's validators (jsonschema with a decimal multipleOf and format "uri"
+# enforced), the ones the fake validates with: tests/test_independent_validator.py holds
+# them to a second JSON Schema implementation, so the oracle does not rest on them alone.
+Validator, FORMATS, registry, schema, validator = spec.Validator, spec.FORMATS, spec.registry, spec.schema, spec.validator
 
 
 def errors(name: str, instance) -> list[str]:
@@ -186,4 +146,4 @@ def request_errors(body) -> list[str]:
 def _branch_validator(index: int):
     b = branches()[index]
     return Validator({"type": "object", "required": list(b.required), "properties": b.properties},
-                     registry=registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+                     registry=registry(), format_checker=FORMATS)
