@@ -54,8 +54,13 @@ def apply(svc, data: dict) -> None:
         arm(svc, fault)
 
 
-def apply_file(svc, path: str | Path) -> None:
+def apply_file(svc, path: str | Path, *, remember_only: bool = False) -> None:
+    """Apply the file to the service's store (unless `remember_only`: another process did),
+    and remember it, so that POST /_mock/reset comes back to the same start state."""
     try:
-        apply(svc, load(path))
+        data = load(path)
+        if not remember_only:
+            apply(svc, data)
     except BadRequest as exc:
         raise SystemExit(f"kie-mock: {exc}") from None
+    svc.startup = data

@@ -36,6 +36,7 @@ class Service:
         self.scheduler = Scheduler(self.store, self.clock, cfg, deliver=deliver,
                                    poll_interval=0.05 if cfg.store == "memory" else 0.02)
         self.source_checker = source_checker
+        self.startup: dict | None = None  # the scenario file's content, re-applied by reset()
         self.seed_accounts()
 
     def seed_accounts(self) -> None:
@@ -45,8 +46,13 @@ class Service:
                 self.store.put_account(key, credits, self.cfg.webhook_hmac_keys.get(key))
 
     def reset(self) -> None:
+        """Back to the start state: configured keys, and the scenario file given at start."""
         self.store.reset()
         self.seed_accounts()
+        if self.startup:
+            from .scenario_file import apply
+
+            apply(self, self.startup)
 
     # -- settings that may change at run time (shared through the store) -----------------------
     def settings(self) -> dict:

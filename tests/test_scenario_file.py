@@ -204,3 +204,16 @@ def test_serve_with_a_missing_file_exits_non_zero(tmp_path):
         stop(proc)
         raise AssertionError("kie-mock serve kept running with a missing scenario file") from None
     assert proc.returncode != 0 and "nope.yaml" in output, output
+
+
+def test_reset_comes_back_to_the_scenario_file_state(tmp_path, client, service):
+    from mock_server.scenario_file import apply_file
+
+    path = tmp_path / "setup.yaml"
+    path.write_text("accounts: {team-key: {credits: 30}}\nsettings: {rate_limit: 5}\nfaults: [{code: 409, key: team-key}]\n")
+    apply_file(service, path)
+    client.post("/_mock/reset")
+    assert service.store.get_account("team-key")["credits"] == 30
+    assert service.settings()["rate_limit"] == 5
+    assert [f["code"] for f in service.store.list_faults()] == [409]
+    assert service.store.get_account("kie-mock-key")["credits"] == 1000
