@@ -91,7 +91,7 @@ def arm(svc, body: dict) -> dict:
     if not isinstance(key, str) or not key:
         raise BadRequest("key: an API key, or \"*\" for every key")
     fault = {"id": uuid.uuid4().hex[:12], "key": key, "count": count}
-    unknown = sorted(str(k) for k in set(body) - {"code", "scenario", "params", "count", "key"})
+    unknown = sorted(str(k) for k in set(body) - {"code", "msg", "scenario", "params", "count", "key"})
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a fault has code or scenario (+ params), "
                          "count, key")
@@ -101,6 +101,10 @@ def arm(svc, body: dict) -> dict:
         if type(body["code"]) is not int or body["code"] not in ERROR_CODES:  # 402.0 or true are not codes
             raise BadRequest(f"code: one of {', '.join(map(str, ERROR_CODES))} (got {body['code']!r})")
         fault.update(kind="code", code=body["code"])
+        if "msg" in body:  # e.g. a 500 carrying a validation message, as real clients have seen
+            if not isinstance(body["msg"], str) or not body["msg"].strip():
+                raise BadRequest("msg: the message to answer with, a non-empty string")
+            fault["msg"] = body["msg"]
     elif "scenario" in body:
         try:
             scn = Scenario.parse(body["scenario"], body.get("params"))
@@ -109,6 +113,8 @@ def arm(svc, body: dict) -> dict:
         fault.update(kind="scenario", scenario=scn.name, params=scn.params)
     else:
         raise BadRequest("give either code (the next requests answer it) or scenario (the next tasks play it)")
+    if "msg" in body and fault["kind"] != "code":
+        raise BadRequest("msg goes with code (the message of the forced answer)")
     svc.store.arm_fault(fault)
     return fault
 

@@ -86,12 +86,13 @@ class Service:
         """What stops any authenticated request before its own rules: maintenance, forced codes."""
         if faults.maintenance_on(settings, self.clock.now()):
             return Rejection(455, faults.MESSAGES[455], None, "maintenance")
-        code = prefer.code
+        code, msg = prefer.code, None
         if code is None:
             fault = self.store.take_fault(key, "code")
-            code = fault["code"] if fault else None
+            code, msg = (fault["code"], fault.get("msg")) if fault else (None, None)
         if code is not None:  # a forced 429 looks like a real one: Retry-After included
-            return Rejection(code, faults.MESSAGES[code], None, "forced", retry_after=1 if code == 429 else None)
+            return Rejection(code, msg or faults.MESSAGES[code], None, "forced",
+                             retry_after=1 if code == 429 else None)
         return None
 
     def upload_cover(self, key: str, body, base_url: str, prefer: faults.Prefer) -> Accepted | Rejection:

@@ -810,3 +810,14 @@ def test_rate_limit_is_exact_under_40_concurrent_submissions_on_a_real_server():
         began = time.monotonic()
         r = http.request("GET", base + "/api/v1/chat/credit", headers={**AUTH, "Prefer": "latency=0.3"})
         assert json.loads(r.data)["code"] == 200 and time.monotonic() - began >= 0.3
+
+
+def test_a_forced_code_can_carry_its_own_message(client):
+    """Real clients see 500s used for validation messages: an armed fault can say anything."""
+    r = client.post("/_mock/faults", json={"code": 500, "msg": "uploadUrl is not a valid audio file", "count": 1})
+    assert r.status_code == 200
+    _, env = submit(client)
+    assert env == {"code": 500, "msg": "uploadUrl is not a valid audio file", "data": None}
+    assert submit(client)[1]["code"] == 200  # used up
+    for bad in ({"code": 500, "msg": ""}, {"code": 500, "msg": 5}, {"scenario": "fail-501", "msg": "x"}):
+        assert client.post("/_mock/faults", json=bad).status_code == 400
