@@ -528,3 +528,51 @@ def test_processes_an_expired_lease_is_taken_over_by_exactly_one(shared_url):
     assert at15 == []  # inside the lease: nobody else
     assert len(at20) == 1  # the lease ran out: exactly one claimant took it over
     assert s.list_jobs()[0]["owner"] == at20[0] and s.list_jobs()[0]["lease_until"] == 30.0
+
+
+def test_a_sqlite_store_opened_before_a_fork_works_in_the_child(tmp_path):
+    """A WSGI server may fork after the store was opened: the child must not reuse the parent's
+    connections (SQLite forbids it) and still sees and changes the same file."""
+    s = open_store(f"sqlite:{tmp_path / 'fork.sqlite'}")
+    s.put_account("a", 100)
+    assert s.charge("a", 10) == 90  # the parent has open connections now
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+
+    def child():
+        try:
+            out.put(("ok", s.charge("a", 10), s.get_account("a")["credits"]))
+        except BaseException as exc:
+            out.put(("error", repr(exc), None))
+
+    p = ctx.Process(target=child)
+    p.start()
+    status, left, seen = out.get(timeout=60)
+    p.join(30)
+    assert (status, left, seen) == ("ok", 80, 80)
+    assert s.get_account("a")["credits"] == 80 and s.charge("a", 10) == 70
+    s.close()
+
+
+def test_sqlite_group_commit_isolates_a_failing_write(tmp_path):
+    """Writes queued together share one transaction, each in its own savepoint: one that fails
+    is undone alone and reports its own error; the others commit."""
+    from mock_server.stores.sqlite import _Pending
+
+    s = open_store(f"sqlite:{tmp_path / 'batch.sqlite'}")
+    s.put_account("a", 10)
+
+    def bad(conn):
+        conn.execute("UPDATE accounts SET credits = 0 WHERE key = 'a'")
+        raise ValueError("boom")
+
+    ops = [_Pending(lambda c: c.execute("UPDATE accounts SET credits = credits + 1 WHERE key = 'a'").rowcount),
+           _Pending(bad),
+           _Pending(lambda c: c.execute("UPDATE accounts SET credits = credits + 2 WHERE key = 'a'").rowcount)]
+    s._queue, s._leading = list(ops), True
+    s._commit_batch()
+    assert [(op.result, type(op.error).__name__) for op in ops] == [(1, "NoneType"), (None, "ValueError"), (1, "NoneType")]
+    assert all(op.done.is_set() for op in ops) and not s._leading
+    assert s.get_account("a")["credits"] == 13
+    assert s.charge("a", 13) == 0  # the queue works on afterwards
+    s.close()

@@ -2,16 +2,23 @@
 
 How the atomicity promises of `base.Store` hold across threads AND processes:
 - the file is in WAL mode, so readers never wait for the writer;
-- every read-modify-write is either one SQL statement (an autocommit UPDATE takes the write
-  lock before it reads) or runs inside `BEGIN IMMEDIATE` (the write lock is taken first, so no
-  two claimants can read the same "free" row); a busy writer is waited for (busy_timeout);
+- every write runs inside `BEGIN IMMEDIATE`: the write lock is taken before anything is read,
+  so no two claimants can read the same free row, balance or rate window; a writer of another
+  process is waited for (in short steps: SQLite's own busy handler first sleeps a millisecond);
 - `synchronous=NORMAL`: a committed transaction survives the process being killed (SIGKILL);
-  only a power cut may lose the last few, which a fake can live with.
+  only a power cut may lose the last few, which a fake can live with. Every verb returns after
+  its transaction committed: what was acknowledged is on disk.
 
-Connections: a small pool, one connection per concurrently running thread, created lazily
-(a thread never shares a connection with another at the same time). A process that was forked
-with an open pool drops the inherited connections and opens its own. ":memory:" is one
-connection behind a lock (an in-memory database cannot be shared between connections).
+Group commit: the writes of one process's threads queue up; whichever thread finds no writer
+running becomes the leader, runs every queued write in one transaction (each inside its own
+savepoint, so one failing write does not undo the others) and commits once. Under load a commit
+(the expensive part: locks, WAL frames) is shared by many writes; alone, a write is committed
+at once. Checkpoints (copying the WAL into the file, with fsyncs) run in a background thread,
+not in the request that happens to cross the WAL limit.
+
+Connections: a small pool for readers, one connection per concurrently reading thread, created
+lazily. A process that was forked with open connections drops them and opens its own.
+":memory:" is one connection behind a lock (an in-memory database cannot be shared).
 
 Records are JSON (orjson) in a `data` column; the fields that are searched or ordered on
 (due time, expiry, key, status) are columns with indexes.
@@ -31,7 +38,10 @@ import orjson
 
 from .base import Store
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before failing
+CHECKPOINT_EVERY = 0.25  # seconds between background WAL checkpoints
+AUTOCHECKPOINT_PAGES = 4000  # backstop (16 MB of WAL), should the background checkpoints fall behind
+MAX_BATCH = 256  # writes per group commit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -61,10 +71,22 @@ CREATE TABLE IF NOT EXISTS settings (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 
 _dumps = orjson.dumps
 _loads = orjson.loads
+_FORK_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().__setitem__("_FORK_LOCK", threading.Lock()))
 
 
 def _matches(entry: dict, match: dict) -> bool:
     return all(v is None or entry.get(k) == v for k, v in match.items())
+
+
+class _Pending:
+    """One queued write: the function to run inside the shared transaction, and its outcome."""
+
+    __slots__ = ("fn", "done", "lead", "result", "error")
+
+    def __init__(self, fn):
+        self.fn, self.done, self.lead = fn, threading.Event(), False
+        self.result = self.error = None
 
 
 class SqliteStore(Store):
@@ -76,56 +98,95 @@ class SqliteStore(Store):
         self._all: list[sqlite3.Connection] = []
         self._inherited: list[sqlite3.Connection] = []  # kept alive, never used, after a fork
         self._lock = threading.Lock()  # guards the pool lists; the one connection for ":memory:"
+        self._queue: list[_Pending] = []  # writes waiting for the next group commit
+        self._qlock = threading.Lock()
+        self._leading = False
         self._sweep = 0
+        self._closed = threading.Event()
+        self._checkpointer_pid = None
         if not self.memory and os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         conn = self._connect()
         self._retry(lambda: conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;"))
-        self._idle.append(conn)
+        if not self.memory:
+            self._idle.append(conn)
 
     # -- connections -------------------------------------------------------------------------
-    def _retry(self, fn):
-        """Run fn, retrying "database is locked" at open time (the busy handler covers the rest)."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    @staticmethod
+    def _retry(fn):
+        """Run fn, waiting in short steps while another process holds the write lock."""
+        delay, deadline = 0.00005, None
         while True:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
-                time.sleep(0.01)
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + BUSY_TIMEOUT
+                elif now > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False, cached_statements=256)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False,
+                               cached_statements=256)
+        conn.execute("PRAGMA busy_timeout = 0")  # waiting is _retry's job
         if not self.memory:
             self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+            conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
         with self._lock:
             self._all.append(conn)
+            if not self.memory and self._checkpointer_pid != os.getpid():
+                self._checkpointer_pid = os.getpid()
+                threading.Thread(target=self._checkpoint_loop, name="kie-mock-sqlite-checkpoint",
+                                 daemon=True).start()
         return conn
 
+    def _checkpoint_loop(self) -> None:
+        pid = os.getpid()
+        try:
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._closed.wait(CHECKPOINT_EVERY) and os.getpid() == pid:
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # another process is checkpointing, or the file went away
+                    pass
+        finally:
+            conn.close()
+
     def _after_fork(self) -> None:
-        with self._lock:
+        # Only the forking thread lives on in the child, and any lock another thread held at
+        # fork time stays held: start with fresh locks (guarded by a lock made in this process).
+        with _FORK_LOCK:
             if self._pid == os.getpid():
                 return
-            # Connections must not cross a fork: keep the inherited ones referenced (closing them
-            # here could disturb the parent's locks) and start a fresh pool.
-            self._inherited.extend(self._all)
-            self._all = []
-            self._idle = deque()
+            if not self.memory:
+                # Connections must not cross a fork: keep the inherited ones referenced (closing
+                # them here could disturb the parent's locks) and open new ones when needed.
+                self._inherited.extend(self._all)
+                self._all, self._idle = [], deque()
+            # (an in-memory database is its connection: the child keeps its own copy)
+            self._lock, self._qlock = threading.Lock(), threading.Lock()
+            self._queue, self._leading = [], False
             self._pid = os.getpid()
 
     @contextmanager
     def _conn(self):
+        if self._pid != os.getpid():
+            self._after_fork()
         if self.memory:
             with self._lock:
                 yield self._all[0]
             return
-        if self._pid != os.getpid():
-            self._after_fork()
         idle = self._idle
         try:
             conn = idle.pop()
@@ -136,37 +197,81 @@ class SqliteStore(Store):
         finally:
             idle.append(conn)
 
-    @contextmanager
-    def _write(self):
-        """A write transaction that holds the database's write lock from its first statement."""
+    def _read(self, sql: str, args=()):
         with self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            return self._retry(lambda: conn.execute(sql, args).fetchall())
 
-    def _one(self, sql: str, args=()):
+    def _read_one(self, sql: str, args=()):
         with self._conn() as conn:
-            return conn.execute(sql, args).fetchone()
+            return self._retry(lambda: conn.execute(sql, args).fetchone())
 
-    def _all_rows(self, sql: str, args=()):
-        with self._conn() as conn:
-            return conn.execute(sql, args).fetchall()
+    def _write(self, fn):
+        """Run fn(conn) in a write transaction (shared with the other writes queued meanwhile);
+        its result once committed."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        mine = _Pending(fn)
+        with self._qlock:
+            self._queue.append(mine)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if lead:
+            self._commit_batch()  # mine is first in the queue: committed when this returns
+        else:
+            mine.done.wait()
+            if mine.lead:  # handed the leadership: mine is first in the queue now
+                self._commit_batch()
+        if mine.error is not None:
+            raise mine.error
+        return mine.result
 
-    def _exec(self, sql: str, args=()) -> int:
-        with self._conn() as conn:
-            return conn.execute(sql, args).rowcount
+    def _commit_batch(self) -> None:
+        """As leader: take the queued writes, run them in one transaction, commit, wake their
+        threads; hand the leadership to the next waiting thread, if any."""
+        with self._qlock:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        try:
+            with self._conn() as conn:
+                self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+                try:
+                    if len(batch) == 1:
+                        batch[0].result = batch[0].fn(conn)
+                    else:
+                        for op in batch:
+                            conn.execute("SAVEPOINT op")
+                            try:
+                                op.result = op.fn(conn)
+                            except Exception as exc:  # this write fails alone
+                                conn.execute("ROLLBACK TO op")
+                                op.error = exc
+                            conn.execute("RELEASE op")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except BaseException as exc:  # nothing of the batch was committed
+            for op in batch:
+                op.result, op.error = None, exc
+        with self._qlock:
+            nxt = self._queue[0] if self._queue else None
+            if nxt is None:
+                self._leading = False
+            else:
+                nxt.lead = True
+        for op in batch:
+            if op is not nxt:
+                op.done.set()
+        if nxt is not None:
+            nxt.done.set()
 
     def close(self) -> None:
+        self._closed.set()
+        if self.memory:  # the database is the connection: keep it usable after close()
+            return
         with self._lock:
             conns, self._all, self._idle = self._all, [], deque()
-        if self.memory:  # the database is the connection: keep it usable after close()
-            with self._lock:
-                self._all = conns
-            return
         for conn in conns:
             try:
                 conn.close()
@@ -174,44 +279,46 @@ class SqliteStore(Store):
                 pass
 
     def reset(self) -> None:
-        with self._write() as conn:
+        def op(conn):
             for table in ("accounts", "rates", "rate_buckets", "tasks", "jobs", "logs", "faults", "settings"):
                 conn.execute(f"DELETE FROM {table}")
+        self._write(op)
 
     # -- accounts ----------------------------------------------------------------------------
     def put_account(self, key, credits, hmac_key=None):
-        self._exec("INSERT INTO accounts (key, credits, hmac_key, seq) VALUES (?, ?, ?, "
-                   " (SELECT COALESCE(MAX(seq), 0) + 1 FROM accounts)) "
-                   "ON CONFLICT (key) DO UPDATE SET credits = excluded.credits, hmac_key = excluded.hmac_key",
-                   (key, int(credits), hmac_key))
+        self._write(lambda c: c.execute(
+            "INSERT INTO accounts (key, credits, hmac_key, seq) VALUES (?, ?, ?, "
+            " (SELECT COALESCE(MAX(seq), 0) + 1 FROM accounts)) "
+            "ON CONFLICT (key) DO UPDATE SET credits = excluded.credits, hmac_key = excluded.hmac_key",
+            (key, int(credits), hmac_key)))
 
     def get_account(self, key):
-        row = self._one("SELECT credits, hmac_key FROM accounts WHERE key = ?", (key,))
+        row = self._read_one("SELECT credits, hmac_key FROM accounts WHERE key = ?", (key,))
         return {"key": key, "credits": row[0], "hmac_key": row[1]} if row else None
 
     def delete_account(self, key):
-        return self._exec("DELETE FROM accounts WHERE key = ?", (key,)) > 0
+        return self._write(lambda c: c.execute("DELETE FROM accounts WHERE key = ?", (key,)).rowcount) > 0
 
     def list_accounts(self):
         return [{"key": k, "credits": c, "hmac_key": h}
-                for k, c, h in self._all_rows("SELECT key, credits, hmac_key FROM accounts ORDER BY seq")]
+                for k, c, h in self._read("SELECT key, credits, hmac_key FROM accounts ORDER BY seq")]
 
     def charge(self, key, amount):
-        # One statement: the write lock is taken before the balance is read.
-        row = self._one("UPDATE accounts SET credits = credits - ?1 WHERE key = ?2 AND credits >= ?1 "
-                        "RETURNING credits", (int(amount), key))
+        row = self._write(lambda c: c.execute(
+            "UPDATE accounts SET credits = credits - ?1 WHERE key = ?2 AND credits >= ?1 RETURNING credits",
+            (int(amount), key)).fetchone())
         return row[0] if row else None
 
     def refund(self, key, amount):
-        row = self._one("UPDATE accounts SET credits = credits + ? WHERE key = ? RETURNING credits",
-                        (int(amount), key))
+        row = self._write(lambda c: c.execute(
+            "UPDATE accounts SET credits = credits + ? WHERE key = ? RETURNING credits", (int(amount), key)).fetchone())
         return row[0] if row else None
 
     # -- rate windows ------------------------------------------------------------------------
     def rate_acquire(self, bucket, now, limit, window):
         # rates: one row per admitted entry; rate_buckets: their count per bucket (COUNT(*) would
         # walk the whole window) and the latest expiry, so whole idle buckets can be swept.
-        with self._write() as conn:
+        def op(conn):
             gone = conn.execute("DELETE FROM rates WHERE bucket = ? AND expires <= ?", (bucket, now)).rowcount
             row = conn.execute("SELECT n FROM rate_buckets WHERE bucket = ?", (bucket,)).fetchone()
             n = (row[0] if row else 0) - gone
@@ -231,26 +338,29 @@ class SqliteStore(Store):
                 conn.execute("DELETE FROM rates WHERE bucket IN (SELECT bucket FROM rate_buckets WHERE last <= ?)",
                              (now,))
                 conn.execute("DELETE FROM rate_buckets WHERE last <= ?", (now,))
-        return True, 0.0, token
+            return True, 0.0, token
+        return self._write(op)
 
     def rate_release(self, bucket, token):
-        with self._write() as conn:
+        def op(conn):
             if conn.execute("DELETE FROM rates WHERE token = ? AND bucket = ?", (token, bucket)).rowcount:
                 conn.execute("UPDATE rate_buckets SET n = n - 1 WHERE bucket = ?", (bucket,))
+        self._write(op)
 
     # -- tasks ------------------------------------------------------------------------------
     def put_task(self, task):
-        self._exec("INSERT INTO tasks (id, key, status, expires_at, data) VALUES (?, ?, ?, ?, ?) "
-                   "ON CONFLICT (id) DO UPDATE SET key = excluded.key, status = excluded.status, "
-                   "expires_at = excluded.expires_at, data = excluded.data",
-                   (task["taskId"], task.get("key"), task.get("status"), task.get("expires_at"), _dumps(task)))
+        args = (task["taskId"], task.get("key"), task.get("status"), task.get("expires_at"), _dumps(task))
+        self._write(lambda c: c.execute(
+            "INSERT INTO tasks (id, key, status, expires_at, data) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET key = excluded.key, status = excluded.status, "
+            "expires_at = excluded.expires_at, data = excluded.data", args))
 
     def get_task(self, task_id):
-        row = self._one("SELECT data FROM tasks WHERE id = ?", (task_id,))
+        row = self._read_one("SELECT data FROM tasks WHERE id = ?", (task_id,))
         return _loads(row[0]) if row else None
 
     def update_task(self, task_id, changes):
-        with self._write() as conn:
+        def op(conn):
             row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
@@ -259,7 +369,9 @@ class SqliteStore(Store):
             data = _dumps(task)
             conn.execute("UPDATE tasks SET key = ?, status = ?, expires_at = ?, data = ? WHERE id = ?",
                          (task.get("key"), task.get("status"), task.get("expires_at"), data, task_id))
-        return _loads(data)  # a copy that shares nothing with `changes`
+            return data
+        data = self._write(op)
+        return None if data is None else _loads(data)  # a copy that shares nothing with `changes`
 
     def list_tasks(self, key=None, status=None, limit=100):
         sql, args = "SELECT data FROM tasks", []
@@ -274,10 +386,10 @@ class SqliteStore(Store):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(int(limit))
-        return [_loads(r[0]) for r in self._all_rows(sql, args)]
+        return [_loads(r[0]) for r in self._read(sql, args)]
 
     def purge_tasks(self, before):
-        return self._exec("DELETE FROM tasks WHERE expires_at <= ?", (before,))
+        return self._write(lambda c: c.execute("DELETE FROM tasks WHERE expires_at <= ?", (before,)).rowcount)
 
     # -- jobs -------------------------------------------------------------------------------
     @staticmethod
@@ -289,30 +401,29 @@ class SqliteStore(Store):
 
     def add_job(self, job):
         job = dict(job, owner=None, lease_until=None)
-        self._exec("INSERT OR REPLACE INTO jobs (id, task_id, due, owner, lease_until, avail, data) "
-                   "VALUES (?, ?, ?, NULL, NULL, ?, ?)",
-                   (job["id"], job.get("task_id"), job["due"], job["due"], _dumps(job)))
+        args = (job["id"], job.get("task_id"), job["due"], job["due"], _dumps(job))
+        self._write(lambda c: c.execute(
+            "INSERT OR REPLACE INTO jobs (id, task_id, due, owner, lease_until, avail, data) "
+            "VALUES (?, ?, ?, NULL, NULL, ?, ?)", args))
 
     def claim_due(self, now, owner, lease, limit=100):
         # Cheap read first (no write lock) so idle schedulers polling the file do not contend.
-        if self._one("SELECT 1 FROM jobs WHERE avail <= ? LIMIT 1", (now,)) is None:
+        if self._read_one("SELECT 1 FROM jobs WHERE avail <= ? LIMIT 1", (now,)) is None:
             return []
         until = now + lease
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE jobs SET owner = ?1, lease_until = ?2, avail = ?2 WHERE id IN "
-                " (SELECT id FROM jobs WHERE avail <= ?3 ORDER BY avail LIMIT ?4) "
-                "RETURNING id, task_id, due, owner, lease_until, data",
-                (owner, until, now, int(limit))).fetchall()
+        rows = self._write(lambda c: c.execute(
+            "UPDATE jobs SET owner = ?1, lease_until = ?2, avail = ?2 WHERE id IN "
+            " (SELECT id FROM jobs WHERE avail <= ?3 ORDER BY avail LIMIT ?4) "
+            "RETURNING id, task_id, due, owner, lease_until, data", (owner, until, now, int(limit))).fetchall())
         jobs = [self._job(r) for r in rows]
         jobs.sort(key=lambda j: j["due"])
         return jobs
 
     def finish_job(self, job_id):
-        self._exec("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._write(lambda c: c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
 
     def next_due(self):
-        row = self._one("SELECT MIN(avail) FROM jobs")
+        row = self._read_one("SELECT MIN(avail) FROM jobs")
         return row[0] if row else None
 
     def list_jobs(self, task_id=None):
@@ -321,21 +432,24 @@ class SqliteStore(Store):
         if task_id is not None:
             sql += " WHERE task_id = ?"
             args = (task_id,)
-        return [self._job(r) for r in self._all_rows(sql + " ORDER BY due", args)]
+        return [self._job(r) for r in self._read(sql + " ORDER BY due", args)]
 
     def reschedule_jobs(self, task_id, due):
-        return self._exec("UPDATE jobs SET due = ?1, avail = ?1 WHERE task_id = ?2 AND owner IS NULL AND due > ?1",
-                          (due, task_id))
+        return self._write(lambda c: c.execute(
+            "UPDATE jobs SET due = ?1, avail = ?1 WHERE task_id = ?2 AND owner IS NULL AND due > ?1",
+            (due, task_id)).rowcount)
 
     # -- journals -----------------------------------------------------------------------------
     def log(self, journal, entry, limit):
         data = _dumps(entry)
-        with self._write() as conn:
+
+        def op(conn):
             (n,) = conn.execute("INSERT INTO logs (journal, n, data) "
                                 "SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2 FROM logs WHERE journal = ?1 "
                                 "RETURNING n", (journal, data)).fetchone()
             if n > limit:
                 conn.execute("DELETE FROM logs WHERE journal = ? AND n <= ?", (journal, n - limit))
+        self._write(op)
 
     def read_log(self, journal, limit=100, **match):
         match = {k: v for k, v in match.items() if v is not None}
@@ -353,14 +467,15 @@ class SqliteStore(Store):
 
     # -- faults ---------------------------------------------------------------------------------
     def arm_fault(self, fault):
-        self._exec("INSERT INTO faults (kind, key, count, data) VALUES (?, ?, ?, ?)",
-                   (fault.get("kind"), fault.get("key", "*"), int(fault.get("count", 1)), _dumps(fault)))
+        args = (fault.get("kind"), fault.get("key", "*"), int(fault.get("count", 1)), _dumps(fault))
+        self._write(lambda c: c.execute("INSERT INTO faults (kind, key, count, data) VALUES (?, ?, ?, ?)", args))
 
     def take_fault(self, key, kind):
         # Nearly every request asks; nearly always nothing is armed: answer that without the write lock.
-        if self._one("SELECT 1 FROM faults WHERE kind = ? AND key IN ('*', ?) LIMIT 1", (kind, key)) is None:
+        if self._read_one("SELECT 1 FROM faults WHERE kind = ? AND key IN ('*', ?) LIMIT 1", (kind, key)) is None:
             return None
-        with self._write() as conn:
+
+        def op(conn):
             row = conn.execute("SELECT seq, count, data FROM faults WHERE kind = ? AND key IN ('*', ?) "
                                "ORDER BY seq LIMIT 1", (kind, key)).fetchone()
             if row is None:
@@ -371,28 +486,34 @@ class SqliteStore(Store):
                 conn.execute("DELETE FROM faults WHERE seq = ?", (seq,))
             else:
                 conn.execute("UPDATE faults SET count = ? WHERE seq = ?", (count, seq))
-        fault = _loads(data)
-        fault["count"] = count
+            return count, data
+        got = self._write(op)
+        if got is None:
+            return None
+        fault = _loads(got[1])
+        fault["count"] = got[0]
         return fault
 
     def list_faults(self):
         out = []
-        for count, data in self._all_rows("SELECT count, data FROM faults ORDER BY seq"):
+        for count, data in self._read("SELECT count, data FROM faults ORDER BY seq"):
             fault = _loads(data)
             fault["count"] = count
             out.append(fault)
         return out
 
     def clear_faults(self):
-        self._exec("DELETE FROM faults")
+        self._write(lambda c: c.execute("DELETE FROM faults"))
 
     # -- settings ---------------------------------------------------------------------------------
     def get_settings(self):
-        return {k: _loads(v) for k, v in self._all_rows("SELECT k, v FROM settings")}
+        return {k: _loads(v) for k, v in self._read("SELECT k, v FROM settings")}
 
     def update_settings(self, changes):
-        with self._write() as conn:
+        rows_in = [(k, _dumps(v)) for k, v in changes.items()]
+
+        def op(conn):
             conn.executemany("INSERT INTO settings (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                             [(k, _dumps(v)) for k, v in changes.items()])
-            rows = conn.execute("SELECT k, v FROM settings").fetchall()
-        return {k: _loads(v) for k, v in rows}
+                             rows_in)
+            return conn.execute("SELECT k, v FROM settings").fetchall()
+        return {k: _loads(v) for k, v in self._write(op)}
