@@ -116,7 +116,7 @@ WIREMOCK_PKG = "wiremock@3.13.2"
 WIREMOCK_VERSION = "3.13.2"
 
 DEFAULT_FAKE_CMD = "kie-mock serve --port {port} --workers 2"
-FAKE_ENV = {"KIE_MOCK_RATE_LIMIT": "0", "KIE_MOCK_CREDITS": "1000000000"}
+FAKE_ENV = {"KIE_MOCK_RATE_LIMIT": "0", "KIE_MOCK_RECORD_INFO_PER_SECOND": "0", "KIE_MOCK_CREDITS": "1000000000"}
 
 VALID_BODY = {
     "uploadUrl": "https://storage.example.com/upload",

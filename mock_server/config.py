@@ -36,7 +36,7 @@ class Config:
     record_info_per_second: int = 3  # per task; 0 = unlimited
     admin_token: str | None = None
     store: str = "memory"  # "memory", "sqlite:PATH", "sqlite::memory:", "redis://..."
-    delivery_workers: int = 16
+    delivery_workers: int = 8  # callback threads per process (more only adds GIL switching)
     max_body_bytes: int = 1 << 20
     journal_limit: int = 10_000  # callback attempts and requests kept (oldest dropped)
     source_check: bool = False  # fetch uploadUrl before accepting (off: works with no network)

@@ -41,13 +41,16 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._last_purge = 0.0
+        self._busy = 0  # jobs handed to the pool and not finished
+        self._busy_lock = threading.Lock()
         if getattr(clock, "virtual", False):
             clock.listeners.append(self)
 
     # -- scheduling ---------------------------------------------------------------------
     def _add(self, task_id: str, kind: str, due: float, **extra) -> None:
         self.store.add_job({"id": lifecycle.new_id(), "task_id": task_id, "kind": kind, "due": due, **extra})
-        self._wake.set()
+        if due <= self.clock.now() + self.poll_interval:  # later work is found by the next poll anyway
+            self._wake.set()
 
     def submit(self, task: dict) -> None:
         """Plan the first stage of a newly accepted task."""
@@ -113,8 +116,13 @@ class Scheduler:
         while not self._stop.is_set():
             now = self.clock.now()
             try:
-                for job in self.store.claim_due(now, self.owner, self.lease, limit=500):
-                    self._pool.submit(self.process, job)
+                # Claim only what the pool can start now: a claimed job waiting in a queue could
+                # outlive its lease and be claimed again by another worker (two attempts).
+                room = self.cfg.delivery_workers - self._busy
+                for job in self.store.claim_due(now, self.owner, self.lease, limit=room) if room > 0 else ():
+                    with self._busy_lock:
+                        self._busy += 1
+                    self._pool.submit(self._run_pooled, job)
                 if now - self._last_purge > PURGE_EVERY:
                     self._last_purge = now
                     self.store.purge_tasks(now)
@@ -122,10 +130,20 @@ class Scheduler:
             except Exception:  # a store hiccup must not kill the scheduler
                 traceback.print_exc()
                 nxt = None
-            wait = self.poll_interval if nxt is None else min(max(nxt - self.clock.now(), 0), self.poll_interval)
+            full = self._busy >= self.cfg.delivery_workers  # then a finishing job wakes us
+            wait = self.poll_interval if nxt is None or full else min(max(nxt - self.clock.now(), 0),
+                                                                      self.poll_interval)
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
+
+    def _run_pooled(self, job: dict) -> None:
+        try:
+            self.process(job)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+            self._wake.set()  # room for another job
 
     # -- one job ------------------------------------------------------------------------------
     def process(self, job: dict) -> None:
