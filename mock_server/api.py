@@ -46,6 +46,7 @@ class ApiRequest:
     def __init__(self, environ: dict):
         self.environ = environ
         self.key_masked: str | None = None
+        self.settings: dict | None = None  # read once by the prelude
 
     def header(self, name: str) -> str | None:
         return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
@@ -105,7 +106,7 @@ def _prelude(svc: Service, req: ApiRequest):
         return reject(svc, Rejection(422, str(exc), "Prefer", "prefer"))
     key, rej = svc.authenticate(req.header("Authorization"))
     if rej is None:
-        settings = svc.settings()
+        settings = req.settings = svc.settings()
         delay = faults.latency_for(settings, prefer)
         if delay:
             time.sleep(delay)
@@ -125,7 +126,8 @@ def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse:
     body = req.json_body(svc.cfg.max_body_bytes)
     if isinstance(body, Rejection):
         return reject(svc, body)
-    result = svc.upload_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer)
+    result = svc.upload_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
+                              req.settings)
     if isinstance(result, Accepted):
         resp = success({"taskId": result.task_id})
         resp.task_id = result.task_id

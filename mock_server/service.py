@@ -95,8 +95,10 @@ class Service:
                              retry_after=1 if code == 429 else None)
         return None
 
-    def upload_cover(self, key: str, body, base_url: str, prefer: faults.Prefer) -> Accepted | Rejection:
-        settings = self.settings()
+    def upload_cover(self, key: str, body, base_url: str, prefer: faults.Prefer,
+                     settings: dict | None = None) -> Accepted | Rejection:
+        """`settings`: those the request's prelude already read (one store read per request)."""
+        settings = settings or self.settings()
         now = self.clock.now()
         limit = settings["rate_limit"]
         token = None
