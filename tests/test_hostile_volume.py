@@ -1,0 +1,124 @@
+"""Issue 6 (6): hostile input at volume against the production server (granian, default store):
+slow clients, header floods, truncated and random bodies. No 500, no crash, memory bounded.
+
+Bounded in count and time; loopback only. The figures are not timed assertions: the server
+must still answer correctly afterwards, and its memory must stay within a generous bound.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+
+from test_transport import AUTH, LOOPBACK_BODY, URL, envelope_of, raw, request_bytes, server  # noqa: F401
+
+
+def _rss_kib(pid: int) -> int:
+    """VmRSS of the process and its children (the granian workers), in KiB."""
+    total = 0
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def _server_pid(port: int) -> int | None:
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmd and str(port).encode() in cmd:
+                return int(name)
+    return None
+
+
+def _healthy(port: int) -> None:
+    status, headers, data = raw(port, request_bytes("POST", URL, orjson.dumps(LOOPBACK_BODY)))
+    env = envelope_of(status, headers, data)
+    assert env["code"] == 200, env
+
+
+def test_a_slow_client_does_not_hold_up_the_others(server):
+    request = request_bytes("POST", URL, orjson.dumps(LOOPBACK_BODY))
+    done = threading.Event()
+
+    def trickle():
+        with socket.create_connection(("127.0.0.1", server), timeout=10) as s:
+            for i in range(0, len(request), 16):  # the whole request over about a second
+                s.sendall(request[i:i + 16])
+                time.sleep(1.0 / (len(request) / 16))
+            s.recv(4096)
+        done.set()
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    for _ in range(20):
+        _healthy(server)
+    t.join(15)
+    assert done.is_set(), "the slow client was never answered"
+
+
+def test_header_floods_are_refused_without_a_500(server):
+    for n in (100, 1000, 5000):
+        headers = {f"X-Flood-{i}": "v" * 100 for i in range(n)}
+        data = request_bytes("GET", "/api/v1/chat/credit", headers=headers)
+        try:
+            status, _, _ = raw(server, data)
+        except (ConnectionError, OSError):
+            status = None  # closing the connection is an acceptable refusal
+        assert status != 500
+    _healthy(server)
+
+
+def test_truncated_and_abandoned_bodies_leave_the_server_serving(server):
+    for _ in range(50):
+        with socket.create_connection(("127.0.0.1", server), timeout=5) as s:
+            s.sendall(request_bytes("POST", URL, b'{"prompt": "x', {"Content-Length": "1000"}))
+    _healthy(server)
+
+
+def test_random_bodies_at_volume_get_envelopes_and_memory_stays_bounded(server):
+    pid = _server_pid(server)
+    rng = random.Random(6)
+    valid = orjson.dumps(LOOPBACK_BODY)
+    before = _rss_kib(pid) if pid else 0
+    for i in range(600):
+        kind = i % 4
+        if kind == 0:
+            payload = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 400)))
+        elif kind == 1:  # a valid body with bytes flipped
+            b = bytearray(valid)
+            for _ in range(3):
+                b[rng.randrange(len(b))] = rng.getrandbits(8)
+            payload = bytes(b)
+        elif kind == 2:
+            payload = valid[: rng.randrange(len(valid))]
+        else:
+            payload = b'{"prompt": "' + b"\xf0\x9f\x8e" * rng.randint(1, 2000) + b'"}'
+        status, headers, data = raw(server, request_bytes("POST", URL, payload))
+        env = envelope_of(status, headers, data)
+        assert env["code"] in (200, 422), env
+    _healthy(server)
+    if pid:
+        after = _rss_kib(pid)
+        assert after < before + 200 * 1024, f"RSS grew from {before} KiB to {after} KiB over 600 requests"
+    else:
+        pytest.fail("could not find the server process to measure its memory")
