@@ -16,7 +16,8 @@ import time
 import orjson
 import pytest
 
-from test_transport import AUTH, LOOPBACK_BODY, URL, envelope_of, raw, request_bytes, server  # noqa: F401
+from test_transport import LOOPBACK_BODY, URL, envelope_of, raw, request_bytes
+from test_transport import server  # noqa: F401  (the module-scoped `kie-mock serve` fixture)
 
 
 def _rss_kib(pid: int) -> int:
@@ -56,7 +57,7 @@ def _healthy(port: int) -> None:
     assert env["code"] == 200, env
 
 
-def test_a_slow_client_does_not_hold_up_the_others(server):
+def test_a_slow_client_does_not_hold_up_the_others(server):  # noqa: F811
     request = request_bytes("POST", URL, orjson.dumps(LOOPBACK_BODY))
     done = threading.Event()
 
@@ -76,7 +77,7 @@ def test_a_slow_client_does_not_hold_up_the_others(server):
     assert done.is_set(), "the slow client was never answered"
 
 
-def test_header_floods_are_refused_without_a_500(server):
+def test_header_floods_are_refused_without_a_500(server):  # noqa: F811
     for n in (100, 1000, 5000):
         headers = {f"X-Flood-{i}": "v" * 100 for i in range(n)}
         data = request_bytes("GET", "/api/v1/chat/credit", headers=headers)
@@ -88,14 +89,14 @@ def test_header_floods_are_refused_without_a_500(server):
     _healthy(server)
 
 
-def test_truncated_and_abandoned_bodies_leave_the_server_serving(server):
+def test_truncated_and_abandoned_bodies_leave_the_server_serving(server):  # noqa: F811
     for _ in range(50):
         with socket.create_connection(("127.0.0.1", server), timeout=5) as s:
             s.sendall(request_bytes("POST", URL, b'{"prompt": "x', {"Content-Length": "1000"}))
     _healthy(server)
 
 
-def test_random_bodies_at_volume_get_envelopes_and_memory_stays_bounded(server):
+def test_random_bodies_at_volume_get_envelopes_and_memory_stays_bounded(server):  # noqa: F811
     pid = _server_pid(server)
     rng = random.Random(6)
     valid = orjson.dumps(LOOPBACK_BODY)
