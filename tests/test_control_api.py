@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from contract.receiver import CallbackReceiver
 import yaml
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
@@ -515,42 +515,16 @@ def test_control_client_in_process(app, client):
     exercise(ControlClient.in_process(client), submit_cover)  # a test client works as well
 
 
-class Receiver:
-    """A loopback callback receiver that answers 200 and counts what it got."""
-
-    def __init__(self):
-        outer = self
-        self.received: list[dict] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                outer.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/callback"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_control_client_over_http_against_a_real_server_with_an_admin_token():
     import urllib3
 
-    receiver = Receiver()
+    receiver = CallbackReceiver().start()  # answers 200, records every callback
     with serve("--clock", "virtual", "--admin-token", "t") as base:
         http = urllib3.PoolManager(retries=False)
 
         def submit_cover(key):
             r = http.request("POST", base + "/api/v1/generate/upload-cover",
-                             body=json.dumps(body(callBackUrl=receiver.url)).encode(),
+                             body=json.dumps(body(callBackUrl=receiver.url("cb"))).encode(),
                              headers={**auth(key), "Content-Type": "application/json"})
             return json.loads(r.data)
 
@@ -561,8 +535,8 @@ def test_control_client_over_http_against_a_real_server_with_an_admin_token():
         assert err.value.status == 401 and "X-Admin-Token" in str(err.value)
         with pytest.raises(ControlError):
             ControlClient(base).reset()
-    receiver.close()
-    assert [b["data"]["callbackType"] for b in receiver.received] == ["text", "first", "complete"]
+    receiver.stop()
+    assert receiver.stages("cb") == ["text", "first", "complete"]
 
 
 def test_control_client_says_when_the_answer_is_not_the_fake():
