@@ -170,10 +170,10 @@ def handle(svc: Service, handler, environ: dict) -> ApiResponse:
         traceback.print_exc()
         resp = ApiResponse(500, orjson.dumps({"code": 500, "msg": f"Internal Error (kie-mock bug): "
                                                       f"{type(exc).__name__}", "data": None}), 500)
-    svc.store.log("requests", {
+    svc.journal.add({
         "at": svc.clock.now(), "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
         "key": req.key_masked, "http_status": resp.status, "code": resp.code, "task_id": resp.task_id,
-    }, svc.cfg.journal_limit)
+    })
     return resp
 
 

@@ -217,7 +217,7 @@ def fire(task_id: str):
 def requests_log():
     """Received API requests, newest first; filters: path, code, limit."""
     code = _int_arg("code", None)
-    entries = _svc().store.read_log("requests", _int_arg("limit", 100), path=request.args.get("path"), code=code)
+    entries = _svc().journal.read(_int_arg("limit", 100), path=request.args.get("path"), code=code)
     return ok(entries)
 
 

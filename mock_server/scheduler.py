@@ -47,14 +47,29 @@ class Scheduler:
             clock.listeners.append(self)
 
     # -- scheduling ---------------------------------------------------------------------
-    def _add(self, task_id: str, kind: str, due: float, **extra) -> None:
-        self.store.add_job({"id": lifecycle.new_id(), "task_id": task_id, "kind": kind, "due": due, **extra})
-        if due <= self.clock.now() + self.poll_interval:  # later work is found by the next poll anyway
+    @staticmethod
+    def job(task_id: str, kind: str, due: float, **extra) -> dict:
+        return {"id": lifecycle.new_id(), "task_id": task_id, "kind": kind, "due": due, **extra}
+
+    def first_job(self, task: dict) -> dict:
+        """The job of a newly accepted task's first stage (the store adds it with the task)."""
+        return self.job(task["taskId"], "stage", task["plan"][0]["at"], index=0)
+
+    def added(self, job: dict) -> None:
+        """A job was added to the store: wake up if it is due before the next poll."""
+        if job["due"] <= self.clock.now() + self.poll_interval:  # later work is found by the next poll anyway
             self._wake.set()
 
+    def _add(self, task_id: str, kind: str, due: float, **extra) -> None:
+        job = self.job(task_id, kind, due, **extra)
+        self.store.add_job(job)
+        self.added(job)
+
     def submit(self, task: dict) -> None:
-        """Plan the first stage of a newly accepted task."""
-        self._add(task["taskId"], "stage", task["plan"][0]["at"], index=0)
+        """Plan the first stage of a task already stored."""
+        job = self.first_job(task)
+        self.store.add_job(job)
+        self.added(job)
 
     def fire_now(self, task_id: str) -> int:
         """Make the task's pending work due now: its stages still to come (the rest of its plan is

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from . import faults, lifecycle
 from .clock import make_clock
 from .config import Config
+from .journal import RequestJournal
 from .rules import Rejection, check_upload_cover
 from .scenarios import Scenario
 from .scheduler import Scheduler
@@ -36,6 +37,7 @@ class Service:
         self.scheduler = Scheduler(self.store, self.clock, cfg, deliver=deliver,
                                    poll_interval=0.05 if cfg.store == "memory" else 0.02)
         self.source_checker = source_checker
+        self.journal = RequestJournal(self.store, cfg.journal_limit)  # received API requests
         self.startup: dict | None = None  # the scenario file's content, re-applied by reset()
         self.seed_accounts()
 
@@ -47,6 +49,7 @@ class Service:
 
     def reset(self) -> None:
         """Back to the start state: configured keys, and the scenario file given at start."""
+        self.journal.clear()
         self.store.reset()
         self.seed_accounts()
         if self.startup:
@@ -109,23 +112,27 @@ class Service:
                                       f"per account; retry after {retry_after:.1f} s", None, "rate",
                                  retry_after=max(1, int(retry_after + 0.999)))
         verdict = check_upload_cover(body) or self._check_source(body)
-        cost = settings["cover_cost"]
-        if verdict is None and self.store.charge(key, cost) is None:
-            balance = (self.store.get_account(key) or {}).get("credits", 0)
-            verdict = Rejection(402, f"Insufficient credits: a cover costs {cost} credits, the balance is {balance}",
-                                None, "credits")
+        if verdict is None:
+            scenario, fault = prefer.scenario, None
+            if scenario is None:
+                fault = self.store.take_fault(key, "scenario")
+                scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
+                    else Scenario.parse(settings["default_scenario"])
+            cost = settings["cover_cost"]
+            task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
+            job = self.scheduler.first_job(task)
+            # charged, stored and scheduled in one step: never a charge without its task
+            if self.store.accept(key, cost, task, job) is None:
+                balance = (self.store.get_account(key) or {}).get("credits", 0)
+                verdict = Rejection(402, f"Insufficient credits: a cover costs {cost} credits, "
+                                         f"the balance is {balance}", None, "credits")
+                if fault:  # the armed scenario is for the next task actually created: give its use back
+                    self.store.arm_fault(dict(fault, count=1))
         if verdict is not None:
             if token:
                 self.store.rate_release("cover:" + key, token)
             return verdict
-        scenario = prefer.scenario
-        if scenario is None:
-            fault = self.store.take_fault(key, "scenario")
-            scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
-                else Scenario.parse(settings["default_scenario"])
-        task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
-        self.store.put_task(task)
-        self.scheduler.submit(task)
+        self.scheduler.added(job)
         return Accepted(task["taskId"])
 
     def _check_source(self, body: dict) -> Rejection | None:

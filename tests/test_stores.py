@@ -113,6 +113,21 @@ def test_charge_and_refund(store):
     assert store.get_account("nobody") is None
 
 
+def test_accept_charges_stores_and_schedules_together_or_not_at_all(store):
+    store.put_account("a", 24)
+    assert store.accept("a", 12, task("t1", key="a"), job("j1", "t1", due=2.0)) == 12
+    assert store.get_task("t1")["key"] == "a"
+    assert [j["id"] for j in store.list_jobs("t1")] == ["j1"]
+    assert store.accept("a", 12, task("t2", key="a"), job("j2", "t2", due=3.0)) == 0  # at the balance
+    assert store.accept("a", 1, task("t3", key="a"), job("j3", "t3", due=4.0)) is None  # one above
+    assert store.get_task("t3") is None and store.list_jobs("t3") == []  # nothing of it was kept
+    assert store.get_account("a")["credits"] == 0
+    assert store.accept("nobody", 0, task("t4", key="nobody"), job("j4", "t4")) is None
+    assert store.get_task("t4") is None
+    assert [t["taskId"] for t in store.list_tasks()] == ["t2", "t1"]
+    assert [j["id"] for j in store.claim_due(10.0, "w", 30.0)] == ["j1", "j2"]
+
+
 # -- rate windows -------------------------------------------------------------------------------
 def test_rate_window_admits_limit_then_refuses_until_a_slot_frees(store):
     tokens = []
@@ -259,6 +274,15 @@ def test_journals_are_bounded_newest_first_and_filterable(store):
     assert store.read_log("nothing") == []
 
 
+def test_log_many_appends_in_order_and_keeps_the_bound(store):
+    store.log("requests", {"n": 0}, 5)
+    store.log_many("requests", [{"n": i} for i in range(1, 8)], 5)
+    assert [e["n"] for e in store.read_log("requests")] == [7, 6, 5, 4, 3]
+    store.log_many("requests", [], 5)
+    store.log("requests", {"n": 8}, 5)
+    assert [e["n"] for e in store.read_log("requests")] == [8, 7, 6, 5, 4]
+
+
 # -- faults -----------------------------------------------------------------------------------------
 def test_faults_consumed_once_oldest_first(store):
     assert store.take_fault("k1", "code") is None
@@ -378,6 +402,24 @@ def test_threads_charge_takes_exactly_the_credits(store):
     assert all(b >= 0 for b in balances)
     assert sorted(balances) == list(range(2, 3 * 400, 3))  # each balance seen once: no lost update
     assert store.get_account("shared")["credits"] == 2
+
+
+def test_threads_accept_never_overdraws_and_keeps_every_task_it_charged_for(store):
+    store.put_account("shared", 5 * 120 + 4)
+
+    def acceptor(i):
+        got = []
+        for n in range(40):
+            tid = f"w{i}-{n}"
+            if store.accept("shared", 5, task(tid, key="shared"), job("j" + tid, tid)) is not None:
+                got.append(tid)
+        return got
+
+    accepted = [t for r in run_threads(8, acceptor) for t in r]
+    assert len(accepted) == 120
+    assert store.get_account("shared")["credits"] == 4
+    assert all(store.get_task(t) is not None for t in accepted)
+    assert len(store.list_jobs()) == 120 and len(store.list_tasks(limit=1000)) == 120
 
 
 def test_threads_rate_window_admits_exactly_limit(store):

@@ -5,7 +5,8 @@ Atomicity promises (every backend keeps them, across threads and processes):
 - `charge` never lets a balance go negative;
 - `rate_acquire` admits at most `limit` entries per sliding window;
 - `claim_due` hands a due job to one claimant until its lease runs out;
-- `take_fault` consumes each armed count once.
+- `take_fault` consumes each armed count once;
+- `accept` charges, stores the task and schedules its first job all together, or not at all.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class Store(ABC):
         """Merge `changes` into the task; the updated task (None if unknown)."""
 
     @abstractmethod
+    def accept(self, key: str, cost: int, task: dict, job: dict) -> int | None:
+        """Take `cost` credits from `key` and, only if the balance allows it, store `task` and add
+        `job` (its first scheduled job), in one atomic step: the new balance, or None (nothing
+        done) when short. A crash never leaves a charge without its task or a task without its job."""
+
+    @abstractmethod
     def list_tasks(self, key: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
         """Newest first."""
 
@@ -88,6 +95,11 @@ class Store(ABC):
     @abstractmethod
     def log(self, journal: str, entry: dict, limit: int) -> None:
         """journal: "attempts" (callback deliveries) or "requests" (received API calls)."""
+
+    def log_many(self, journal: str, entries: list[dict], limit: int) -> None:
+        """Append several entries, oldest first (backends write them in one go)."""
+        for entry in entries:
+            self.log(journal, entry, limit)
 
     @abstractmethod
     def read_log(self, journal: str, limit: int = 100, **match) -> list[dict]:

@@ -117,6 +117,14 @@ class MemoryStore(Store):
             self._expiry[task_id] = task.get("expires_at", float("inf"))
             return task
 
+    def accept(self, key, cost, task, job):
+        with self._lock:
+            left = self.charge(key, cost)
+            if left is not None:
+                self.put_task(task)
+                self.add_job(job)
+            return left
+
     def list_tasks(self, key=None, status=None, limit=100):
         with self._lock:
             records = list(self._tasks.values())

@@ -90,6 +90,28 @@ if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1]) else redis.c
 return 1
 """
 
+# charge + put_task + add_job in one step. KEYS credits hash, task hash, tasks, tasks:exp, task
+# sequence, job hash, due zset, task's job set; ARGV key, amount, job id, job due, job data,
+# task id, expires_at ('' = none), field1, json1, ...
+_ACCEPT = """
+local c = redis.call('HGET', KEYS[1], ARGV[1])
+if not c then return false end
+local amount = tonumber(ARGV[2])
+if tonumber(c) < amount then return false end
+local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -amount)
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+if not redis.call('ZSCORE', KEYS[3], ARGV[6]) then
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), ARGV[6])
+end
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6]) else redis.call('ZREM', KEYS[4], ARGV[6]) end
+redis.call('DEL', KEYS[6])
+redis.call('HSET', KEYS[6], 'data', ARGV[5], 'due', ARGV[4], 'task', ARGV[6])
+redis.call('ZADD', KEYS[7], ARGV[4], ARGV[3])
+redis.call('SADD', KEYS[8], ARGV[3])
+return left
+"""
+
 # ARGV prefix, before. Deletes the tasks whose expiry is <= before.
 _PURGE = """
 local p = ARGV[1]
@@ -314,6 +336,18 @@ class RedisStore(Store):
         self._run("put_task", [self._task_key(task["taskId"]), self.k_tasks, self.k_tasks_exp, self.k_task_seq],
                   args)
 
+    def accept(self, key, cost, task, job):
+        job = dict(job, owner=None, lease_until=None)
+        task_id = task["taskId"]
+        args = [key, int(cost), job["id"], repr(float(job["due"])), _dumps(job),
+                task_id, "" if task.get("expires_at") is None else repr(float(task["expires_at"]))]
+        for k, v in task.items():
+            args += [k, _dumps(v)]
+        left = self._run("accept", [self.k_credits, self._task_key(task_id), self.k_tasks, self.k_tasks_exp,
+                                    self.k_task_seq, self._job_key(job["id"]), self.k_due,
+                                    self.prefix + "taskjobs:" + (job.get("task_id") or "")], args)
+        return None if left is None else int(left)
+
     def get_task(self, task_id):
         return self._task(self.r.hgetall(self._task_key(task_id)))
 
@@ -404,6 +438,14 @@ class RedisStore(Store):
     # -- journals --------------------------------------------------------------------------------
     def log(self, journal, entry, limit):
         self._run("log", [self.prefix + "log:" + journal], [_dumps(entry), int(limit)])
+
+    def log_many(self, journal, entries, limit):
+        if entries:
+            key = self.prefix + "log:" + journal
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, *(_dumps(e) for e in entries))
+                pipe.ltrim(key, 0, int(limit) - 1)
+                pipe.execute()
 
     def read_log(self, journal, limit=100, **match):
         out = []

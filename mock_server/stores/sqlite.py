@@ -69,6 +69,13 @@ CREATE INDEX IF NOT EXISTS faults_kind ON faults (kind, seq);
 CREATE TABLE IF NOT EXISTS settings (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 """
 
+CHARGE_SQL = "UPDATE accounts SET credits = credits - ?1 WHERE key = ?2 AND credits >= ?1 RETURNING credits"
+PUT_TASK_SQL = ("INSERT INTO tasks (id, key, status, expires_at, data) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET key = excluded.key, status = excluded.status, "
+                "expires_at = excluded.expires_at, data = excluded.data")
+ADD_JOB_SQL = ("INSERT OR REPLACE INTO jobs (id, task_id, due, owner, lease_until, avail, data) "
+               "VALUES (?, ?, ?, NULL, NULL, ?, ?)")
+
 _dumps = orjson.dumps
 _loads = orjson.loads
 _FORK_LOCK = threading.Lock()
@@ -304,9 +311,7 @@ class SqliteStore(Store):
                 for k, c, h in self._read("SELECT key, credits, hmac_key FROM accounts ORDER BY seq")]
 
     def charge(self, key, amount):
-        row = self._write(lambda c: c.execute(
-            "UPDATE accounts SET credits = credits - ?1 WHERE key = ?2 AND credits >= ?1 RETURNING credits",
-            (int(amount), key)).fetchone())
+        row = self._write(lambda c: c.execute(CHARGE_SQL, (int(amount), key)).fetchone())
         return row[0] if row else None
 
     def refund(self, key, amount):
@@ -348,12 +353,30 @@ class SqliteStore(Store):
         self._write(op)
 
     # -- tasks ------------------------------------------------------------------------------
+    @staticmethod
+    def _task_row(task):
+        return task["taskId"], task.get("key"), task.get("status"), task.get("expires_at"), _dumps(task)
+
+    @staticmethod
+    def _job_row(job):
+        job = dict(job, owner=None, lease_until=None)
+        return job["id"], job.get("task_id"), job["due"], job["due"], _dumps(job)
+
     def put_task(self, task):
-        args = (task["taskId"], task.get("key"), task.get("status"), task.get("expires_at"), _dumps(task))
-        self._write(lambda c: c.execute(
-            "INSERT INTO tasks (id, key, status, expires_at, data) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET key = excluded.key, status = excluded.status, "
-            "expires_at = excluded.expires_at, data = excluded.data", args))
+        args = self._task_row(task)
+        self._write(lambda c: c.execute(PUT_TASK_SQL, args))
+
+    def accept(self, key, cost, task, job):
+        task_row, job_row = self._task_row(task), self._job_row(job)
+
+        def op(conn):
+            row = conn.execute(CHARGE_SQL, (int(cost), key)).fetchone()
+            if row is None:
+                return None
+            conn.execute(PUT_TASK_SQL, task_row)
+            conn.execute(ADD_JOB_SQL, job_row)
+            return row[0]
+        return self._write(op)
 
     def get_task(self, task_id):
         row = self._read_one("SELECT data FROM tasks WHERE id = ?", (task_id,))
@@ -400,11 +423,8 @@ class SqliteStore(Store):
         return job
 
     def add_job(self, job):
-        job = dict(job, owner=None, lease_until=None)
-        args = (job["id"], job.get("task_id"), job["due"], job["due"], _dumps(job))
-        self._write(lambda c: c.execute(
-            "INSERT OR REPLACE INTO jobs (id, task_id, due, owner, lease_until, avail, data) "
-            "VALUES (?, ?, ?, NULL, NULL, ?, ?)", args))
+        args = self._job_row(job)
+        self._write(lambda c: c.execute(ADD_JOB_SQL, args))
 
     def claim_due(self, now, owner, lease, limit=100):
         # Cheap read first (no write lock) so idle schedulers polling the file do not contend.
@@ -441,12 +461,18 @@ class SqliteStore(Store):
 
     # -- journals -----------------------------------------------------------------------------
     def log(self, journal, entry, limit):
-        data = _dumps(entry)
+        self.log_many(journal, [entry], limit)
+
+    def log_many(self, journal, entries, limit):
+        if not entries:
+            return
+        datas = [_dumps(e) for e in entries]
 
         def op(conn):
-            (n,) = conn.execute("INSERT INTO logs (journal, n, data) "
-                                "SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2 FROM logs WHERE journal = ?1 "
-                                "RETURNING n", (journal, data)).fetchone()
+            (n,) = conn.execute("SELECT COALESCE(MAX(n), 0) FROM logs WHERE journal = ?", (journal,)).fetchone()
+            conn.executemany("INSERT INTO logs (journal, n, data) VALUES (?, ?, ?)",
+                             [(journal, n + i, d) for i, d in enumerate(datas, 1)])
+            n += len(datas)
             if n > limit:
                 conn.execute("DELETE FROM logs WHERE journal = ? AND n <= ?", (journal, n - limit))
         self._write(op)
