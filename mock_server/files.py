@@ -11,7 +11,7 @@ import re
 
 from flask import Blueprint, Response, current_app, request
 
-from . import media
+from . import lifecycle, media
 from .envelope import respond
 from .scenarios import Scenario
 
@@ -47,7 +47,7 @@ def serve(task_id: str, name: str):
     task = svc.live_task(task_id) if match else None
     if task is None:
         return _not_found(f"/files/{task_id}/{name}")
-    track = next((t for t in task["tracks"] if t["id"] == match["track"]), None)
+    track = lifecycle.track(task, match["track"])
     if track is None:
         return _not_found(f"/files/{task_id}/{name}")
     image = match["ext"] == "jpeg" or match["variant"] == "source.jpeg"

@@ -12,7 +12,6 @@ import hashlib
 import os
 import random
 import time
-import uuid
 
 import orjson
 
@@ -64,7 +63,9 @@ def new_id() -> str:
 
 
 def new_uuid() -> str:
-    return str(uuid.UUID(int=_rng.getrandbits(128), version=4))
+    """A random (version 4, RFC 4122 variant) UUID, formatted without building a uuid.UUID."""
+    h = f"{_rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def _create_time(now: float, cfg: Config):
@@ -94,9 +95,8 @@ def _lyrics(body: dict) -> str:
     return f"[Verse]\n{body.get('prompt') or ''}"
 
 
-def _track(task_id: str, body: dict, base_url: str, created) -> dict:
-    track_id = new_uuid()
-    files = f"{base_url.rstrip('/')}/files/{task_id}/{track_id}"
+def _track(task: dict, body: dict, track_id: str) -> dict:
+    files = f"{task['base_url'].rstrip('/')}/files/{task['taskId']}/{track_id}"
     return {
         "id": track_id,
         "audio_url": f"{files}.mp3",
@@ -109,30 +109,44 @@ def _track(task_id: str, body: dict, base_url: str, created) -> dict:
         "model_name": table().models[body["model"]].model_name,
         "title": _title(body),
         "tags": body.get("style") or "",
-        "createTime": created,
+        "createTime": task["createTime"],
         "duration": _duration(track_id),
     }
+
+
+def tracks(task: dict) -> list[dict]:
+    """The task's two tracks in full. A task record keeps only their ids: everything else is
+    derived (from the request body, the base URL, the creation time and the id), so a record
+    stays small in every store and the views can never disagree."""
+    if "tracks" in task:  # a record written by an earlier version
+        return [dict(t) for t in task["tracks"]]
+    body = orjson.loads(task["param"])
+    return [_track(task, body, track_id) for track_id in task["track_ids"]]
+
+
+def track(task: dict, track_id: str) -> dict | None:
+    return next((t for t in tracks(task) if t["id"] == track_id), None)
 
 
 def new_task(body: dict, key: str, now: float, cfg: Config, base_url: str,
              scenario: Scenario, charged: int) -> dict:
     """A freshly accepted task (status PENDING) and its plan of stages."""
-    task_id = new_id()
-    created = _create_time(now, cfg)
     return {
-        "taskId": task_id,
+        "taskId": new_id(),
         "key": key,
         "param": orjson.dumps(body).decode(),  # compact, non-ASCII kept as is
         "callBackUrl": body["callBackUrl"],
         "model": body["model"],
         "created_at": now,
+        "createTime": _create_time(now, cfg),
+        "base_url": base_url,
         "expires_at": now + cfg.retention_days * 86400,
         "status": "PENDING",
         "stage": None,
         "errorCode": None,
         "errorMessage": None,
         "charged": charged,
-        "tracks": [_track(task_id, body, base_url, created) for _ in range(2)],
+        "track_ids": [new_uuid(), new_uuid()],
         "scenario": scenario.to_dict(),
         "plan": scenario.plan(now, cfg),
         "delivery": "active",  # "abandoned" once 3 retries of one callback failed
@@ -146,11 +160,11 @@ def tracks_at(task: dict, stage: str | None) -> list[dict] | None:
         return None
     if stage in ("text", "error"):
         return []
-    tracks = [dict(t) for t in task["tracks"]]
+    full = tracks(task)
     if stage == "first":
-        for t in tracks[1:]:  # the unfinished track: no audio yet (seen in real captures)
+        for t in full[1:]:  # the unfinished track: no audio yet (seen in real captures)
             t["audio_url"] = t["source_audio_url"] = ""
-    return tracks
+    return full
 
 
 def apply_stage(task: dict, stage: str, code: int | None = None) -> dict:
