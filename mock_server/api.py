@@ -40,39 +40,62 @@ class ApiResponse:
     task_id: str | None = None
 
 
+class MustBlock(Exception):
+    """Raised by a handler running on an event loop (`inline`) that would have to wait (an injected
+    latency), before it changed any state: the caller runs it again in a thread."""
+
+
 class ApiRequest:
     """What the handlers read of a request, straight from the WSGI environ."""
 
+    inline = False  # True on an event loop: a handler that would wait raises MustBlock instead
+
     def __init__(self, environ: dict):
         self.environ = environ
+        self.method, self.path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
         self.key_masked: str | None = None
         self.settings: dict | None = None  # read once by the prelude
 
     def header(self, name: str) -> str | None:
         return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
 
+    def query_string(self) -> str:
+        return self.environ.get("QUERY_STRING", "")
+
+    def scheme(self) -> str:
+        return self.environ.get("wsgi.url_scheme", "http")
+
     def query(self, name: str) -> str | None:
-        values = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True).get(name)
+        values = parse_qs(self.query_string(), keep_blank_values=True).get(name)
         return values[0] if values else None
 
     def host_url(self, fallback: str) -> str:
         """scheme://host/ of this request; a Host header that is not a plain host[:port] is not trusted."""
-        host = self.environ.get("HTTP_HOST", "")
+        host = self.header("Host") or ""
         if not _HOST.match(host):
             return fallback
-        return f"{self.environ.get('wsgi.url_scheme', 'http')}://{host}/"
+        return f"{self.scheme()}://{host}/"
+
+    def content_type(self) -> str:
+        return self.environ.get("CONTENT_TYPE") or ""
+
+    def content_length(self) -> str | None:
+        return self.environ.get("CONTENT_LENGTH")
+
+    def raw_body(self, max_bytes: int) -> bytes:
+        return get_input_stream(self.environ, safe_fallback=True).read(max_bytes + 1)
 
     def json_body(self, max_bytes: int):
         """The JSON body, or a Rejection saying what is wrong with it."""
-        content_type = self.environ.get("CONTENT_TYPE") or ""
+        content_type = self.content_type()
         mimetype = content_type.split(";", 1)[0].strip().lower()
         if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
             return Rejection(422, f"Content-Type must be application/json (got {content_type or 'none'})",
                              None, "content-type")
-        length = self.environ.get("CONTENT_LENGTH")
+        length = self.content_length()
         if length and length.isdigit() and int(length) > max_bytes:
             return Rejection(422, f"request body too large: {length} bytes, the limit is {max_bytes}", None, "size")
-        raw = get_input_stream(self.environ, safe_fallback=True).read(max_bytes + 1)
+        raw = self.raw_body(max_bytes)
         if len(raw) > max_bytes:
             return Rejection(422, f"request body too large: the limit is {max_bytes} bytes", None, "size")
         if not raw.strip():
@@ -109,6 +132,8 @@ def _prelude(svc: Service, req: ApiRequest):
         settings = req.settings = svc.settings()
         delay = faults.latency_for(settings, prefer)
         if delay:
+            if req.inline:
+                raise MustBlock
             time.sleep(delay)
         rej = svc.gate(key, prefer, settings)
     req.key_masked = mask_key(key)
@@ -161,17 +186,18 @@ ROUTES = {
 }
 
 
-def handle(svc: Service, handler, environ: dict) -> ApiResponse:
+def handle(svc: Service, handler, req: ApiRequest) -> ApiResponse:
     """Run one handler; journal the request; a bug still answers an envelope (500), never a crash."""
-    req = ApiRequest(environ)
     try:
         resp = handler(svc, req)
+    except MustBlock:
+        raise
     except Exception as exc:
         traceback.print_exc()
         resp = ApiResponse(500, orjson.dumps({"code": 500, "msg": f"Internal Error (kie-mock bug): "
                                                       f"{type(exc).__name__}", "data": None}), 500)
     svc.journal.add({
-        "at": svc.clock.now(), "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+        "at": svc.clock.now(), "method": req.method, "path": req.path,
         "key": req.key_masked, "http_status": resp.status, "code": resp.code, "task_id": resp.task_id,
     })
     return resp
@@ -187,11 +213,13 @@ class FastPath:
         handler = ROUTES.get((environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")))
         if handler is None:
             return self.app(environ, start_response)
-        resp = handle(self.svc, handler, environ)
-        status = f"{resp.status} {_reason(resp.status)}"
-        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(resp.body))),
-                                *resp.headers])
+        resp = handle(self.svc, handler, ApiRequest(environ))
+        start_response(f"{resp.status} {_reason(resp.status)}", response_headers(resp))
         return [resp.body]
+
+
+def response_headers(resp: ApiResponse) -> list:
+    return [("Content-Type", "application/json"), ("Content-Length", str(len(resp.body))), *resp.headers]
 
 
 def _reason(status: int) -> str:
@@ -204,7 +232,7 @@ def _reason(status: int) -> str:
 def _flask_view(handler):
     def view():
         svc = current_app.extensions["kie_mock"]
-        resp = handle(svc, handler, request.environ)
+        resp = handle(svc, handler, ApiRequest(request.environ))
         return Response(resp.body, resp.status, resp.headers, mimetype="application/json")
 
     view.__name__ = handler.__name__

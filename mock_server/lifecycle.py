@@ -58,8 +58,10 @@ os.register_at_fork(after_in_child=_reseed)
 
 
 def new_id() -> str:
-    """32 hex digits, like the real service's taskIds."""
-    return f"{_rng.getrandbits(128):032x}"
+    """32 hex digits, like the real service's taskIds: 11 of them count 100 µs steps of time, the
+    other 21 are random. Ids made one after the other sort together, so a store's index on them
+    grows at its end (one page written per batch of new tasks, not one page per task)."""
+    return f"{int(time.time() * 10000) & 0xFFFFFFFFFFF:011x}{_rng.getrandbits(84):021x}"
 
 
 def new_uuid() -> str:

@@ -1,0 +1,167 @@
+"""The fake on granian's RSGI interface: API requests run on the worker's event loop, the rest
+(control API, files, anything that may wait) in a thread pool through the Flask WSGI app.
+
+Why: granian's WSGI interface hands every request to one of N Python threads, and with more
+than one thread they fight over the GIL (measured on 2 cores, memory store, POST upload-cover:
+10,900 req/s with one thread, 7,900 with two, 5,500 with four). One thread alone would let a
+single slow request (an injected latency, an uploadUrl check) stall every other client. Here
+the fast, CPU-only requests run one after the other on the loop, with no thread switch, and
+anything that may block runs in the pool while the loop goes on serving:
+
+- an API request whose handler would sleep (injected latency) stops before it changed any state
+  (`api.MustBlock`) and is run again in the pool;
+- with the uploadUrl check on, upload-cover always runs in the pool;
+- everything else (control API, files, 404s) goes to the Flask app in the pool.
+
+Bodies are read as they arrive (a slow client holds no thread) and at most `max_body_bytes`
+plus one byte are kept: the handlers then answer "too large" in the envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+
+from . import api
+
+POOL_THREADS = 8
+
+
+class ScopeRequest(api.ApiRequest):
+    """An API request read straight from the RSGI scope and body (no WSGI environ is built)."""
+
+    inline = True
+
+    def __init__(self, scope, body: bytes):
+        self.scope, self.body = scope, body
+        self.headers = scope.headers
+        self.method, self.path = scope.method, scope.path  # granian percent-decodes the path (UTF-8)
+        self.key_masked = None
+        self.settings = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def query_string(self) -> str:
+        return self.scope.query_string
+
+    def scheme(self) -> str:
+        return self.scope.scheme
+
+    def content_type(self) -> str:
+        return self.headers.get("content-type") or ""
+
+    def content_length(self) -> str | None:
+        return self.headers.get("content-length")
+
+    def raw_body(self, max_bytes: int) -> bytes:
+        return self.body[:max_bytes + 1]
+
+
+def _environ(scope, body: bytes, multiprocess: bool) -> dict:
+    host, _, port = (scope.server or "").rpartition(":")
+    client_host, _, client_port = (scope.client or "").rpartition(":")
+    env = {
+        "REQUEST_METHOD": scope.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),  # WSGI's "bytes as latin-1"
+        "QUERY_STRING": scope.query_string,
+        "SERVER_NAME": host or "localhost",
+        "SERVER_PORT": port or "80",
+        "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
+        "REMOTE_ADDR": client_host,
+        "REMOTE_PORT": client_port,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.scheme,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+    }
+    for name, value in scope.headers.items():
+        if name == "content-type":
+            env["CONTENT_TYPE"] = value
+        elif name == "content-length":
+            env["CONTENT_LENGTH"] = value
+        else:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            env[key] = f"{env[key]},{value}" if key in env else value
+    return env
+
+
+def _run_wsgi(app, environ: dict):
+    """Call a WSGI app; (status code, headers, body bytes)."""
+    started: list = []
+
+    def start_response(status, headers, exc_info=None):
+        started[:] = [status, headers]
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, headers = started
+    return int(status.split(" ", 1)[0]), [(k, v) for k, v in headers], body
+
+
+class RsgiApp:
+    def __init__(self, svc, wsgi_app, multiprocess: bool = False):
+        self.svc, self.wsgi_app, self.multiprocess = svc, wsgi_app, multiprocess
+        self.limit = svc.cfg.max_body_bytes + 1
+        self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="kie-mock-http")
+
+    async def _body(self, proto, scope) -> bytes:
+        length = scope.headers.get("content-length")
+        if length is not None and length.isdigit():
+            if int(length) > self.limit:
+                return b""  # not read at all: the handlers answer "too large" from the declared length
+            return await proto()  # the whole body, at most `limit` bytes by its declared length
+        chunks, size = [], 0
+        async for chunk in proto:
+            if size < self.limit:
+                chunks.append(chunk)
+            size += len(chunk)
+        body = b"".join(chunks)
+        return body[:self.limit] if len(body) > self.limit else body
+
+    async def __call__(self, scope, proto):
+        if scope.proto != "http":
+            return
+        try:
+            await self._serve(scope, proto)
+        except Exception as exc:  # a bug of the fake: still an envelope, and visible in the log
+            traceback.print_exc()
+            body = orjson.dumps({"code": 500, "msg": f"Internal Error (kie-mock bug): {type(exc).__name__}",
+                                 "data": None})
+            try:
+                proto.response_bytes(500, [("content-type", "application/json")], body)
+            except Exception:  # the response was already started or the client is gone
+                pass
+
+    async def _serve(self, scope, proto):
+        body = await self._body(proto, scope)
+        req = ScopeRequest(scope, body)
+        handler = api.ROUTES.get((req.method, req.path))
+        if handler is not None and not (handler is api.upload_cover and self.svc.cfg.source_check):
+            try:
+                resp = api.handle(self.svc, handler, req)
+            except api.MustBlock:
+                pass
+            else:
+                proto.response_bytes(resp.status, api.response_headers(resp), resp.body)
+                return
+        environ = _environ(scope, body, self.multiprocess)
+        loop = asyncio.get_running_loop()
+        status, headers, out = await loop.run_in_executor(self.pool, _run_wsgi, self.wsgi_app, environ)
+        if environ["REQUEST_METHOD"] == "HEAD":
+            out = b""
+        proto.response_bytes(status, headers, out)
