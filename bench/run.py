@@ -1,32 +1,55 @@
 #!/usr/bin/env python3
-"""Loopback benchmark: kie-mock vs Stoplight Prism vs WireMock, driven by wrk.
+"""Loopback benchmark: kie-mock (several configurations) vs Stoplight Prism vs WireMock, driven by wrk.
 
 One command, from the repository root::
 
     python bench/run.py                      # all targets, 10 s per scenario
-    python bench/run.py --only prism,wiremock --duration 5 --json bench/results/run.json
+    python bench/run.py --only fake --duration 5           # the three fake variants only
+    python bench/run.py --only fake-memory,prism --json bench/results/run.json
 
 Every target is started as a subprocess on a free 127.0.0.1 port, one target at
 a time (so the servers never compete with each other for the 2 cores), polled
 until ready, loaded with wrk, measured (RSS before/after), and killed.
 
-Targets
-  fake      kie-mock itself: ``--fake-cmd`` (+ ``--fake-args``), env
-            KIE_MOCK_RATE_LIMIT=0 and KIE_MOCK_CREDITS=1000000000 (+ ``--fake-env``).
-            Ready when GET /api/v1/chat/credit with the bearer key answers 200.
-  prism     Stoplight Prism (npm @stoplight/prism-cli 5.14.x) in mock mode on
-            ``--spec`` with ``--errors`` (validation violations become error
-            responses) and ``-v error`` (quiet).  Ready when it answers HTTP.
+Targets (``--only``; ``fake`` is an alias for every fake variant)
+  fake-memory     ``kie-mock serve --port {port} --store memory``: one worker,
+                  in-memory store.
+  fake-sqlite     ``kie-mock serve --port {port}``: the default, one worker and a
+                  fresh SQLite file in a temp dir.
+  fake-sqlite-2w  ``kie-mock serve --port {port} --workers 2``: two worker
+                  processes sharing that SQLite file.
+  fake-custom     only with ``--fake-cmd CMD``: one extra variant running CMD
+                  (placeholders {port} {host} {python}); measured after the
+                  three above whenever ``fake`` or ``fake-custom`` is selected.
+            Every fake variant gets ``--fake-args`` appended and runs with env
+            KIE_MOCK_RATE_LIMIT=0, KIE_MOCK_RECORD_INFO_PER_SECOND=0,
+            KIE_MOCK_CREDITS=1000000000, KIE_MOCK_STAGE_DELAYS=600,900,1200
+            (+ ``--fake-env``); KIE_MOCK_* variables inherited from the calling
+            shell are dropped so that each variant is what its name says.
+            Ready when GET /api/v1/chat/credit with the bearer key answers 2xx.
+            The stage delays mean that every accepted task does schedule its
+            callbacks (part of accepting a task) but none falls due during the
+            measurement: the fake is measured accepting and polling, not
+            delivering callbacks -- the same thing Prism is measured doing with
+            its callbacks stripped (the default).  Callback delivery is measured
+            by bench/lateness.py.
+  prism     Stoplight Prism (npm @stoplight/prism-cli 5.14.x) in mock mode on a
+            copy of ``--spec`` with every ``callbacks`` removed (default; Prism
+            would otherwise fire the spec's callback at the body's callBackUrl
+            on every request, which dominates its cost: ``--prism-callbacks``
+            mocks the spec as written), with ``--errors`` (validation
+            violations become error responses) and ``-v error`` (quiet).
+            Ready when it answers HTTP.
   wiremock  WireMock standalone jar from the npm package ``wiremock``, run with
             ``java -jar``, throughput flags, static stubs written to a temp root dir.
             Ready when GET /__admin/health answers.
 
 Scenarios (per target)
   POST upload-cover   POST /api/v1/generate/upload-cover, JSON body, bearer auth.
-  GET record-info     GET /api/v1/generate/record-info?taskId=ID.  For the fake a
-                      task is created first (one POST) and its taskId used; Prism
-                      uses its mock of the path (skipped if the spec lacks it: a
-                      404 probe); WireMock serves a static stub.
+  GET record-info     GET /api/v1/generate/record-info?taskId=ID.  For a fake
+                      variant a task is created first (one POST) and its taskId
+                      used; Prism uses its mock of the path (skipped if the spec
+                      lacks it: a 404 probe); WireMock serves a static stub.
 
 Installs on first run (unless --no-install)
   * wrk:  ``apt-get update && apt-get install -y wrk`` (only if ``wrk`` is not on
@@ -36,7 +59,10 @@ Installs on first run (unless --no-install)
     A peer that cannot be installed/started is reported as "unavailable".
 
 Flags
-  --only LIST           comma list of fake,prism,wiremock (default: all three)
+  --only LIST           comma list of fake-memory,fake-sqlite,fake-sqlite-2w,
+                        fake-custom,prism,wiremock or the alias fake (= every fake
+                        variant; fake-custom only with --fake-cmd)
+                        (default: fake,prism,wiremock)
   --duration S          measured wrk run per scenario, seconds (default 10)
   --repeat N            measured runs per scenario; median run (by req/s) reported,
                         min-max req/s shown in brackets (default 1)
@@ -46,16 +72,16 @@ Flags
   --wrk-timeout S       wrk --timeout: slower responses count as timeouts (default 5)
   --no-body-check       drop the Lua response() hook that counts envelope code != 200
   --scenarios LIST      comma list of post,get (default: both)
-  --fake-cmd CMD        default "kie-mock serve --port {port} --workers 2";
+  --fake-cmd CMD        defines the extra variant fake-custom (none by default);
                         placeholders {port} {host} {python} (sys.executable)
-  --fake-args ARGS      extra args appended to --fake-cmd (shell-split)
-  --fake-env K=V        extra env for the fake (repeatable)
+  --fake-args ARGS      extra args appended to every fake variant's command (shell-split)
+  --fake-env K=V        extra env for every fake variant (repeatable; overrides the above)
   --api-key KEY         bearer key for every request (default kie-mock-key)
   --spec PATH           OpenAPI document for Prism (default: <repo>/openapi.yaml)
   --prism-args ARGS     extra args for ``prism mock`` (shell-split)
-  --prism-no-callbacks  mock a copy of --spec with ``callbacks`` removed: Prism
-                        otherwise fires the spec's callback (to the body's
-                        callBackUrl) on every request, which dominates its cost
+  --prism-no-callbacks  (default) mock a copy of --spec with ``callbacks`` removed
+  --prism-callbacks     mock --spec as written: Prism fires the spec's callback at
+                        the body's callBackUrl on every request
   --wiremock-threads N  WireMock --container-threads (default 32)
   --java-opts ARGS      JVM options for WireMock (default "-Xms256m -Xmx512m")
   --ready-timeout S     readiness deadline per server (default 90)
@@ -64,13 +90,17 @@ Flags
   --json FILE           also write all results + machine info as JSON
   --markdown FILE       also write the markdown report to FILE
 
-Output: a markdown report on stdout (progress goes to stderr).  Columns: req/s,
+Output: a markdown report on stdout (progress goes to stderr), one row per target
+(each fake variant its own row) and scenario.  Columns: req/s,
 p50/p99 latency (ms, from wrk's Lua ``done()`` histogram), non-2xx (wrk counts
 HTTP status >= 400), code!=200 (2xx answers whose JSON envelope code is not 200,
 counted by a Lua ``response()`` hook; --no-body-check turns it off), socket errors (connect/read/write/timeout), server CPU seconds used during the
 run (whole process tree, /proc) and requests per server CPU-second, RSS of the
-server's whole process tree before -> after the measured run (MiB), and the ratio
-of the fake to each peer (fake req/s / peer req/s, fake p99 / peer p99).
+server's whole process tree before -> after the measured run (MiB), and then one
+column per measured fake variant V, "V÷peer req/s, p99": on each peer row, V's
+req/s / the peer's req/s and V's p99 / the peer's p99 for the same scenario
+("—" on the fake rows).  The JSON has the same ratios as
+ratios_fake_over_peer[scenario][fake variant][peer] = {rps, p99}.
 
 Exit status: 0 if at least one scenario was measured, 1 if none, 2 on a fatal
 setup error (no wrk), 130 on Ctrl-C.  All subprocesses are killed on every exit
@@ -115,8 +145,20 @@ PRISM_VERSION_PREFIX = "5.14."
 WIREMOCK_PKG = "wiremock@3.13.2"
 WIREMOCK_VERSION = "3.13.2"
 
-DEFAULT_FAKE_CMD = "kie-mock serve --port {port} --workers 2"
-FAKE_ENV = {"KIE_MOCK_RATE_LIMIT": "0", "KIE_MOCK_RECORD_INFO_PER_SECOND": "0", "KIE_MOCK_CREDITS": "1000000000"}
+# Fake variants, measured in this order: name -> (label, command).  {port} {host}
+# {python} are substituted; --fake-args is appended to each.
+FAKE_VARIANTS = {
+    "fake-memory": ("kie-mock, memory store", "kie-mock serve --port {port} --store memory"),
+    "fake-sqlite": ("kie-mock, SQLite (default)", "kie-mock serve --port {port}"),
+    "fake-sqlite-2w": ("kie-mock, SQLite, 2 workers", "kie-mock serve --port {port} --workers 2"),
+}
+CUSTOM_FAKE = "fake-custom"  # exists only when --fake-cmd is given
+FAKE_ALIAS = "fake"          # --only alias: every fake variant
+# KIE_MOCK_STAGE_DELAYS: accepting a task schedules its callbacks (that cost is
+# measured), but none is due before 600 s, so no callback is delivered while wrk
+# runs: the measurement is of accepting and polling (callback delivery: bench/lateness.py).
+FAKE_ENV = {"KIE_MOCK_RATE_LIMIT": "0", "KIE_MOCK_RECORD_INFO_PER_SECOND": "0",
+            "KIE_MOCK_CREDITS": "1000000000", "KIE_MOCK_STAGE_DELAYS": "600,900,1200"}
 
 VALID_BODY = {
     "uploadUrl": "https://storage.example.com/upload",
@@ -133,10 +175,34 @@ STUB_GET_RESPONSE = {
     "data": {"taskId": STUB_TASK_ID, "status": "SUCCESS", "response": {"sunoData": []}},
 }
 
-ALL_TARGETS = ("fake", "prism", "wiremock")
-TARGET_LABEL = {"fake": "kie-mock (fake)", "prism": "Prism", "wiremock": "WireMock"}
+PEERS = ("prism", "wiremock")
+ALL_TARGETS = (*FAKE_VARIANTS, CUSTOM_FAKE, *PEERS)  # run order
+TARGET_LABEL = {**{name: label for name, (label, _) in FAKE_VARIANTS.items()},
+                CUSTOM_FAKE: "kie-mock, --fake-cmd", "prism": "Prism", "wiremock": "WireMock"}
 ALL_SCENARIOS = ("post", "get")
 SCENARIO_LABEL = {"post": "POST upload-cover", "get": "GET record-info"}
+
+
+def is_fake(target: str) -> bool:
+    return target == CUSTOM_FAKE or target in FAKE_VARIANTS
+
+
+def resolve_targets(only: list[str], fake_cmd: str | None) -> list[str]:
+    """Expand the ``fake`` alias and return the selected targets in run order.
+    ``fake-custom`` exists only when ``--fake-cmd`` is given."""
+    chosen = set(only)
+    if FAKE_ALIAS in chosen:
+        chosen |= set(FAKE_VARIANTS)
+        if fake_cmd:
+            chosen.add(CUSTOM_FAKE)
+    if CUSTOM_FAKE in chosen and not fake_cmd:
+        raise ValueError(f"--only {CUSTOM_FAKE} needs --fake-cmd CMD (it runs CMD)")
+    return [t for t in ALL_TARGETS if t in chosen]
+
+
+def fake_command(target: str, args) -> str:
+    """The command template of a fake variant, without --fake-args."""
+    return args.fake_cmd if target == CUSTOM_FAKE else FAKE_VARIANTS[target][1]
 
 
 def log(msg: str) -> None:
@@ -420,9 +486,27 @@ def auth_headers(args) -> dict[str, str]:
     return {"Authorization": f"Bearer {args.api_key}"}
 
 
-def start_fake(args, run_dir: Path) -> Server:
+def fake_settings(args) -> dict[str, str]:
+    """The environment variables set for every fake variant: FAKE_ENV + --fake-env."""
+    env = dict(FAKE_ENV)
+    for kv in args.fake_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    return env
+
+
+def fake_env(args) -> dict[str, str]:
+    """Environment of every fake variant: ours minus inherited KIE_MOCK_* (a stray
+    KIE_MOCK_STORE or KIE_MOCK_INSTANT in the shell would change what a variant is),
+    plus fake_settings()."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
+    env.update(fake_settings(args))
+    return env
+
+
+def start_fake(target: str, args, run_dir: Path) -> Server:
     port = free_port()
-    cmdline = args.fake_cmd.format(port=port, host=HOST, python=sys.executable)
+    cmdline = fake_command(target, args).format(port=port, host=HOST, python=sys.executable)
     argv = shlex.split(cmdline) + shlex.split(args.fake_args or "")
     if not argv:
         raise Unavailable("empty --fake-cmd")
@@ -430,17 +514,12 @@ def start_fake(args, run_dir: Path) -> Server:
     if os.sep not in exe and not shutil.which(exe):
         raise Unavailable(f"fake command '{exe}' not found on PATH "
                           f"(install the package, e.g. pip install -e ., or pass --fake-cmd)")
-    env = dict(os.environ)
-    env.update(FAKE_ENV)
-    for kv in args.fake_env:
-        k, _, v = kv.partition("=")
-        env[k] = v
-    log_path = run_dir / "fake.log"
-    log(f"starting fake: {shlex.join(argv)}")
-    proc = spawn(argv, log_path, env=env, cwd=REPO_ROOT)
-    ready = wait_ready(proc, "fake", f"http://{HOST}:{port}{CREDIT_PATH}", auth_headers(args),
+    log_path = run_dir / f"{target}.log"
+    log(f"starting {target}: {shlex.join(argv)}")
+    proc = spawn(argv, log_path, env=fake_env(args), cwd=REPO_ROOT)
+    ready = wait_ready(proc, target, f"http://{HOST}:{port}{CREDIT_PATH}", auth_headers(args),
                        lambda s: 200 <= s < 300, args.ready_timeout, log_path)
-    return Server("fake", proc, port, argv, log_path, ready, get_task_id=None)
+    return Server(target, proc, port, argv, log_path, ready, get_task_id=None)
 
 
 def strip_callbacks(spec: Path, out_dir: Path) -> Path:
@@ -449,7 +528,8 @@ def strip_callbacks(spec: Path, out_dir: Path) -> Path:
     try:
         import yaml  # PyYAML: a dependency of the project itself
     except ImportError as exc:
-        raise Unavailable(f"--prism-no-callbacks needs PyYAML ({exc})")
+        raise Unavailable(f"stripping the spec's callbacks needs PyYAML ({exc}); "
+                          f"or pass --prism-callbacks")
     doc = yaml.safe_load(spec.read_text())
 
     def walk(node):
@@ -475,7 +555,7 @@ def start_prism(args, run_dir: Path) -> Server:
     spec = Path(args.spec).resolve()
     if not spec.is_file():
         raise Unavailable(f"OpenAPI spec not found: {spec}")
-    if args.prism_no_callbacks:
+    if not args.prism_callbacks:  # the default: see --prism-callbacks
         spec = strip_callbacks(spec, run_dir)
     if not shutil.which("node"):
         raise Unavailable("node not found on PATH")
@@ -544,7 +624,10 @@ def start_wiremock(args, run_dir: Path) -> Server:
     return Server("wiremock", proc, port, argv, log_path, ready, version=version)
 
 
-STARTERS = {"fake": start_fake, "prism": start_prism, "wiremock": start_wiremock}
+def start_target(target: str, args, run_dir: Path) -> Server:
+    if is_fake(target):
+        return start_fake(target, args, run_dir)
+    return {"prism": start_prism, "wiremock": start_wiremock}[target](args, run_dir)
 
 
 # --------------------------------------------------------------------------
@@ -696,7 +779,7 @@ def bench_target(target: str, args, wrk: str, run_dir: Path,
     ``results`` as it goes, so an interrupted run keeps what was measured."""
     results = [] if results is None else results
     try:
-        server = STARTERS[target](args, run_dir)
+        server = start_target(target, args, run_dir)
     except Unavailable as exc:
         msg = str(exc)
         log(f"{target}: UNAVAILABLE: {msg}")
@@ -711,7 +794,7 @@ def bench_target(target: str, args, wrk: str, run_dir: Path,
                          server_version=server.version, server_cmd=shlex.join(server.command))
             results.append(res)
             try:
-                if scen == "get" and target == "fake":
+                if scen == "get" and is_fake(target):
                     server.get_task_id = create_fake_task(server, args)
                 method, url, headers, body = scenario_request(server, scen, args)
                 res.url = url
@@ -846,21 +929,55 @@ def _fmt(v, spec: str = ",.0f") -> str:
 
 
 def add_ratios(results: list[Result]) -> dict:
-    """fake/peer ratios per scenario: {scenario: {peer: {rps: x, p99: y}}}."""
-    fake = {r.scenario: r for r in results if r.target == "fake" and r.status == "ok" and r.rps}
+    """Ratios of every measured fake variant to every measured peer, per scenario:
+    {scenario: {fake variant: {peer: {rps: fake/peer req/s, p99: fake/peer p99}}}}."""
+    fakes: dict[str, dict[str, Result]] = {}  # scenario -> variant -> result
+    for r in results:
+        if is_fake(r.target) and r.status == "ok" and r.rps:
+            fakes.setdefault(r.scenario, {})[r.target] = r
     out: dict = {}
     for r in results:
-        if r.target == "fake" or r.status != "ok" or not r.rps or r.scenario not in fake:
+        if is_fake(r.target) or r.status != "ok" or not r.rps:
             continue
-        f = fake[r.scenario]
-        out.setdefault(r.scenario, {})[r.target] = {
-            "rps": round(f.rps / r.rps, 3),
-            "p99": round(f.p99_ms / r.p99_ms, 3) if r.p99_ms else None,
-        }
+        for variant, f in fakes.get(r.scenario, {}).items():
+            out.setdefault(r.scenario, {}).setdefault(variant, {})[r.target] = {
+                "rps": round(f.rps / r.rps, 3),
+                "p99": round(f.p99_ms / r.p99_ms, 3) if r.p99_ms and f.p99_ms is not None else None,
+            }
     return out
 
 
+def ratio_variants(ratios: dict) -> list[str]:
+    """Fake variants that have at least one ratio, in run order: one table column each."""
+    have = {v for per_scen in ratios.values() for v in per_scen}
+    return [t for t in ALL_TARGETS if t in have]
+
+
+def _ratio_cell(ratios: dict, r: Result, variant: str) -> str:
+    if is_fake(r.target):
+        return "—"
+    ratio = ratios.get(r.scenario, {}).get(variant, {}).get(r.target)
+    if not ratio:
+        return "n/a"
+    p99 = f"{ratio['p99']:.2f}×" if ratio["p99"] is not None else "–"
+    return f"{ratio['rps']:.2f}×, {p99}"
+
+
 def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> str:
+    variants = ratio_variants(ratios)
+    head = ["target", "scenario", "req/s", "p50 ms", "p99 ms", "non-2xx", "code≠200", "socket errors",
+            "server CPU s", "req/CPU-s", "RSS before→after MiB",
+            *(f"{v}÷peer req/s, p99" for v in variants), "notes"]
+    align = ["---", "---", *["--:"] * 8, "---", *["--:"] * len(variants), "---"]
+    stage = fake_settings(args).get("KIE_MOCK_STAGE_DELAYS", "(kie-mock default)")
+    ran = {r.target for r in results}
+    setup = []
+    if any(is_fake(t) for t in ran):
+        setup.append(f"Fake: stage delays {stage} s (callbacks are scheduled on accept, none is due "
+                     f"during the run){'; extra args ' + repr(args.fake_args) if args.fake_args else ''}.")
+    if "prism" in ran:
+        setup.append("Prism: " + ("spec as written (fires its callbacks)." if args.prism_callbacks
+                                  else "spec with its callbacks stripped."))
     lines = [
         f"## kie-mock loopback benchmark ({info['started']})",
         "",
@@ -872,37 +989,38 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         f"Python {info['python']}, {info['platform']}; "
         f"{info.get('wrk') or 'wrk ?'}; node {info.get('node') or '-'}; {info.get('java') or 'java -'}.",
         "",
-        "| target | scenario | req/s | p50 ms | p99 ms | non-2xx | code≠200 | socket errors "
-        "| server CPU s | req/CPU-s | RSS before→after MiB | fake÷peer req/s | fake÷peer p99 | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|---|",
+        *([" ".join(setup), ""] if setup else []),
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(align) + "|",
     ]
     for r in results:
         label = TARGET_LABEL[r.target] + (f" {r.server_version}" if r.server_version else "")
         scen = SCENARIO_LABEL[r.scenario]
         if r.status != "ok":
-            lines.append(f"| {label} | {scen} | {r.status} | | | | | | | | | | | {r.note} |")
+            cells = [label, scen, r.status, *[""] * (len(head) - 4), r.note]
+            lines.append("| " + " | ".join(cells) + " |")
             continue
         sock = sum(r.socket_errors.values()) if r.socket_errors else None
         rss = f"{_fmt(r.rss_before_mib, '.1f')}→{_fmt(r.rss_after_mib, '.1f')}"
         rps = _fmt(r.rps)
         if r.rps_runs and len(r.rps_runs) > 1:
             rps += f" ({min(r.rps_runs):,.0f}–{max(r.rps_runs):,.0f})"
-        ratio = ratios.get(r.scenario, {}).get(r.target)
-        rr = f"{ratio['rps']:.2f}×" if ratio else ("—" if r.target == "fake" else "n/a")
-        rp = f"{ratio['p99']:.2f}×" if ratio and ratio["p99"] else ("—" if r.target == "fake" else "n/a")
-        lines.append(
-            f"| {label} | {scen} | {rps} | {_fmt(r.p50_ms, '.2f')} | {_fmt(r.p99_ms, '.2f')} "
-            f"| {_fmt(r.non_2xx, 'd')} | {_fmt(r.bad_code, 'd')} | {_fmt(sock, 'd')} "
-            f"| {_fmt(r.server_cpu_s, '.1f')} | {_fmt(r.req_per_cpu_s)} | {rss} | {rr} | {rp} | {r.note} |")
+        cells = [label, scen, rps, _fmt(r.p50_ms, '.2f'), _fmt(r.p99_ms, '.2f'),
+                 _fmt(r.non_2xx, 'd'), _fmt(r.bad_code, 'd'), _fmt(sock, 'd'),
+                 _fmt(r.server_cpu_s, '.1f'), _fmt(r.req_per_cpu_s), rss,
+                 *(_ratio_cell(ratios, r, v) for v in variants), r.note]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "non-2xx = responses with HTTP status >= 400 (wrk's count); code≠200 = 2xx responses "
         "whose JSON envelope `code` is not 200 (kie.ai reports errors as HTTP 200 + code); "
         "socket errors = connect+read+write+timeout. server CPU s = user+sys CPU time of the "
         "server's process tree during the measured run; req/CPU-s = requests / that (less "
-        "sensitive than req/s to other load on the machine). fake÷peer req/s > 1 means the fake is faster; "
-        "fake÷peer p99 < 1 means the fake has the lower tail latency. RSS is the whole "
-        "server process tree (VmRSS) just before and just after the measured run.",
+        "sensitive than req/s to other load on the machine). RSS is the whole "
+        "server process tree (VmRSS) just before and just after the measured run. "
+        "Column \"V÷peer req/s, p99\", on a peer's row: fake variant V's req/s ÷ the peer's "
+        "req/s (> 1: V is faster), then V's p99 ÷ the peer's p99 (< 1: V has the lower tail "
+        "latency), same scenario; — on the fake rows, n/a where either side was not measured.",
         "",
     ]
     return "\n".join(lines)
@@ -927,8 +1045,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python bench/run.py",
         description="Benchmark kie-mock against Prism and WireMock with wrk on loopback.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--only", type=_csv(ALL_TARGETS), default=list(ALL_TARGETS),
-                   help="comma list of targets: fake,prism,wiremock")
+    p.add_argument("--only", type=_csv((FAKE_ALIAS, *ALL_TARGETS)), default=[FAKE_ALIAS, *PEERS],
+                   help=f"comma list of targets: {','.join(ALL_TARGETS)}, or {FAKE_ALIAS} "
+                        f"(= every fake variant; {CUSTOM_FAKE} only with --fake-cmd)")
     p.add_argument("--scenarios", type=_csv(ALL_SCENARIOS), default=list(ALL_SCENARIOS),
                    help="comma list of scenarios: post,get")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
@@ -940,15 +1059,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wrk-timeout", type=float, default=5.0, help="wrk --timeout seconds")
     p.add_argument("--no-body-check", dest="body_check", action="store_false",
                    help="skip the Lua response() check of the envelope code (a bit less wrk overhead)")
-    p.add_argument("--fake-cmd", default=DEFAULT_FAKE_CMD,
-                   help="command for the fake; {port} {host} {python} are substituted")
-    p.add_argument("--fake-args", default="", help="extra args appended to --fake-cmd")
+    p.add_argument("--fake-cmd", default=None,
+                   help=f"defines the extra fake variant {CUSTOM_FAKE} running this command; "
+                        "{port} {host} {python} are substituted")
+    p.add_argument("--fake-args", default="", help="extra args appended to every fake variant's command")
     p.add_argument("--fake-env", action="append", default=[], metavar="K=V",
-                   help="extra environment for the fake (repeatable)")
+                   help="extra environment for every fake variant (repeatable)")
     p.add_argument("--api-key", default="kie-mock-key", help="bearer key sent with every request")
     p.add_argument("--spec", default=str(REPO_ROOT / "openapi.yaml"), help="OpenAPI document for Prism")
-    p.add_argument("--prism-no-callbacks", action="store_true",
-                   help="mock a copy of --spec without 'callbacks' (Prism fires them on every request)")
+    cb = p.add_mutually_exclusive_group()
+    cb.add_argument("--prism-no-callbacks", dest="prism_callbacks", action="store_false",
+                    help="(the default) mock a copy of --spec without 'callbacks', so that Prism, like "
+                         "the fake, is measured accepting requests, not delivering callbacks")
+    cb.add_argument("--prism-callbacks", dest="prism_callbacks", action="store_true",
+                    help="mock --spec as written: Prism fires the spec's callback on every request")
+    p.set_defaults(prism_callbacks=False)
     p.add_argument("--prism-args", default="", help="extra args for 'prism mock'")
     p.add_argument("--wiremock-threads", type=int, default=32, help="WireMock --container-threads")
     p.add_argument("--java-opts", default="-Xms256m -Xmx512m", help="JVM options for WireMock")
@@ -961,8 +1086,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``args.targets`` = the selected targets in run order."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        args.targets = resolve_targets(args.only, args.fake_cmd)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def _first_stage_delay(args) -> float | None:
+    try:
+        return float(fake_settings(args).get("KIE_MOCK_STAGE_DELAYS", "").split(",")[0])
+    except ValueError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.connections < args.threads:
         raise SystemExit("--connections must be >= --threads")
     if args.repeat < 1:
@@ -970,6 +1113,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0:
         raise SystemExit("--duration must be > 0")
     args.cache_dir = args.cache_dir.resolve()
+    per_server = len(args.scenarios) * (args.warmup + args.duration * args.repeat)
+    first = _first_stage_delay(args)
+    if any(is_fake(t) for t in args.targets) and first is not None and per_server >= first:
+        log(f"WARNING: a fake variant is loaded for about {per_server:g}s, longer than its first stage "
+            f"delay ({first:g}s): callbacks fall due (and are delivered) during the measurement")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with INT ignored
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
@@ -982,9 +1130,8 @@ def main(argv: list[str] | None = None) -> int:
         wrk = ensure_wrk(args.install)
         info = machine_info()
         info["started"] = started
-        for target in ALL_TARGETS:
-            if target in args.only:
-                bench_target(target, args, wrk, run_dir, results)
+        for target in args.targets:
+            bench_target(target, args, wrk, run_dir, results)
     except Fatal as exc:
         log(f"FATAL: {exc}")
         return 2
@@ -1007,6 +1154,10 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "results": [asdict(r) for r in results],
+            "fake_variants": {t: {"label": TARGET_LABEL[t],
+                                  "command": fake_command(t, args) + (f" {args.fake_args}" if args.fake_args else ""),
+                                  "env": fake_settings(args)}
+                              for t in args.targets if is_fake(t)},
             "ratios_fake_over_peer": ratios,
             "logs_dir": str(run_dir),
         }

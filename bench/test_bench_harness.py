@@ -76,26 +76,98 @@ def test_parse_wrk_and_fill_stats():
         run.parse_wrk("no json here")
 
 
-def test_ratios_and_markdown():
-    rs = [run.Result("fake", "post", "ok", rps=200.0, p99_ms=10.0, non_2xx=0, bad_code=0,
-                     socket_errors={"connect": 0}),
-          run.Result("prism", "post", "ok", rps=100.0, p99_ms=20.0, non_2xx=0, bad_code=0,
-                     socket_errors={"connect": 0}),
+def _ok(target, scen, rps, p99):
+    return run.Result(target, scen, "ok", rps=rps, p99_ms=p99, non_2xx=0, bad_code=0,
+                      socket_errors={"connect": 0})
+
+
+def test_ratios_per_fake_variant():
+    rs = [_ok("fake-memory", "post", 400.0, 5.0), _ok("fake-memory", "get", 900.0, 2.0),
+          _ok("fake-sqlite", "post", 200.0, 10.0),
+          run.Result("fake-sqlite", "get", "error", note="boom"),
+          run.Result("fake-sqlite-2w", "post", "unavailable", note="nope"),
+          _ok("prism", "post", 100.0, 20.0), _ok("prism", "get", 300.0, 4.0),
           run.Result("wiremock", "post", "unavailable", note="java not found on PATH")]
     ratios = run.add_ratios(rs)
-    assert ratios == {"post": {"prism": {"rps": 2.0, "p99": 0.5}}}
-    args = run.build_parser().parse_args([])
+    assert ratios == {
+        "post": {"fake-memory": {"prism": {"rps": 4.0, "p99": 0.25}},
+                 "fake-sqlite": {"prism": {"rps": 2.0, "p99": 0.5}}},
+        "get": {"fake-memory": {"prism": {"rps": 3.0, "p99": 0.5}}},
+    }
+    assert run.ratio_variants(ratios) == ["fake-memory", "fake-sqlite"]
+    # no peer measured -> no ratios (and no ratio columns)
+    assert run.add_ratios([_ok("fake-memory", "post", 1.0, 1.0)]) == {}
+
+
+def test_markdown_one_ratio_column_per_fake_variant():
+    rs = [_ok("fake-memory", "post", 400.0, 5.0), _ok("fake-sqlite", "post", 200.0, 10.0),
+          _ok("fake-memory", "get", 900.0, 2.0),
+          run.Result("fake-sqlite-2w", "post", "unavailable", note="nope"),
+          _ok("prism", "post", 100.0, 20.0), _ok("prism", "get", 300.0, 4.0),
+          run.Result("wiremock", "post", "unavailable", note="java not found on PATH")]
+    ratios = run.add_ratios(rs)
+    args = run.parse_args([])
     info = dict(run.machine_info(), started="now")
     md = run.render_markdown(rs, info, args, ratios)
-    assert "| Prism | POST upload-cover | 100 |" in md and "2.00×" in md and "0.50×" in md
-    assert "unavailable" in md and "java not found" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    header = table[0].split(" | ")
+    assert "fake-memory÷peer req/s, p99" in header and "fake-sqlite÷peer req/s, p99" in header
+    assert not any("fake-sqlite-2w÷peer" in h for h in header)  # nothing measured: no column
+    ncols = table[0].count("|")
+    assert all(line.count("|") == ncols for line in table), "every row has the header's column count"
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[1:-1]]
+            for line in table[2:]}
+    prism_post = rows[("Prism", "POST upload-cover")]
+    assert prism_post[2] == "100" and prism_post[-3:-1] == ["4.00×, 0.25×", "2.00×, 0.50×"]
+    prism_get = rows[("Prism", "GET record-info")]
+    assert prism_get[-3:-1] == ["3.00×, 0.50×", "n/a"]  # fake-sqlite has no GET row
+    assert rows[("kie-mock, memory store", "POST upload-cover")][-3:-1] == ["—", "—"]
+    assert rows[("kie-mock, SQLite, 2 workers", "POST upload-cover")][2] == "unavailable"
+    assert "java not found" in md and "600,900,1200" in md and "callbacks stripped" in md
+    md = run.render_markdown(rs[:1], info, args, {})
+    assert "600,900,1200" in md and "Prism:" not in md
 
 
 def test_cli_selectors():
-    args = run.build_parser().parse_args(["--only", "prism,wiremock", "--fake-args=--instant"])
-    assert args.only == ["prism", "wiremock"] and args.fake_args == "--instant"
+    args = run.parse_args(["--only", "prism,wiremock", "--fake-args=--instant"])
+    assert args.targets == ["prism", "wiremock"] and args.fake_args == "--instant"
     with pytest.raises(SystemExit):
-        run.build_parser().parse_args(["--only", "nginx"])
+        run.parse_args(["--only", "nginx"])
+    # default: every built-in fake variant, then the peers
+    assert run.parse_args([]).targets == ["fake-memory", "fake-sqlite", "fake-sqlite-2w",
+                                          "prism", "wiremock"]
+    # the alias, in run order whatever the order given
+    assert run.parse_args(["--only", "wiremock,fake"]).targets == [
+        "fake-memory", "fake-sqlite", "fake-sqlite-2w", "wiremock"]
+    assert run.parse_args(["--only", "fake-sqlite-2w,fake-memory"]).targets == [
+        "fake-memory", "fake-sqlite-2w"]
+    # --fake-cmd adds fake-custom to the alias; alone with --only fake-custom
+    custom = ["--fake-cmd", "{python} -m mock_server serve --port {port}"]
+    assert run.parse_args(custom + ["--only", "fake"]).targets[-1] == "fake-custom"
+    assert run.parse_args(custom + ["--only", "fake-custom"]).targets == ["fake-custom"]
+    assert "fake-custom" not in run.parse_args(custom + ["--only", "fake-memory"]).targets
+    with pytest.raises(SystemExit):  # fake-custom without --fake-cmd
+        run.parse_args(["--only", "fake-custom"])
+    # Prism runs without callbacks unless asked
+    assert run.parse_args([]).prism_callbacks is False
+    assert run.parse_args(["--prism-no-callbacks"]).prism_callbacks is False
+    assert run.parse_args(["--prism-callbacks"]).prism_callbacks is True
+    with pytest.raises(SystemExit):
+        run.parse_args(["--prism-callbacks", "--prism-no-callbacks"])
+
+
+def test_fake_variant_commands_and_env(monkeypatch):
+    args = run.parse_args(["--fake-args=--transport status", "--fake-env", "KIE_MOCK_CREDITS=5"])
+    assert run.fake_command("fake-memory", args) == "kie-mock serve --port {port} --store memory"
+    assert run.fake_command("fake-sqlite", args) == "kie-mock serve --port {port}"
+    assert run.fake_command("fake-sqlite-2w", args) == "kie-mock serve --port {port} --workers 2"
+    monkeypatch.setenv("KIE_MOCK_STORE", "memory")  # inherited: must not turn fake-sqlite into memory
+    monkeypatch.setenv("KIE_MOCK_BENCH_UNRELATED_OK", "x")
+    env = run.fake_env(args)
+    assert "KIE_MOCK_STORE" not in env and "KIE_MOCK_BENCH_UNRELATED_OK" not in env
+    assert env["KIE_MOCK_STAGE_DELAYS"] == "600,900,1200" and env["KIE_MOCK_RATE_LIMIT"] == "0"
+    assert env["KIE_MOCK_CREDITS"] == "5" and env["PATH"] == run.os.environ["PATH"]
+    assert run._first_stage_delay(args) == 600.0
 
 
 def test_spawn_ready_rss_and_kill(stub):
@@ -124,9 +196,10 @@ def test_readiness_timeout_is_clear(tmp_path):
 
 
 def test_missing_fake_is_unavailable(tmp_path):
-    args = run.build_parser().parse_args(["--fake-cmd", "no-such-kie-mock-binary --port {port}"])
-    results = run.bench_target("fake", args, "wrk", tmp_path)
+    args = run.parse_args(["--fake-cmd", "no-such-kie-mock-binary --port {port}"])
+    results = run.bench_target("fake-custom", args, "wrk", tmp_path)
     assert [r.status for r in results] == ["unavailable", "unavailable"]
+    assert all(r.target == "fake-custom" and "not found on PATH" in r.note for r in results)
 
 
 @pytest.mark.skipif(not shutil.which("wrk"), reason="wrk not installed")

@@ -1,24 +1,18 @@
-"""Running the app: `kie-mock serve [--workers N]` on a production WSGI server.
+"""Running the app: `kie-mock serve [--workers N]` on a production HTTP server.
 
-The server is granian (its WSGI interface: HTTP parsing and slow clients are handled in Rust,
-only complete requests reach the Python threads), chosen by measurement against gunicorn's
-sync and gthread workers: 2-core machine, wrk -c32 sharing the cores, POST upload-cover with
-a valid body, default sqlite store, 2 workers, medians of 2 runs:
+The server is granian: HTTP parsing, keep-alive and slow clients are handled in Rust, only
+complete requests reach Python. Chosen by measurement against gunicorn (sync and gthread
+workers) and werkzeug; the figures are in README.md ("Benchmarks") and bench/README.md.
 
-    accept path only          rps    p50     p99    server CPU/request
-    granian, 4 threads        1460   21 ms   46-265 ms  1.0 ms
-    gunicorn gthread, 4       974    33 ms   67 ms   1.4 ms
-    gunicorn sync             1514   20 ms   37 ms   1.0 ms
-    with callbacks due (stage delays 2,5,8 s; the receiver refuses)
-    granian, 4 threads        263    120 ms  230 ms
-    gunicorn gthread, 4       258    127 ms  223 ms
-    gunicorn sync             134    259 ms  721 ms
-
-gunicorn's sync worker matches granian on the accept path, but one slow client or one
-injected latency holds a whole worker, and it falls behind once callbacks run beside the
-requests. One worker on the memory store: granian 4,700 rps (p99 18 ms); the former werkzeug
-server 1,100. `KIE_MOCK_HTTP_SERVER=gunicorn-gthread|gunicorn-sync|werkzeug` picks another
-server (comparisons, or where granian's wheel is missing); `KIE_MOCK_HTTP_THREADS` the threads.
+It runs the fake on granian's RSGI interface (rsgi.py) with uvloop: the three API endpoints
+run on each worker's event loop, anything that may wait (an injected latency, the uploadUrl
+check, the control API, files) in a thread pool. Measured on 2 cores with wrk sharing them,
+POST upload-cover, memory store, no callback due: RSGI + uvloop 11,000 req/s (p99 6 ms);
+granian's WSGI interface 10,900 with one thread (but then one slow request stalls every
+client), 7,900 with two threads and 5,500 with four (the threads fight over the GIL); RSGI on
+plain asyncio 7,400. `KIE_MOCK_HTTP_INTERFACE=wsgi` selects the WSGI interface
+(`KIE_MOCK_HTTP_THREADS` threads per worker, default 4); `KIE_MOCK_HTTP_SERVER=gunicorn-gthread|
+gunicorn-sync|werkzeug` another server (comparisons, or where granian's wheel is missing).
 
 Workers are processes: each one builds its own app (and so its own scheduler thread and
 store connections) AFTER the fork, from the factory `worker_app`. With more than one worker

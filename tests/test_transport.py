@@ -124,14 +124,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    """`kie-mock serve` on a free loopback port. The clock is virtual so no callback ever fires
-    (nothing leaves the machine); no rate limit, so the cases do not depend on their order."""
+@pytest.fixture(scope="module", params=["rsgi", "wsgi"])
+def server(request):
+    """`kie-mock serve` on a free loopback port, on each of granian's interfaces the fake can use
+    (rsgi, the default; wsgi). The clock is virtual so no callback ever fires (nothing leaves the
+    machine); no rate limit, so the cases do not depend on their order."""
     port = _free_port()
     exe = shutil.which("kie-mock")
     cmd = [exe] if exe else [sys.executable, "-m", "mock_server"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
+    env["KIE_MOCK_HTTP_INTERFACE"] = request.param
     proc = subprocess.Popen([*cmd, "serve", "--port", str(port), "--clock", "virtual", "--rate-limit", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -277,3 +279,28 @@ def test_real_server_survives_protocol_garbage(server, garbage):
     assert not reply.startswith(b"HTTP/1.1 500") and not reply.startswith(b"HTTP/1.0 500"), reply[:200]
     status, headers, payload = raw(server, request_bytes("GET", "/api/v1/chat/credit"))
     assert envelope_of(status, headers, payload)["code"] == 200
+
+
+def test_real_server_a_slow_request_does_not_hold_up_the_others(server):
+    """An injected latency waits in a thread: requests of other clients are answered meanwhile."""
+    import threading
+
+    slow: dict = {}
+
+    def slow_request():
+        started = time.monotonic()
+        slow["answer"] = raw(server, request_bytes("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=1.5"}))
+        slow["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.2)
+    took = []
+    for _ in range(5):
+        started = time.monotonic()
+        env = envelope_of(*raw(server, request_bytes("GET", "/api/v1/chat/credit")))
+        took.append(time.monotonic() - started)
+        assert env["code"] == 200
+    thread.join()
+    assert envelope_of(*slow["answer"])["code"] == 200 and slow["took"] >= 1.5
+    assert max(took) < 1.0, took  # answered while the slow one was still waiting
