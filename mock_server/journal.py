@@ -1,21 +1,21 @@
 """The request journal, written behind the requests: each API request adds one entry to a
-buffer in memory, and a background thread appends the buffer to the store in one write every
-FLUSH_EVERY seconds. A request never waits for the journal; on a shared store that is one
-write transaction less per request.
+buffer in memory, appended to the store in one write by the process's scheduler thread on each
+of its rounds (every 20-50 ms), or by the request that fills the buffer to FLUSH_AT entries.
+A request almost never waits for the journal; on a shared store that is one write transaction
+less per request.
 
 Reads in this process flush first, so they see every request this process answered; entries
-of other worker processes appear within FLUSH_EVERY. The buffer is bounded (the journal keeps
-the newest `limit` entries anyway); a crash loses at most the last FLUSH_EVERY of entries
+of other worker processes appear within one scheduler round. The buffer is bounded (the
+journal keeps the newest `limit` entries anyway); a crash loses at most the unflushed entries
 (the journal is a diagnostic record: tasks, credits and callbacks are never buffered).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 
-FLUSH_EVERY = 0.05
+FLUSH_AT = 256
 JOURNAL = "requests"
 
 
@@ -24,30 +24,13 @@ class RequestJournal:
         self.store, self.limit = store, limit
         self._buf: deque = deque(maxlen=max(limit, 1))
         self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._pid = None  # the process whose flusher thread runs
 
     def add(self, entry: dict) -> None:
         self._buf.append(entry)
-        if self._pid != os.getpid():
-            self._start()
-
-    def _start(self) -> None:
-        with self._flush_lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._wake = threading.Event()
-            threading.Thread(target=self._loop, name="kie-mock-journal", daemon=True).start()
-
-    def _loop(self) -> None:
-        pid = self._pid
-        while not self._closed and os.getpid() == pid:
-            self._wake.wait(FLUSH_EVERY)
+        if len(self._buf) >= FLUSH_AT:
             try:
                 self.flush()
-            except Exception:  # a store hiccup: keep the entries for the next round
+            except Exception:  # a store hiccup: the entries stay for the next flush
                 pass
 
     def flush(self) -> None:
@@ -72,10 +55,3 @@ class RequestJournal:
     def read(self, limit: int = 100, **match) -> list[dict]:
         self.flush()
         return self.store.read_log(JOURNAL, limit, **match)
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            self._wake.set()

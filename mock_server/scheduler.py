@@ -43,6 +43,7 @@ class Scheduler:
         self._last_purge = 0.0
         self._busy = 0  # jobs handed to the pool and not finished
         self._busy_lock = threading.Lock()
+        self.each_round: list = []  # callables run on every round of the loop (journal flushes)
         if getattr(clock, "virtual", False):
             clock.listeners.append(self)
 
@@ -138,6 +139,8 @@ class Scheduler:
                     with self._busy_lock:
                         self._busy += 1
                     self._pool.submit(self._run_pooled, job)
+                for work in self.each_round:
+                    work()
                 if now - self._last_purge > PURGE_EVERY:
                     self._last_purge = now
                     self.store.purge_tasks(now)

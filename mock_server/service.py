@@ -38,6 +38,7 @@ class Service:
                                    poll_interval=0.05 if cfg.store == "memory" else 0.02)
         self.source_checker = source_checker
         self.journal = RequestJournal(self.store, cfg.journal_limit)  # received API requests
+        self.scheduler.each_round.append(self.journal.flush)
         self.startup: dict | None = None  # the scenario file's content, re-applied by reset()
         self.seed_accounts()
 
