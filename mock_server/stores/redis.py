@@ -43,13 +43,36 @@ def _num(value) -> float | None:
     return None if value is None or value == b"" else float(value)
 
 
-_CHARGE = """
-local c = redis.call('HGET', KEYS[1], ARGV[1])
-if not c then return false end
-local amount = tonumber(ARGV[2])
-if tonumber(c) < amount then return false end
-return redis.call('HINCRBY', KEYS[1], ARGV[1], -amount)
+# Lua pieces the scripts below share (each script is sent whole: Redis runs one script atomically).
+_LUA_CHARGE = """
+local function charge(k_credits, key, amount)
+  local c = redis.call('HGET', k_credits, key)
+  if not c then return false end
+  amount = tonumber(amount)
+  if tonumber(c) < amount then return false end
+  return redis.call('HINCRBY', k_credits, key, -amount)
+end
 """
+_LUA_PUT_TASK = """
+local function put_task(k_task, k_tasks, k_exp, k_seq, id, expires, first)
+  redis.call('DEL', k_task)
+  redis.call('HSET', k_task, unpack(ARGV, first))
+  if not redis.call('ZSCORE', k_tasks, id) then
+    redis.call('ZADD', k_tasks, redis.call('INCR', k_seq), id)
+  end
+  if expires ~= '' then redis.call('ZADD', k_exp, expires, id) else redis.call('ZREM', k_exp, id) end
+end
+"""
+_LUA_ADD_JOB = """
+local function add_job(k_job, k_due, k_taskjobs, id, due, task_id, data)
+  redis.call('DEL', k_job)
+  redis.call('HSET', k_job, 'data', data, 'due', due, 'task', task_id)
+  redis.call('ZADD', k_due, due, id)
+  redis.call('SADD', k_taskjobs, id)
+end
+"""
+
+_CHARGE = _LUA_CHARGE + "return charge(KEYS[1], ARGV[1], ARGV[2])"
 
 _REFUND = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return false end
@@ -80,35 +103,19 @@ return redis.call('HGETALL', KEYS[1])
 
 # KEYS[1] task hash, KEYS[2] tasks, KEYS[3] tasks:exp, KEYS[4] task sequence;
 # ARGV id, expires_at ('' = none), field1, json1, ...
-_PUT_TASK = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), ARGV[1])
-end
-if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1]) else redis.call('ZREM', KEYS[3], ARGV[1]) end
+_PUT_TASK = _LUA_PUT_TASK + """
+put_task(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], 3)
 return 1
 """
 
 # charge + put_task + add_job in one step. KEYS credits hash, task hash, tasks, tasks:exp, task
 # sequence, job hash, due zset, task's job set; ARGV key, amount, job id, job due, job data,
 # task id, expires_at ('' = none), field1, json1, ...
-_ACCEPT = """
-local c = redis.call('HGET', KEYS[1], ARGV[1])
-if not c then return false end
-local amount = tonumber(ARGV[2])
-if tonumber(c) < amount then return false end
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -amount)
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
-if not redis.call('ZSCORE', KEYS[3], ARGV[6]) then
-  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), ARGV[6])
-end
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6]) else redis.call('ZREM', KEYS[4], ARGV[6]) end
-redis.call('DEL', KEYS[6])
-redis.call('HSET', KEYS[6], 'data', ARGV[5], 'due', ARGV[4], 'task', ARGV[6])
-redis.call('ZADD', KEYS[7], ARGV[4], ARGV[3])
-redis.call('SADD', KEYS[8], ARGV[3])
+_ACCEPT = _LUA_CHARGE + _LUA_PUT_TASK + _LUA_ADD_JOB + """
+local left = charge(KEYS[1], ARGV[1], ARGV[2])
+if not left then return false end
+put_task(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[6], ARGV[7], 8)
+add_job(KEYS[6], KEYS[7], KEYS[8], ARGV[3], ARGV[4], ARGV[6], ARGV[5])
 return left
 """
 
@@ -125,11 +132,8 @@ return #ids
 """
 
 # KEYS[1] job hash, KEYS[2] due zset, KEYS[3] task's job set; ARGV id, due, task id, data
-_ADD_JOB = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'data', ARGV[4], 'due', ARGV[2], 'task', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
+_ADD_JOB = _LUA_ADD_JOB + """
+add_job(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -205,7 +209,7 @@ return false
 """
 
 _SCRIPTS = {name[1:].lower(): src for name, src in globals().copy().items()
-            if name.startswith("_") and name.isupper() and isinstance(src, str)}
+            if name.startswith("_") and not name.startswith("_LUA_") and name.isupper() and isinstance(src, str)}
 
 
 def _fault_key(fault: dict) -> str:
