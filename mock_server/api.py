@@ -23,7 +23,7 @@ from werkzeug.wsgi import get_input_stream
 from . import faults
 from .envelope import http_status
 from .rules import Rejection
-from .service import Accepted, Service, mask_key
+from .service import Accepted, CoverDraft, Service, mask_key
 
 bp = Blueprint("api", __name__)
 
@@ -54,7 +54,7 @@ class ApiRequest:
         self.environ = environ
         self.method, self.path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
         self.key_masked: str | None = None
-        self.settings: dict | None = None  # read once by the prelude
+        self.view = None  # what the prelude read of the store (service.RequestView)
 
     def header(self, name: str) -> str | None:
         return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
@@ -127,22 +127,52 @@ def _prelude(svc: Service, req: ApiRequest):
         prefer = faults.Prefer.parse(req.header("Prefer"))
     except faults.PreferError as exc:
         return reject(svc, Rejection(422, str(exc), "Prefer", "prefer"))
-    key, rej = svc.authenticate(req.header("Authorization"))
+    key, view, rej = svc.authenticate(req.header("Authorization"))
     if rej is None:
-        settings = req.settings = svc.settings()
-        delay = faults.latency_for(settings, prefer)
+        req.view = view
+        delay = faults.latency_for(view.settings, prefer)
         if delay:
             if req.inline:
                 raise MustBlock
             time.sleep(delay)
-        rej = svc.gate(key, prefer, settings)
+        rej = svc.gate(key, prefer, view.settings, view.armed)
     req.key_masked = mask_key(key)
     if rej is not None:
         return reject(svc, rej)
     return key, prefer
 
 
-def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse:
+class PendingCover:
+    """An upload-cover that passed every check and waits for its store write (`store.accept`):
+    `settle` turns the store's answer into the response. The caller makes the write, alone
+    (`handle`) or batched with others (the event-loop server)."""
+
+    __slots__ = ("svc", "draft")
+
+    def __init__(self, svc: Service, draft: CoverDraft):
+        self.svc, self.draft = svc, draft
+
+    def settle(self, balance: int | None) -> ApiResponse:
+        try:
+            result = self.svc.settle_cover(self.draft, balance)
+        except Exception as exc:
+            return bug(exc)
+        if isinstance(result, Accepted):
+            resp = success({"taskId": result.task_id})
+            resp.task_id = result.task_id
+            return resp
+        return reject(self.svc, result)
+
+    def failed(self, exc: BaseException) -> ApiResponse:
+        """The store write raised: nothing was stored."""
+        try:
+            self.svc.abandon_cover(self.draft)
+        except Exception:
+            traceback.print_exc()
+        return bug(exc)
+
+
+def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse | PendingCover:
     """Submit a cover task."""
     pre = _prelude(svc, req)
     if isinstance(pre, ApiResponse):
@@ -151,13 +181,11 @@ def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse:
     body = req.json_body(svc.cfg.max_body_bytes)
     if isinstance(body, Rejection):
         return reject(svc, body)
-    result = svc.upload_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
-                              req.settings)
-    if isinstance(result, Accepted):
-        resp = success({"taskId": result.task_id})
-        resp.task_id = result.task_id
-        return resp
-    return reject(svc, result)
+    draft = svc.draft_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
+                            req.view.settings, req.view.armed)
+    if isinstance(draft, Rejection):
+        return reject(svc, draft)
+    return PendingCover(svc, draft)
 
 
 def record_info(svc: Service, req: ApiRequest) -> ApiResponse:
@@ -166,7 +194,7 @@ def record_info(svc: Service, req: ApiRequest) -> ApiResponse:
     if isinstance(pre, ApiResponse):
         return pre
     key, _ = pre
-    result = svc.record_info(key, req.query("taskId"))
+    result = svc.record_info(key, req.query("taskId"), req.view.settings)
     return reject(svc, result) if isinstance(result, Rejection) else success(result)
 
 
@@ -175,8 +203,7 @@ def credit(svc: Service, req: ApiRequest) -> ApiResponse:
     pre = _prelude(svc, req)
     if isinstance(pre, ApiResponse):
         return pre
-    key, _ = pre
-    return success(svc.credit(key))
+    return success(req.view.account["credits"])
 
 
 ROUTES = {
@@ -186,21 +213,43 @@ ROUTES = {
 }
 
 
-def handle(svc: Service, handler, req: ApiRequest) -> ApiResponse:
-    """Run one handler; journal the request; a bug still answers an envelope (500), never a crash."""
+def bug(exc: BaseException) -> ApiResponse:
+    """A bug of the fake: still an envelope (500), and the traceback in the log."""
+    traceback.print_exception(exc)
+    return ApiResponse(500, orjson.dumps({"code": 500, "msg": f"Internal Error (kie-mock bug): "
+                                                  f"{type(exc).__name__}", "data": None}), 500)
+
+
+def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
+    """Run one handler: its response, or a cover waiting for its store write."""
     try:
-        resp = handler(svc, req)
+        return handler(svc, req)
     except MustBlock:
         raise
     except Exception as exc:
-        traceback.print_exc()
-        resp = ApiResponse(500, orjson.dumps({"code": 500, "msg": f"Internal Error (kie-mock bug): "
-                                                      f"{type(exc).__name__}", "data": None}), 500)
+        return bug(exc)
+
+
+def finish(svc: Service, req: ApiRequest, resp: ApiResponse) -> ApiResponse:
+    """Journal the answered request."""
     svc.journal.add({
         "at": svc.clock.now(), "method": req.method, "path": req.path,
         "key": req.key_masked, "http_status": resp.status, "code": resp.code, "task_id": resp.task_id,
     })
     return resp
+
+
+def handle(svc: Service, handler, req: ApiRequest) -> ApiResponse:
+    """Run one handler, its store write included; journal the request. Never raises (but MustBlock)."""
+    resp = start(svc, handler, req)
+    if isinstance(resp, PendingCover):
+        try:
+            balance = svc.store.accept(*resp.draft.accept_args())
+        except Exception as exc:
+            resp = resp.failed(exc)
+        else:
+            resp = resp.settle(balance)
+    return finish(svc, req, resp)
 
 
 class FastPath:

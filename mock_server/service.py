@@ -28,6 +28,28 @@ class Accepted:
     task_id: str
 
 
+@dataclass(frozen=True)
+class RequestView:
+    """What an API request reads of the store before its own rules (`Store.prelude`)."""
+    account: dict
+    settings: dict
+    armed: frozenset  # fault kinds armed for the key or for everyone: only those are worth taking
+
+
+@dataclass(frozen=True)
+class CoverDraft:
+    """A cover that passed every check, not stored yet (see `Service.draft_cover`)."""
+    key: str
+    cost: int
+    task: dict
+    job: dict
+    token: str | None  # its slot in the rate window, given back if the store refuses it
+    fault: dict | None  # the armed scenario it used, given back likewise
+
+    def accept_args(self) -> tuple:
+        return self.key, self.cost, self.task, self.job
+
+
 class Service:
     def __init__(self, cfg: Config, store: Store | None = None, clock=None, deliver=None,
                  source_checker=None):
@@ -60,7 +82,10 @@ class Service:
 
     # -- settings that may change at run time (shared through the store) -----------------------
     def settings(self) -> dict:
-        s = self.store.get_settings()
+        return self._settings(self.store.get_settings())
+
+    def _settings(self, s: dict) -> dict:
+        """The stored settings over the configured defaults."""
         return {
             "rate_limit": s.get("rate_limit", self.cfg.rate_limit),
             "rate_window": s.get("rate_window", self.cfg.rate_window),
@@ -73,25 +98,30 @@ class Service:
         }
 
     # -- verbs ---------------------------------------------------------------------------------------
-    def authenticate(self, authorization: str | None) -> tuple[str | None, Rejection | None]:
+    def authenticate(self, authorization: str | None) -> tuple[str | None, RequestView | None, Rejection | None]:
+        """(key, what the request reads of the store, None) or (None, None, why it is refused).
+        The view (the key's account, the settings, the armed fault kinds) is one store read."""
         if not authorization:
-            return None, Rejection(401, "You do not have access permissions: missing Authorization header "
-                                        "(expected 'Authorization: Bearer <API key>')", "Authorization", "auth")
+            return None, None, Rejection(401, "You do not have access permissions: missing Authorization header "
+                                              "(expected 'Authorization: Bearer <API key>')", "Authorization", "auth")
         scheme, _, key = authorization.strip().partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
-            return None, Rejection(401, "You do not have access permissions: malformed Authorization header "
-                                        "(expected 'Bearer <API key>')", "Authorization", "auth")
-        if self.store.get_account(key) is None:
-            return None, Rejection(401, "You do not have access permissions: unknown API key", "Authorization", "auth")
-        return key, None
+            return None, None, Rejection(401, "You do not have access permissions: malformed Authorization header "
+                                              "(expected 'Bearer <API key>')", "Authorization", "auth")
+        account, settings, armed = self.store.prelude(key)
+        if account is None:
+            return None, None, Rejection(401, "You do not have access permissions: unknown API key",
+                                         "Authorization", "auth")
+        return key, RequestView(account, self._settings(settings), armed), None
 
-    def gate(self, key: str, prefer: faults.Prefer, settings: dict) -> Rejection | None:
-        """What stops any authenticated request before its own rules: maintenance, forced codes."""
+    def gate(self, key: str, prefer: faults.Prefer, settings: dict, armed: frozenset | None = None) -> Rejection | None:
+        """What stops any authenticated request before its own rules: maintenance, forced codes.
+        `armed`: the fault kinds armed for the key when the request's prelude looked (None: unknown)."""
         if faults.maintenance_on(settings, self.clock.now()):
             return Rejection(455, faults.MESSAGES[455], None, "maintenance")
         code, msg = prefer.code, None
-        if code is None:
+        if code is None and (armed is None or "code" in armed):
             fault = self.store.take_fault(key, "code")
             code, msg = (fault["code"], fault.get("msg")) if fault else (None, None)
         if code is not None:  # a forced 429 looks like a real one: Retry-After included
@@ -102,6 +132,16 @@ class Service:
     def upload_cover(self, key: str, body, base_url: str, prefer: faults.Prefer,
                      settings: dict | None = None) -> Accepted | Rejection:
         """`settings`: those the request's prelude already read (one store read per request)."""
+        draft = self.draft_cover(key, body, base_url, prefer, settings)
+        if isinstance(draft, Rejection):
+            return draft
+        return self.settle_cover(draft, self.store.accept(*draft.accept_args()))
+
+    def draft_cover(self, key: str, body, base_url: str, prefer: faults.Prefer, settings: dict | None = None,
+                    armed: frozenset | None = None) -> CoverDraft | Rejection:
+        """Every check of a new cover, and the task it makes, short of storing it: the caller hands
+        `draft.accept_args()` to `store.accept` (alone, or batched with others) and its answer to
+        `settle_cover`. `armed`: the fault kinds the request's prelude saw armed (None: unknown)."""
         settings = settings or self.settings()
         now = self.clock.now()
         limit = settings["rate_limit"]
@@ -113,28 +153,37 @@ class Service:
                                       f"per account; retry after {retry_after:.1f} s", None, "rate",
                                  retry_after=max(1, int(retry_after + 0.999)))
         verdict = check_upload_cover(body) or self._check_source(body)
-        if verdict is None:
-            scenario, fault = prefer.scenario, None
-            if scenario is None:
-                fault = self.store.take_fault(key, "scenario")
-                scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
-                    else Scenario.parse(settings["default_scenario"])
-            cost = settings["cover_cost"]
-            task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
-            job = self.scheduler.first_job(task)
-            # charged, stored and scheduled in one step: never a charge without its task
-            if self.store.accept(key, cost, task, job) is None:
-                balance = (self.store.get_account(key) or {}).get("credits", 0)
-                verdict = Rejection(402, f"Insufficient credits: a cover costs {cost} credits, "
-                                         f"the balance is {balance}", None, "credits")
-                if fault:  # the armed scenario is for the next task actually created: give its use back
-                    self.store.arm_fault(dict(fault, count=1))
         if verdict is not None:
             if token:
                 self.store.rate_release("cover:" + key, token)
             return verdict
-        self.scheduler.added(job)
-        return Accepted(task["taskId"])
+        scenario, fault = prefer.scenario, None
+        if scenario is None:
+            if armed is None or "scenario" in armed:
+                fault = self.store.take_fault(key, "scenario")
+            scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
+                else Scenario.parse(settings["default_scenario"])
+        cost = settings["cover_cost"]
+        task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
+        return CoverDraft(key, cost, task, self.scheduler.first_job(task), token, fault)
+
+    def settle_cover(self, draft: CoverDraft, balance: int | None) -> Accepted | Rejection:
+        """After `store.accept` answered for the draft: the new balance, or None when it charged nothing."""
+        if balance is not None:
+            self.scheduler.added(draft.job)
+            return Accepted(draft.task["taskId"])
+        if draft.fault:  # the armed scenario is for the next task actually created: give its use back
+            self.store.arm_fault(dict(draft.fault, count=1))
+        if draft.token:
+            self.store.rate_release("cover:" + draft.key, draft.token)
+        held = (self.store.get_account(draft.key) or {}).get("credits", 0)
+        return Rejection(402, f"Insufficient credits: a cover costs {draft.cost} credits, "
+                              f"the balance is {held}", None, "credits")
+
+    def abandon_cover(self, draft: CoverDraft) -> None:
+        """`store.accept` failed (raised) for the draft: nothing was stored; give back its rate slot."""
+        if draft.token:
+            self.store.rate_release("cover:" + draft.key, draft.token)
 
     def _check_source(self, body: dict) -> Rejection | None:
         if not self.cfg.source_check or self.source_checker is None:
@@ -148,13 +197,13 @@ class Service:
             return None
         return task
 
-    def record_info(self, key: str, task_id: str | None) -> dict | Rejection:
+    def record_info(self, key: str, task_id: str | None, settings: dict | None = None) -> dict | Rejection:
         if not task_id:
             return Rejection(422, "Please enter taskId (query parameter)", "taskId", "required")
         task = self.live_task(task_id)
         if task is None or task["key"] != key:  # another account's task is as unknown as none
             return Rejection(422, "recordInfo is null", "taskId", "unknown")
-        per_second = self.settings()["record_info_per_second"]
+        per_second = (settings or self.settings())["record_info_per_second"]
         if per_second:
             ok, retry_after, _ = self.store.rate_acquire("poll:" + task_id, self.clock.now(), per_second, 1.0)
             if not ok:

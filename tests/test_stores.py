@@ -107,6 +107,7 @@ def test_charge_and_refund(store):
     assert store.get_account("a")["credits"] == 6
     assert store.charge("a", 6) == 0
     assert store.charge("a", 1) is None
+    assert store.charge("a", 0) == 0  # a free cover (cover_cost 0) fits an empty balance
     assert store.refund("a", 12) == 12
     assert store.charge("nobody", 1) is None
     assert store.refund("nobody", 1) is None
@@ -126,6 +127,40 @@ def test_accept_charges_stores_and_schedules_together_or_not_at_all(store):
     assert store.get_task("t4") is None
     assert [t["taskId"] for t in store.list_tasks()] == ["t2", "t1"]
     assert [j["id"] for j in store.claim_due(10.0, "w", 30.0)] == ["j1", "j2"]
+
+
+def test_accept_many_answers_each_item_on_its_own(store):
+    store.put_account("a", 24)
+    bad = task("t4", key="a", unserializable={1, 2})  # JSON has no sets: storing it raises
+    out = store.accept_many([
+        ("a", 12, task("t1", key="a"), job("j1", "t1")),
+        ("a", 12, task("t2", key="a"), job("j2", "t2")),  # at the balance
+        ("a", 1, task("t3", key="a"), job("j3", "t3")),  # one above
+        ("a", 0, bad, job("j4", "t4")),
+        ("nobody", 0, task("t5", key="nobody"), job("j5", "t5")),
+        ("a", 0, task("t6", key="a"), job("j6", "t6")),  # free: still fits at 0
+    ])
+    assert out[:3] == [12, 0, None] and isinstance(out[3], Exception) and out[4:] == [None, 0]
+    assert [t["taskId"] for t in store.list_tasks()] == ["t6", "t2", "t1"]
+    assert sorted(j["id"] for j in store.list_jobs()) == ["j1", "j2", "j6"]
+    assert store.get_account("a")["credits"] == 0
+    assert store.accept_many([]) == []
+
+
+def test_prelude_reads_account_settings_and_armed_fault_kinds(store):
+    assert store.prelude("a") == (None, {}, frozenset())
+    store.put_account("a", 7, "hk")
+    store.put_account("b", 1)
+    assert store.prelude("a") == ({"key": "a", "credits": 7, "hmac_key": "hk"}, {}, frozenset())
+    store.update_settings({"maintenance": True, "latency": {"ms": 5}})
+    store.arm_fault({"id": "f1", "kind": "code", "key": "*", "count": 1, "code": 500})
+    store.arm_fault({"id": "f2", "kind": "scenario", "key": "b", "count": 2, "scenario": "late-failure"})
+    account, settings, armed = store.prelude("a")
+    assert settings == {"maintenance": True, "latency": {"ms": 5}}
+    assert armed == {"code"}  # b's scenario is not a's
+    assert store.prelude("b")[2] == {"code", "scenario"}
+    store.take_fault("a", "code")
+    assert store.prelude("a")[2] == frozenset() and store.prelude("b")[2] == {"scenario"}
 
 
 # -- rate windows -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ code), and a handful of wire-level cases against a real `kie-mock serve` process
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -124,17 +125,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module", params=["rsgi", "wsgi"])
-def server(request):
-    """`kie-mock serve` on a free loopback port, on each of granian's interfaces the fake can use
-    (rsgi, the default; wsgi). The clock is virtual so no callback ever fires (nothing leaves the
-    machine); no rate limit, so the cases do not depend on their order."""
+@contextlib.contextmanager
+def serving(*args: str, interface: str = "rsgi"):
+    """`kie-mock serve ARGS` on a free loopback port, on one of granian's interfaces; its port."""
     port = _free_port()
     exe = shutil.which("kie-mock")
     cmd = [exe] if exe else [sys.executable, "-m", "mock_server"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
-    env["KIE_MOCK_HTTP_INTERFACE"] = request.param
-    proc = subprocess.Popen([*cmd, "serve", "--port", str(port), "--clock", "virtual", "--rate-limit", "0"],
+    env["KIE_MOCK_HTTP_INTERFACE"] = interface
+    proc = subprocess.Popen([*cmd, "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
@@ -146,16 +145,28 @@ def server(request):
                 proc.kill()
                 pytest.fail(f"kie-mock serve did not start: {proc.stdout.read().decode(errors='replace')}")
             time.sleep(0.1)
-    yield port
-    # SIGTERM to the server (what a supervisor sends); if it is still there, the whole group it started.
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail("kie-mock serve did not stop within 10 s of SIGTERM")
-    proc.stdout.close()
+        yield port
+    finally:
+        # SIGTERM to the server (what a supervisor sends); if it is still there, the whole group it started.
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail("kie-mock serve did not stop within 10 s of SIGTERM")
+        finally:
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module", params=["rsgi", "wsgi"])
+def server(request):
+    """`kie-mock serve` on each of granian's interfaces the fake can use (rsgi, the default; wsgi).
+    The clock is virtual so no callback ever fires (nothing leaves the machine); no rate limit,
+    so the cases do not depend on their order."""
+    with serving("--clock", "virtual", "--rate-limit", "0", interface=request.param) as port:
+        yield port
 
 
 def raw(port: int, data: bytes, method: str = "POST", timeout: float = 10.0) -> tuple[int, dict, bytes]:
@@ -304,3 +315,35 @@ def test_real_server_a_slow_request_does_not_hold_up_the_others(server):
     thread.join()
     assert envelope_of(*slow["answer"])["code"] == 200 and slow["took"] >= 1.5
     assert max(took) < 1.0, took  # answered while the slow one was still waiting
+
+
+@pytest.mark.parametrize("interface", ["rsgi", "wsgi"])
+def test_real_server_concurrent_covers_take_exactly_the_credits(interface):
+    """40 clients at once, credits for 10 covers: the writes the server batches (one transaction
+    for the covers that arrive together) still charge each cover on its own: exactly 10 are
+    accepted, each stored with its own taskId, the other 30 refused with 402, the balance 0."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = "batch-key-0123"
+    auth = {"Authorization": f"Bearer {key}"}
+    with serving("--clock", "virtual", "--rate-limit", "0", "--api-keys", f"{key}:120",
+                 interface=interface) as port:
+        start = threading.Barrier(40)
+
+        def submit(_):
+            start.wait()
+            payload = orjson.dumps(LOOPBACK_BODY)
+            return envelope_of(*raw(port, request_bytes("POST", URL, payload, auth)))
+
+        with ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(submit, range(40)))
+        codes = sorted(a["code"] for a in answers)
+        assert codes == [200] * 10 + [402] * 30
+        task_ids = {a["data"]["taskId"] for a in answers if a["code"] == 200}
+        assert len(task_ids) == 10
+        for task_id in task_ids:
+            got = envelope_of(*raw(port, request_bytes("GET", f"/api/v1/generate/record-info?taskId={task_id}",
+                                                       headers=auth)))
+            assert got["code"] == 200 and got["data"]["taskId"] == task_id
+        assert envelope_of(*raw(port, request_bytes("GET", "/api/v1/chat/credit", headers=auth)))["data"] == 0

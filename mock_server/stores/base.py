@@ -15,6 +15,16 @@ from abc import ABC, abstractmethod
 
 
 class Store(ABC):
+    # -- what every API request reads first -------------------------------------
+    def prelude(self, key: str) -> tuple[dict | None, dict, frozenset]:
+        """(the key's account or None, the settings, the kinds of fault armed for the key or for
+        everyone): one read where the backend allows it."""
+        account = self.get_account(key)
+        if account is None:
+            return None, {}, frozenset()
+        armed = frozenset(f.get("kind") for f in self.list_faults() if f.get("key", "*") in ("*", key))
+        return account, self.get_settings(), armed
+
     # -- accounts (per API key) -------------------------------------------------
     @abstractmethod
     def put_account(self, key: str, credits: int, hmac_key: str | None = None) -> None: ...
@@ -60,6 +70,17 @@ class Store(ABC):
         """Take `cost` credits from `key` and, only if the balance allows it, store `task` and add
         `job` (its first scheduled job), in one atomic step: the new balance, or None (nothing
         done) when short. A crash never leaves a charge without its task or a task without its job."""
+
+    def accept_many(self, items: list[tuple]) -> list:
+        """`accept` for each (key, cost, task, job), in order, each atomic on its own (backends
+        write them together): per item its result, or the exception it raised."""
+        out = []
+        for item in items:
+            try:
+                out.append(self.accept(*item))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     @abstractmethod
     def list_tasks(self, key: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:

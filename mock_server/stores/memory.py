@@ -45,6 +45,15 @@ class MemoryStore(Store):
             self._faults: list[dict] = []
             self._settings: dict = {}
 
+    def prelude(self, key):
+        with self._lock:
+            acc = self._accounts.get(key)
+            if acc is None:
+                return None, {}, frozenset()
+            armed = frozenset(f["kind"] for f in self._faults if f.get("key", "*") in ("*", key)) \
+                if self._faults else frozenset()
+            return dict(acc), dict(self._settings), armed
+
     # accounts
     def put_account(self, key, credits, hmac_key=None):
         with self._lock:

@@ -50,7 +50,7 @@ local function charge(k_credits, key, amount)
   if not c then return false end
   amount = tonumber(amount)
   if tonumber(c) < amount then return false end
-  return redis.call('HINCRBY', k_credits, key, -amount)
+  return redis.call('HINCRBY', k_credits, key, 0 - amount)  -- not -amount: Lua's -0 is no integer to Redis
 end
 """
 _LUA_PUT_TASK = """
@@ -270,6 +270,26 @@ class RedisStore(Store):
             pipe.hset(self.k_hmac, key, _dumps(hmac_key))
             pipe.zadd(self.k_acct_order, {key: 0}, nx=True)
             pipe.execute()
+
+    def prelude(self, key):
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.k_credits, key)
+            pipe.hget(self.k_hmac, key)
+            pipe.hgetall(self.k_settings)
+            pipe.lrange(self.k_faults, 0, -1)
+            credits, hmac_key, settings, ns = pipe.execute()
+        if credits is None:
+            return None, {}, frozenset()
+        armed = set()
+        if ns:
+            with self.r.pipeline(transaction=False) as pipe:
+                for n in ns:
+                    pipe.hmget(self.prefix + "fault:" + _s(n), "kind", "key")
+                for kind, fkey in pipe.execute():
+                    if kind is not None and _s(fkey) in ("*", key):
+                        armed.add(_s(kind))
+        account = {"key": key, "credits": int(credits), "hmac_key": _loads(hmac_key) if hmac_key else None}
+        return account, {_s(k): _loads(v) for k, v in settings.items()}, frozenset(armed)
 
     def get_account(self, key):
         with self.r.pipeline(transaction=False) as pipe:

@@ -76,6 +76,10 @@ PUT_TASK_SQL = ("INSERT INTO tasks (id, key, status, expires_at, data) VALUES (?
 ADD_JOB_SQL = ("INSERT OR REPLACE INTO jobs (id, task_id, due, owner, lease_until, avail, data) "
                "VALUES (?, ?, ?, NULL, NULL, ?, ?)")
 
+PRELUDE_SQL = ("SELECT 0, credits, hmac_key FROM accounts WHERE key = ?1 "
+               "UNION ALL SELECT 1, k, v FROM settings "
+               "UNION ALL SELECT DISTINCT 2, kind, NULL FROM faults WHERE key IN ('*', ?1)")
+
 _dumps = orjson.dumps
 _loads = orjson.loads
 _FORK_LOCK = threading.Lock()
@@ -291,6 +295,19 @@ class SqliteStore(Store):
                 conn.execute(f"DELETE FROM {table}")
         self._write(op)
 
+    def prelude(self, key):
+        account, settings, armed = None, {}, set()
+        for what, a, b in self._read(PRELUDE_SQL, (key,)):
+            if what == 0:
+                account = {"key": key, "credits": a, "hmac_key": b}
+            elif what == 1:
+                settings[a] = _loads(b)
+            else:
+                armed.add(a)
+        if account is None:
+            return None, {}, frozenset()
+        return account, settings, frozenset(armed)
+
     # -- accounts ----------------------------------------------------------------------------
     def put_account(self, key, credits, hmac_key=None):
         self._write(lambda c: c.execute(
@@ -377,6 +394,34 @@ class SqliteStore(Store):
             conn.execute(ADD_JOB_SQL, job_row)
             return row[0]
         return self._write(op)
+
+    def accept_many(self, items):
+        rows = []  # per item its rows, or the exception building them raised
+        for key, cost, task, job in items:
+            try:
+                rows.append((int(cost), key, self._task_row(task), self._job_row(job)))
+            except Exception as exc:
+                rows.append(exc)
+
+        def op(conn):
+            out = []
+            for item in rows:
+                if isinstance(item, Exception):
+                    out.append(item)
+                    continue
+                cost, key, task_row, job_row = item
+                row = conn.execute(CHARGE_SQL, (cost, key)).fetchone()
+                if row is None:
+                    out.append(None)
+                    continue
+                conn.execute(PUT_TASK_SQL, task_row)
+                conn.execute(ADD_JOB_SQL, job_row)
+                out.append(row[0])
+            return out
+        try:
+            return self._write(op)  # one transaction for all
+        except Exception:  # nothing of it was stored: one by one, so each gets its own outcome
+            return super().accept_many(items)
 
     def get_task(self, task_id):
         row = self._read_one("SELECT data FROM tasks WHERE id = ?", (task_id,))
