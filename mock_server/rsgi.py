@@ -115,30 +115,54 @@ def _run_wsgi(app, environ: dict):
 
 class AcceptBatcher:
     """Store writes of accepted covers, batched per turn of the event loop: the covers that
-    reached their write during one turn are written together (`store.accept_many`: one
+    reached their write during one turn are written together (`store.try_accept_many`: one
     transaction on SQLite) in a callback that runs after them, and each request answers once its
     write is done. Nothing is acknowledged before it is stored; under load one commit serves
-    many requests, alone a request waits for no one."""
+    many requests, alone a request waits for no one.
+
+    The loop never sleeps on the store's write lock: while another writer (a worker process, a
+    thread) holds it, the batch is tried again a little later, and the covers arriving meanwhile
+    join it. After BUSY_GIVE_UP seconds of that the batch waits for the lock the blocking way
+    (and fails with the store's own error if it never comes)."""
+
+    RETRY_FIRST, RETRY_MAX, BUSY_GIVE_UP = 0.0001, 0.002, 10.0
 
     def __init__(self, store):
         self.store = store
         self.pending: list = []
-        self.batches = self.written = 0  # for the benchmark's report
+        self.scheduled = False
+        self.retry = 0.0
+        self.busy_since = None
+        self.batches = self.written = self.busy = 0  # counters, for diagnostics
 
     def write(self, pending) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.pending.append((pending, fut))
-        if len(self.pending) == 1:
+        if not self.scheduled:
+            self.scheduled = True
             loop.call_soon(self.flush)
         return fut
 
     def flush(self) -> None:
-        batch, self.pending = self.pending, []
+        loop = asyncio.get_running_loop()
+        batch = self.pending
+        items = [p.draft.accept_args() for p, _ in batch]
         try:
-            results = self.store.accept_many([p.draft.accept_args() for p, _ in batch])
-        except Exception as exc:  # accept_many answers per item; this is a bug or a lost store
+            if self.busy_since is not None and loop.time() - self.busy_since > self.BUSY_GIVE_UP:
+                results = self.store.accept_many(items)
+            else:
+                results = self.store.try_accept_many(items)
+        except Exception as exc:  # both answer per item; this is a bug or a lost store
             results = [exc] * len(batch)
+        if results is None:  # another writer holds the lock: again soon, with whatever joins meanwhile
+            self.busy += 1
+            if self.busy_since is None:
+                self.busy_since = loop.time()
+            self.retry = min(max(self.retry * 2, self.RETRY_FIRST), self.RETRY_MAX)
+            loop.call_later(self.retry, self.flush)
+            return
+        self.pending, self.scheduled, self.retry, self.busy_since = [], False, 0.0, None
         self.batches += 1
         self.written += len(batch)
         for (pending, fut), result in zip(batch, results):

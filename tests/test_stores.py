@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 import uuid
 
 import pytest
@@ -652,6 +653,28 @@ def test_sqlite_group_commit_isolates_a_failing_write(tmp_path):
     assert all(op.done.is_set() for op in ops) and not s._leading
     assert s.get_account("a")["credits"] == 13
     assert s.charge("a", 13) == 0  # the queue works on afterwards
+    s.close()
+
+
+def test_sqlite_try_accept_many_answers_busy_at_once_while_another_writer_holds_the_lock(tmp_path):
+    """The event loop's write: None (nothing done, no waiting) while another connection (another
+    worker process) holds the write lock; the same batch succeeds once it is released."""
+    import sqlite3
+
+    path = tmp_path / "busy.sqlite"
+    s = open_store(f"sqlite:{path}")
+    s.put_account("a", 20)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    items = [("a", 12, task("t1", key="a"), job("j1", "t1")), ("a", 12, task("t2", key="a"), job("j2", "t2"))]
+    started = time.monotonic()
+    assert s.try_accept_many(items) is None
+    assert time.monotonic() - started < 0.5  # answered without waiting out the lock
+    other.execute("COMMIT")
+    assert s.get_account("a")["credits"] == 20 and s.get_task("t1") is None
+    assert s.try_accept_many(items) == [8, None]  # one charge per item when the pair does not fit
+    assert [t["taskId"] for t in s.list_tasks()] == ["t1"] and [j["id"] for j in s.list_jobs()] == ["j1"]
+    other.close()
     s.close()
 
 

@@ -82,6 +82,12 @@ class Store(ABC):
                 out.append(exc)
         return out
 
+    def try_accept_many(self, items: list[tuple]) -> list | None:
+        """`accept_many`, or None (nothing done) if it would have to wait for another writer
+        (another process holds the write lock): for callers that have better things to do than
+        wait (an event loop). Backends that never wait for a lock just write."""
+        return self.accept_many(items)
+
     @abstractmethod
     def list_tasks(self, key: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
         """Newest first."""

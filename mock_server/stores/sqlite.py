@@ -395,33 +395,74 @@ class SqliteStore(Store):
             return row[0]
         return self._write(op)
 
-    def accept_many(self, items):
+    def _accept_rows(self, items) -> list:
         rows = []  # per item its rows, or the exception building them raised
         for key, cost, task, job in items:
             try:
                 rows.append((int(cost), key, self._task_row(task), self._job_row(job)))
             except Exception as exc:
                 rows.append(exc)
+        return rows
 
+    @staticmethod
+    def _accept_op(rows):
+        """The transaction body of accept_many: per key one charge for all its items when the
+        balance covers them (else one charge per item, in order), then every task and every job
+        in one statement each."""
         def op(conn):
-            out = []
-            for item in rows:
+            out: list = [None] * len(rows)
+            by_key: dict = {}
+            for i, item in enumerate(rows):
                 if isinstance(item, Exception):
-                    out.append(item)
+                    out[i] = item
+                else:
+                    by_key.setdefault(item[1], []).append(i)
+            for key, idx in by_key.items():
+                total = sum(rows[i][0] for i in idx)
+                row = conn.execute(CHARGE_SQL, (total, key)).fetchone() if len(idx) > 1 else None
+                if row is not None:  # all of them fit: item i leaves the balance its successors took from
+                    left = row[0] + total
+                    for i in idx:
+                        left -= rows[i][0]
+                        out[i] = left
                     continue
-                cost, key, task_row, job_row = item
-                row = conn.execute(CHARGE_SQL, (cost, key)).fetchone()
-                if row is None:
-                    out.append(None)
-                    continue
-                conn.execute(PUT_TASK_SQL, task_row)
-                conn.execute(ADD_JOB_SQL, job_row)
-                out.append(row[0])
+                for i in idx:
+                    row = conn.execute(CHARGE_SQL, (rows[i][0], key)).fetchone()
+                    out[i] = None if row is None else row[0]
+            accepted = [rows[i] for i, o in enumerate(out) if type(o) is int]
+            if accepted:
+                conn.executemany(PUT_TASK_SQL, [r[2] for r in accepted])
+                conn.executemany(ADD_JOB_SQL, [r[3] for r in accepted])
             return out
+        return op
+
+    def accept_many(self, items):
         try:
-            return self._write(op)  # one transaction for all
+            return self._write(self._accept_op(self._accept_rows(items)))  # one transaction for all
         except Exception:  # nothing of it was stored: one by one, so each gets its own outcome
             return super().accept_many(items)
+
+    def try_accept_many(self, items):
+        # Its own transaction, outside the group commit of this process's threads: whoever holds
+        # the write lock (another process, or a thread of this one), the answer is "busy" at once.
+        if self._pid != os.getpid():
+            self._after_fork()
+        op = self._accept_op(self._accept_rows(items))
+        with self._conn() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return None
+                raise
+            try:
+                out = op(conn)
+                conn.execute("COMMIT")
+                return out
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        return super().accept_many(items)  # nothing of it was stored: one by one, each its own outcome
 
     def get_task(self, task_id):
         row = self._read_one("SELECT data FROM tasks WHERE id = ?", (task_id,))
