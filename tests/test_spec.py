@@ -160,16 +160,29 @@ def test_trap_format_uri_is_enforced_only_with_a_checker():
     check_uri_format_available()  # the fake refuses to start when it would not be enforced
 
 
-def test_trap_dollar_before_a_trailing_newline_is_not_used_in_request_patterns():
-    """Python's `$` matches before a final "\\n" (ECMA-262's does not): the request schema's
-    patterns (what client input is judged by) do not rely on it."""
+def test_trap_dollar_before_a_trailing_newline_is_not_used_in_any_pattern():
+    """Python's `$` matches before a final "\\n" (ECMA-262's does not): no pattern of any schema
+    (client input, or the responses and callbacks a contract run judges) relies on it."""
     assert re.search(r"^a$", "a\n")
+    found = [(path.name, where, p) for path in sorted(SCHEMAS.glob("*.json"))
+             for where, p in _patterns(json.loads(path.read_text()))]
+    assert len(found) >= 3 and not [f for f in found if f[2].endswith("$")], found
     request = schema("upload-cover-request.json")
-    patterns = {p for _, p in _patterns(request)}
-    assert patterns and not [p for p in patterns if p.endswith("$")]
     url = request["oneOf"][0]["properties"]["uploadUrl"]
     assert not Validator(url, format_checker=FORMATS).is_valid("https://a.example/x\n")
     assert Validator(url, format_checker=FORMATS).is_valid("https://a.example/x")
+
+
+def test_trap_backslash_d_matches_any_unicode_digit_so_patterns_spell_out_0_to_9():
+    """Python's `\\d` (str patterns) matches every Unicode decimal digit; ECMA-262's only 0-9."""
+    assert re.fullmatch(r"\d", "\uff12")  # FULLWIDTH DIGIT TWO
+    found = [p for path in SCHEMAS.glob("*.json") for _, p in _patterns(json.loads(path.read_text()))]
+    assert not [p for p in found if "\\d" in p]
+    track = schema("callback-track.json")["properties"]["createTime"]
+    check = Validator(track, format_checker=FORMATS)
+    assert check.is_valid("2026-11-25 18:44:48") and check.is_valid(1764096288000)
+    for bad in ("2026-11-25 18:44:48\n", "\uff12026-11-25 18:44:48", "2026-11-25T18:44:48", "2026-11-25 18:44"):
+        assert not check.is_valid(bad), bad
 
 
 def _patterns(node, where=""):
