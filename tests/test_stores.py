@@ -678,6 +678,47 @@ def test_sqlite_try_accept_many_answers_busy_at_once_while_another_writer_holds_
     s.close()
 
 
+def test_sqlite_journal_chunks_keep_the_bound_on_disk_and_exactly_on_read(tmp_path):
+    """One row per log_many call; whole chunks past the bound are deleted, and the entries of
+    the chunk that straddles it are not read: exactly the newest `limit` entries."""
+    s = open_store(f"sqlite:{tmp_path / 'journal.sqlite'}")
+    for start in range(0, 70, 7):
+        s.log_many("requests", [{"n": i} for i in range(start, start + 7)], 20)
+        with s._conn() as conn:
+            rows, stored = conn.execute("SELECT COUNT(*), SUM(count) FROM log_chunks").fetchone()
+        assert stored <= 20 + 6 and rows <= 4
+    assert [e["n"] for e in s.read_log("requests", limit=100)] == list(range(69, 49, -1))
+    assert [e["n"] for e in s.read_log("requests", limit=100, n=50)] == [50]
+    assert s.read_log("requests", limit=100, n=49) == []  # stored in the straddling chunk, past the bound
+    s.close()
+
+
+def test_sqlite_store_of_an_earlier_version_keeps_its_journal(tmp_path):
+    """Files written before the journal was chunked had one `logs` row per entry: opening one
+    moves them into a chunk per journal, in order, and appends go on from there."""
+    import sqlite3
+
+    import orjson
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE logs (journal TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL, "
+                "PRIMARY KEY (journal, n)) WITHOUT ROWID")
+    old.executemany("INSERT INTO logs VALUES (?, ?, ?)",
+                    [("attempts", n, orjson.dumps({"n": n})) for n in range(4, 9)] + [("requests", 1, b'{"r":1}')])
+    old.commit()
+    old.close()
+    s = open_store(f"sqlite:{path}")
+    assert [e["n"] for e in s.read_log("attempts")] == [8, 7, 6, 5, 4]
+    assert s.read_log("requests") == [{"r": 1}]
+    s.log("attempts", {"n": 9}, 3)
+    assert [e["n"] for e in s.read_log("attempts")] == [9, 8, 7]
+    with s._conn() as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'logs'").fetchone() is None
+    s.close()
+    assert [e["n"] for e in open_store(f"sqlite:{path}").read_log("attempts")] == [9, 8, 7]  # reopened: no second move
+
+
 def test_memory_store_keeps_a_task_in_about_its_json_size():
     # orjson's bytes keep their whole output buffer (about 8 KB, which sys.getsizeof does not
     # show); the store must keep a copy of just the bytes, or a task costs 9 KB instead of 1.

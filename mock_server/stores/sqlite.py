@@ -61,8 +61,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     avail REAL NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_avail ON jobs (avail);
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
-CREATE TABLE IF NOT EXISTS logs (
-    journal TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (journal, n)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_chunks (
+    seq INTEGER PRIMARY KEY, journal TEXT NOT NULL, last INTEGER NOT NULL, count INTEGER NOT NULL,
+    keep INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS log_chunks_last ON log_chunks (journal, last);
 CREATE TABLE IF NOT EXISTS faults (
     seq INTEGER PRIMARY KEY, kind TEXT, key TEXT, count INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS faults_kind ON faults (kind, seq);
@@ -119,6 +121,7 @@ class SqliteStore(Store):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         conn = self._connect()
         self._retry(lambda: conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;"))
+        self._retry(lambda: self._migrate(conn))
         if not self.memory:
             self._idle.append(conn)
 
@@ -291,7 +294,7 @@ class SqliteStore(Store):
 
     def reset(self) -> None:
         def op(conn):
-            for table in ("accounts", "rates", "rate_buckets", "tasks", "jobs", "logs", "faults", "settings"):
+            for table in ("accounts", "rates", "rate_buckets", "tasks", "jobs", "log_chunks", "faults", "settings"):
                 conn.execute(f"DELETE FROM {table}")
         self._write(op)
 
@@ -549,33 +552,65 @@ class SqliteStore(Store):
     def log(self, journal, entry, limit):
         self.log_many(journal, [entry], limit)
 
+    # A journal is stored in chunks: each log_many call is one row holding its entries (a JSON
+    # array), numbered by `last` (the number of its newest entry) and `count`; `keep` is the bound
+    # it was written with. Whole chunks older than the bound are deleted; read_log skips the
+    # entries of a straddling chunk that fall outside it. One row per flush instead of one per
+    # entry: the request journal of a busy server costs a few microseconds per request less.
     def log_many(self, journal, entries, limit):
         if not entries:
             return
-        datas = [_dumps(e) for e in entries]
+        data, count, keep = _dumps(entries), len(entries), max(int(limit), 0)
 
         def op(conn):
-            (n,) = conn.execute("SELECT COALESCE(MAX(n), 0) FROM logs WHERE journal = ?", (journal,)).fetchone()
-            conn.executemany("INSERT INTO logs (journal, n, data) VALUES (?, ?, ?)",
-                             [(journal, n + i, d) for i, d in enumerate(datas, 1)])
-            n += len(datas)
-            if n > limit:
-                conn.execute("DELETE FROM logs WHERE journal = ? AND n <= ?", (journal, n - limit))
+            (last,) = conn.execute("SELECT COALESCE(MAX(last), 0) FROM log_chunks WHERE journal = ?",
+                                   (journal,)).fetchone()
+            last += count
+            conn.execute("INSERT INTO log_chunks (journal, last, count, keep, data) VALUES (?, ?, ?, ?, ?)",
+                         (journal, last, count, keep, data))
+            conn.execute("DELETE FROM log_chunks WHERE journal = ? AND last <= ?", (journal, last - keep))
         self._write(op)
 
     def read_log(self, journal, limit=100, **match):
         match = {k: v for k, v in match.items() if v is not None}
-        out = []
+        out: list = []
+        floor = None
         with self._conn() as conn:
-            cur = conn.execute("SELECT data FROM logs WHERE journal = ? ORDER BY n DESC", (journal,))
-            for (data,) in cur:
-                entry = _loads(data)
-                if _matches(entry, match):
-                    out.append(entry)
-                    if len(out) >= limit:
+            cur = conn.execute("SELECT last, count, keep, data FROM log_chunks WHERE journal = ? ORDER BY last DESC",
+                               (journal,))
+            for last, count, keep, data in cur:
+                if floor is None:
+                    floor = last - keep  # entries numbered up to here are outside the bound
+                entries = _loads(data)
+                first = last - count + 1
+                for i in range(count - 1, -1, -1):
+                    if first + i <= floor or len(out) >= limit:
                         break
+                    if _matches(entries[i], match):
+                        out.append(entries[i])
+                if first <= floor or len(out) >= limit:
+                    break
             cur.close()
         return out
+
+    @staticmethod
+    def _migrate(conn) -> None:
+        """Stores written by earlier versions kept one journal row per entry (table `logs`):
+        each journal becomes one chunk, once."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'logs'").fetchone() is None:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'logs'").fetchone():
+                for (journal,) in conn.execute("SELECT DISTINCT journal FROM logs").fetchall():
+                    rows = conn.execute("SELECT n, data FROM logs WHERE journal = ? ORDER BY n", (journal,)).fetchall()
+                    conn.execute("INSERT INTO log_chunks (journal, last, count, keep, data) VALUES (?, ?, ?, ?, ?)",
+                                 (journal, rows[-1][0], len(rows), len(rows), _dumps([_loads(d) for _, d in rows])))
+                conn.execute("DROP TABLE logs")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     # -- faults ---------------------------------------------------------------------------------
     def arm_fault(self, fault):
