@@ -239,16 +239,20 @@ def finish(svc: Service, req: ApiRequest, resp: ApiResponse) -> ApiResponse:
     return resp
 
 
+def settle_now(svc: Service, pending: PendingCover) -> ApiResponse:
+    """Make a pending cover's store write alone, now, and answer it."""
+    try:
+        balance = svc.store.accept(*pending.draft.accept_args())
+    except Exception as exc:
+        return pending.failed(exc)
+    return pending.settle(balance)
+
+
 def handle(svc: Service, handler, req: ApiRequest) -> ApiResponse:
     """Run one handler, its store write included; journal the request. Never raises (but MustBlock)."""
     resp = start(svc, handler, req)
     if isinstance(resp, PendingCover):
-        try:
-            balance = svc.store.accept(*resp.draft.accept_args())
-        except Exception as exc:
-            resp = resp.failed(exc)
-        else:
-            resp = resp.settle(balance)
+        resp = settle_now(svc, resp)
     return finish(svc, req, resp)
 
 

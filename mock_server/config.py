@@ -59,6 +59,8 @@ class Config:
             raise ValueError("stage delays: three non-negative numbers (text, first, complete)")
         if self.time_scale < 0:
             raise ValueError("time scale must not be negative")
+        if self.cover_cost < 0:
+            raise ValueError("cover cost must not be negative (credits are only ever taken)")
         return self
 
     def delay(self, seconds: float) -> float:

@@ -120,12 +120,19 @@ class AcceptBatcher:
     write is done. Nothing is acknowledged before it is stored; under load one commit serves
     many requests, alone a request waits for no one.
 
-    The loop never sleeps on the store's write lock: while another writer (a worker process, a
+    This write never sleeps on the store's write lock: while another writer (a worker process, a
     thread) holds it, the batch is tried again a little later, and the covers arriving meanwhile
-    join it. After BUSY_GIVE_UP seconds of that the batch waits for the lock the blocking way
-    (and fails with the store's own error if it never comes)."""
+    join it; the loop serves other requests in between. A lock still held after BUSY_GIVE_UP
+    seconds (the blocking writers' own patience) fails the batch with the store's error (500).
+    The other writes a request may make (a rate window when a limit is set, an armed fault, a
+    402's give-backs) are single statements that still wait for the lock the blocking way.
 
-    RETRY_FIRST, RETRY_MAX, BUSY_GIVE_UP = 0.0001, 0.002, 10.0
+    Covers are drafted before the batch is written, so two covers of one turn are checked
+    against the same rate window: a cover refused with 402 holds its slot until its batch is
+    written (at most one turn). A cover that took an armed scenario is not batched (see RsgiApp)."""
+
+    RETRY_FIRST, RETRY_MAX = 0.0001, 0.002
+    BUSY_GIVE_UP = 30.0
 
     def __init__(self, store):
         self.store = store
@@ -147,26 +154,29 @@ class AcceptBatcher:
     def flush(self) -> None:
         loop = asyncio.get_running_loop()
         batch = self.pending
-        items = [p.draft.accept_args() for p, _ in batch]
         try:
-            if self.busy_since is not None and loop.time() - self.busy_since > self.BUSY_GIVE_UP:
-                results = self.store.accept_many(items)
-            else:
-                results = self.store.try_accept_many(items)
-        except Exception as exc:  # both answer per item; this is a bug or a lost store
+            results = self.store.try_accept_many([p.draft.accept_args() for p, _ in batch])
+            if results is not None and len(results) != len(batch):
+                raise RuntimeError(f"try_accept_many answered {len(results)} of {len(batch)} items")
+        except Exception as exc:  # it answers per item; this is a bug or a lost store
             results = [exc] * len(batch)
         if results is None:  # another writer holds the lock: again soon, with whatever joins meanwhile
             self.busy += 1
             if self.busy_since is None:
                 self.busy_since = loop.time()
-            self.retry = min(max(self.retry * 2, self.RETRY_FIRST), self.RETRY_MAX)
-            loop.call_later(self.retry, self.flush)
-            return
+            if loop.time() - self.busy_since < self.BUSY_GIVE_UP:
+                self.retry = min(max(self.retry * 2, self.RETRY_FIRST), self.RETRY_MAX)
+                loop.call_later(self.retry, self.flush)
+                return
+            results = [TimeoutError(f"the store's write lock stayed held for {self.BUSY_GIVE_UP:g} s")] * len(batch)
         self.pending, self.scheduled, self.retry, self.busy_since = [], False, 0.0, None
         self.batches += 1
         self.written += len(batch)
         for (pending, fut), result in zip(batch, results):
-            resp = pending.failed(result) if isinstance(result, Exception) else pending.settle(result)
+            try:
+                resp = pending.failed(result) if isinstance(result, Exception) else pending.settle(result)
+            except Exception as exc:  # answering must not fail, and must not leave the others waiting
+                resp = api.bug(exc)
             if not fut.cancelled():
                 fut.set_result(resp)
 
@@ -217,7 +227,10 @@ class RsgiApp:
                 pass
             else:
                 if isinstance(resp, api.PendingCover):
-                    resp = await self.batcher.write(resp)
+                    if resp.draft.fault is None:
+                        resp = await self.batcher.write(resp)
+                    else:  # it took an armed scenario: settled before any other request's draft, so
+                        resp = api.settle_now(self.svc, resp)  # a 402 gives it back to the next cover
                 resp = api.finish(self.svc, req, resp)
                 proto.response_bytes(resp.status, api.response_headers(resp), resp.body)
                 return

@@ -181,7 +181,10 @@ class Service:
                               f"the balance is {held}", None, "credits")
 
     def abandon_cover(self, draft: CoverDraft) -> None:
-        """`store.accept` failed (raised) for the draft: nothing was stored; give back its rate slot."""
+        """`store.accept` failed (raised) for the draft: nothing was stored; give back its rate
+        slot and the armed scenario it used."""
+        if draft.fault:
+            self.store.arm_fault(dict(draft.fault, count=1))
         if draft.token:
             self.store.rate_release("cover:" + draft.key, draft.token)
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
+from conftest import body
+
 from mock_server.rsgi import AcceptBatcher
 
 
@@ -32,7 +36,6 @@ class Store:
     def __init__(self, busy: int = 0, fail_item: int | None = None):
         self.calls: list[list[str]] = []
         self.busy, self.fail_item = busy, fail_item
-        self.blocking_calls = 0
 
     def try_accept_many(self, items):
         self.calls.append([task["taskId"] for _, _, task, _ in items])
@@ -40,10 +43,6 @@ class Store:
             self.busy -= 1
             return None
         return [ValueError("bad row") if i == self.fail_item else 100 - i for i in range(len(items))]
-
-    def accept_many(self, items):
-        self.blocking_calls += 1
-        return [100 - i for i in range(len(items))]
 
 
 def run(coro):
@@ -91,19 +90,52 @@ def test_a_busy_store_is_retried_with_the_covers_that_joined_meanwhile():
 
     assert run(main()) == [("settled", 0, 100), ("settled", 1, 99)]
     assert store.calls == [["t0"], ["t0", "t1"], ["t0", "t1"]]
-    assert batcher.busy == 2 and store.blocking_calls == 0
+    assert batcher.busy == 2
 
 
-def test_a_store_busy_for_too_long_gets_a_blocking_write():
+def test_a_lock_held_too_long_fails_the_batch_and_the_next_one_starts_afresh():
     store = Store(busy=10**9)
     batcher = AcceptBatcher(store)
     batcher.BUSY_GIVE_UP = 0.01
 
     async def main():
-        return await batcher.write(Cover(0))
+        first = await batcher.write(Cover(0))
+        store.busy = 0
+        return first, await batcher.write(Cover(1))
 
-    assert run(main()) == ("settled", 0, 100)
-    assert store.blocking_calls == 1 and len(store.calls) >= 2
+    first, second = run(main())
+    assert first[:2] == ("failed", 0) and "stayed held" in first[2]
+    assert second == ("settled", 1, 100)
+    assert batcher.busy >= 2 and batcher.busy_since is None
+
+
+def test_a_short_answer_from_the_store_fails_the_batch_rather_than_leaving_a_request_waiting():
+    class Short(Store):
+        def try_accept_many(self, items):
+            return [100]
+
+    batcher = AcceptBatcher(Short())
+
+    async def main():
+        return await asyncio.gather(batcher.write(Cover(0)), batcher.write(Cover(1)))
+
+    got = run(main())
+    assert [g[:2] for g in got] == [("failed", 0), ("failed", 1)] and "1 of 2" in got[0][2]
+
+
+def test_an_answer_that_raises_is_a_500_for_that_request_only():
+    class Raising(Cover):
+        def settle(self, balance):
+            raise KeyError("boom")
+
+    batcher = AcceptBatcher(Store())
+
+    async def main():
+        return await asyncio.gather(batcher.write(Raising(0)), batcher.write(Cover(1)))
+
+    broken, fine = run(main())
+    assert broken.status == 500 and b"kie-mock bug" in broken.body
+    assert fine == ("settled", 1, 99)
 
 
 def test_a_store_that_raises_fails_every_cover_of_the_batch_but_not_the_loop():
@@ -120,3 +152,83 @@ def test_a_store_that_raises_fails_every_cover_of_the_batch_but_not_the_loop():
     got, after = run(main())
     assert got == [("failed", 0, "disk gone"), ("failed", 1, "disk gone")]
     assert after == ("failed", 2, "disk gone")
+
+
+# -- through the server's request path (rsgi.RsgiApp), in process ---------------------------------
+class Scope:
+    proto, method, path, query_string, scheme = "http", "POST", "/api/v1/generate/upload-cover", "", "http"
+    server, client, http_version = "127.0.0.1:8787", "127.0.0.1:50000", "1.1"
+
+    def __init__(self, key: str, payload: bytes):
+        self.headers = {"authorization": f"Bearer {key}", "content-type": "application/json",
+                        "content-length": str(len(payload)), "host": "127.0.0.1:8787"}
+
+
+class Proto:
+    def __init__(self, payload: bytes):
+        self.payload, self.answer = payload, None
+
+    async def __call__(self):
+        return self.payload
+
+    def response_bytes(self, status, headers, body):
+        self.answer = (status, orjson.loads(body))
+
+
+def serve_together(app, keys: list[str]) -> list[dict]:
+    """Requests that arrive in the same turn of the loop; their envelopes."""
+    payload = orjson.dumps(body(callBackUrl="http://127.0.0.1:9/cb"))
+    protos = [Proto(payload) for _ in keys]
+
+    async def main():
+        await asyncio.gather(*(app(Scope(key, payload), proto) for key, proto in zip(keys, protos)))
+
+    asyncio.run(main())
+    return [p.answer[1] for p in protos]
+
+
+def rsgi_app(**accounts):
+    from mock_server.app import create_app
+    from mock_server.config import Config
+    from mock_server.rsgi import RsgiApp
+
+    flask_app = create_app(Config(store="memory", rate_limit=0, clock="virtual", api_keys=accounts),
+                           start_scheduler=False)
+    return RsgiApp(flask_app.extensions["kie_mock"], flask_app)
+
+
+def test_covers_arriving_together_share_one_store_write():
+    app = rsgi_app(**{"key-one-0001": 24, "key-two-0002": 100})
+    got = serve_together(app, ["key-one-0001", "key-one-0001", "key-one-0001", "key-two-0002"])
+    assert [g["code"] for g in got] == [200, 200, 402, 200]
+    assert (app.batcher.batches, app.batcher.written) == (1, 4)
+    store = app.svc.store
+    assert store.get_account("key-one-0001")["credits"] == 0 and store.get_account("key-two-0002")["credits"] == 88
+    assert {t["taskId"] for t in store.list_tasks()} == {g["data"]["taskId"] for g in got if g["code"] == 200}
+
+
+def test_an_armed_scenario_refused_with_402_goes_to_the_next_cover_of_the_same_turn():
+    """The scenario is for the next task actually created: a cover that took it and was refused
+    (402) gives it back before the cover after it is drafted, even when both arrive together."""
+    app = rsgi_app(**{"broke-key-01": 0, "rich-key-01": 100})
+    app.svc.store.arm_fault({"id": "f1", "kind": "scenario", "key": "*", "count": 1, "scenario": "fail-501"})
+    got = serve_together(app, ["broke-key-01", "rich-key-01"])
+    assert [g["code"] for g in got] == [402, 200]
+    (task,) = app.svc.store.list_tasks()
+    assert task["scenario"]["name"] == "fail-501"
+    assert app.svc.store.list_faults() == []
+
+
+def test_a_store_write_that_raises_is_a_500_and_gives_the_armed_scenario_back():
+    app = rsgi_app(**{"key-one-0001": 100})
+    store = app.svc.store
+    store.arm_fault({"id": "f1", "kind": "scenario", "key": "*", "count": 1, "scenario": "fail-501"})
+    real_accept = store.accept
+    store.accept = lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+    (got,) = serve_together(app, ["key-one-0001"])
+    assert got["code"] == 500 and got["data"] is None
+    assert [(f["scenario"], f["count"]) for f in store.list_faults()] == [("fail-501", 1)]
+    assert store.list_tasks() == [] and store.get_account("key-one-0001")["credits"] == 100
+    store.accept = real_accept
+    (got,) = serve_together(app, ["key-one-0001"])
+    assert got["code"] == 200 and store.list_tasks()[0]["scenario"]["name"] == "fail-501"

@@ -27,6 +27,16 @@ def test_a_bad_environment_value_names_the_variable():
         from_env({"KIE_MOCK_PORT": "x"})
 
 
+@pytest.mark.parametrize("cost, ok", [(-1, False), (0, True), (1, True)])
+def test_a_negative_cover_cost_is_refused(cost, ok):
+    cfg = Config(cover_cost=cost)
+    if ok:
+        assert cfg.check() is cfg
+    else:
+        with pytest.raises(ValueError, match="cover cost must not be negative"):
+            cfg.check()
+
+
 @pytest.mark.parametrize("args,words", [
     (["--host", "0.0.0.0"], "set --admin-token"),
     (["--stage-delays", "1,2"], "three non-negative numbers"),

@@ -148,6 +148,16 @@ def test_accept_many_answers_each_item_on_its_own(store):
     assert store.accept_many([]) == []
 
 
+def test_accept_many_charges_a_key_once_for_items_that_all_fit_with_per_item_balances(store):
+    store.put_account("a", 100)
+    store.put_account("b", 5)
+    out = store.accept_many([(k, cost, task(f"t{i}", key=k), job(f"j{i}", f"t{i}"))
+                             for i, (k, cost) in enumerate([("a", 12), ("b", 3), ("a", 0), ("a", 12)])])
+    assert out == [88, 2, 88, 76]  # what charging them one after the other gives
+    assert store.get_account("a")["credits"] == 76 and store.get_account("b")["credits"] == 2
+    assert len(store.list_tasks()) == 4 and len(store.list_jobs()) == 4
+
+
 def test_prelude_reads_account_settings_and_armed_fault_kinds(store):
     assert store.prelude("a") == (None, {}, frozenset())
     store.put_account("a", 7, "hk")
@@ -693,6 +703,16 @@ def test_sqlite_journal_chunks_keep_the_bound_on_disk_and_exactly_on_read(tmp_pa
     s.close()
 
 
+def test_sqlite_journal_entries_once_past_the_bound_stay_hidden_when_a_later_write_keeps_more(tmp_path):
+    s = open_store(f"sqlite:{tmp_path / 'journal.sqlite'}")
+    for start in (1, 5, 9):
+        s.log_many("attempts", [{"n": i} for i in range(start, start + 4)], 5)
+    assert [e["n"] for e in s.read_log("attempts")] == [12, 11, 10, 9, 8]
+    s.log("attempts", {"n": 13}, 100)  # a restart with a larger journal_limit
+    assert [e["n"] for e in s.read_log("attempts")] == [13, 12, 11, 10, 9, 8]  # 5-7 do not come back
+    s.close()
+
+
 def test_sqlite_store_of_an_earlier_version_keeps_its_journal(tmp_path):
     """Files written before the journal was chunked had one `logs` row per entry: opening one
     moves them into a chunk per journal, in order, and appends go on from there."""
@@ -716,7 +736,9 @@ def test_sqlite_store_of_an_earlier_version_keeps_its_journal(tmp_path):
     with s._conn() as conn:
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'logs'").fetchone() is None
     s.close()
-    assert [e["n"] for e in open_store(f"sqlite:{path}").read_log("attempts")] == [9, 8, 7]  # reopened: no second move
+    again = open_store(f"sqlite:{path}")  # reopened: the move was committed, and is not made twice
+    assert [e["n"] for e in again.read_log("attempts")] == [9, 8, 7]
+    again.close()
 
 
 def test_memory_store_keeps_a_task_in_about_its_json_size():

@@ -88,6 +88,11 @@ _FORK_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=lambda: globals().__setitem__("_FORK_LOCK", threading.Lock()))
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """The write lock is held by another connection (SQLITE_BUSY / SQLITE_LOCKED)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _matches(entry: dict, match: dict) -> bool:
     return all(v is None or entry.get(k) == v for k, v in match.items())
 
@@ -134,7 +139,7 @@ class SqliteStore(Store):
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _busy(exc):
                     raise
                 now = time.monotonic()
                 if deadline is None:
@@ -422,7 +427,8 @@ class SqliteStore(Store):
                     by_key.setdefault(item[1], []).append(i)
             for key, idx in by_key.items():
                 total = sum(rows[i][0] for i in idx)
-                row = conn.execute(CHARGE_SQL, (total, key)).fetchone() if len(idx) > 1 else None
+                grouped = len(idx) > 1 and all(rows[i][0] >= 0 for i in idx)
+                row = conn.execute(CHARGE_SQL, (total, key)).fetchone() if grouped else None
                 if row is not None:  # all of them fit: item i leaves the balance its successors took from
                     left = row[0] + total
                     for i in idx:
@@ -442,8 +448,16 @@ class SqliteStore(Store):
     def accept_many(self, items):
         try:
             return self._write(self._accept_op(self._accept_rows(items)))  # one transaction for all
-        except Exception:  # nothing of it was stored: one by one, so each gets its own outcome
-            return super().accept_many(items)
+        except Exception as exc:  # nothing of it was stored
+            return self._one_by_one(items, exc)
+
+    def _one_by_one(self, items, exc: Exception) -> list:
+        """After the batch's transaction failed: each item on its own, so one bad row does not
+        fail the others; but a lock that stayed held (or a lost file) fails them all at once,
+        instead of each waiting out the lock again."""
+        if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+            return [exc] * len(items)
+        return super().accept_many(items)
 
     def try_accept_many(self, items):
         # Its own transaction, outside the group commit of this process's threads: whoever holds
@@ -455,17 +469,19 @@ class SqliteStore(Store):
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
+                if _busy(exc):
                     return None
                 raise
             try:
                 out = op(conn)
                 conn.execute("COMMIT")
                 return out
-            except Exception:
+            except Exception as exc:
+                failure = exc
+            finally:  # never back to the pool inside a transaction (KeyboardInterrupt included)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-        return super().accept_many(items)  # nothing of it was stored: one by one, each its own outcome
+        return self._one_by_one(items, failure)  # nothing of it was stored
 
     def get_task(self, task_id):
         row = self._read_one("SELECT data FROM tasks WHERE id = ?", (task_id,))
@@ -574,13 +590,13 @@ class SqliteStore(Store):
     def read_log(self, journal, limit=100, **match):
         match = {k: v for k, v in match.items() if v is not None}
         out: list = []
-        floor = None
         with self._conn() as conn:
-            cur = conn.execute("SELECT last, count, keep, data FROM log_chunks WHERE journal = ? ORDER BY last DESC",
+            # entries numbered up to `floor` are outside the bound (the strictest any write had:
+            # an entry once dropped stays dropped, should a later run keep more)
+            (floor,) = conn.execute("SELECT MAX(last - keep) FROM log_chunks WHERE journal = ?", (journal,)).fetchone()
+            cur = conn.execute("SELECT last, count, data FROM log_chunks WHERE journal = ? ORDER BY last DESC",
                                (journal,))
-            for last, count, keep, data in cur:
-                if floor is None:
-                    floor = last - keep  # entries numbered up to here are outside the bound
+            for last, count, data in cur:
                 entries = _loads(data)
                 first = last - count + 1
                 for i in range(count - 1, -1, -1):
