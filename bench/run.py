@@ -947,6 +947,52 @@ def add_ratios(results: list[Result]) -> dict:
     return out
 
 
+# The issue's targets for accepting a valid cover (POST), from one run. Lateness is measured by
+# bench/lateness.py, not here. "Flat" memory: the server's RSS grew by at most this much during
+# the measured POST run (every accepted task is kept, so a store that holds tasks in memory grows).
+TARGET_PRISM_X, TARGET_WIREMOCK_X, TARGET_P99_MS, FLAT_RSS_MIB = 2.0, 1.0, 30.0, 16.0
+
+
+def targets(results: list[Result], ratios: dict) -> dict:
+    """Per measured fake variant, the POST targets: {variant: {check: True/False/None}}; None where
+    the run has nothing to judge by (a peer not measured)."""
+    out: dict = {}
+    for r in results:
+        if not (is_fake(r.target) and r.scenario == "post" and r.status == "ok" and r.rps):
+            continue
+        peers = ratios.get("post", {}).get(r.target, {})
+        growth = (r.rss_after_mib - r.rss_before_mib
+                  if r.rss_after_mib is not None and r.rss_before_mib is not None else None)
+        checks = {
+            "prism_2x": peers["prism"]["rps"] >= TARGET_PRISM_X if "prism" in peers else None,
+            "wiremock_1x": peers["wiremock"]["rps"] >= TARGET_WIREMOCK_X if "wiremock" in peers else None,
+            "p99_under_30ms": r.p99_ms < TARGET_P99_MS if r.p99_ms is not None else None,
+            "memory_flat": growth <= FLAT_RSS_MIB if growth is not None else None,
+        }
+        out[r.target] = {**checks, "all": all(checks.values()) if None not in checks.values() else None,
+                         "rss_growth_mib": None if growth is None else round(growth, 1)}
+    return out
+
+
+def render_targets(verdicts: dict, ratios: dict) -> list[str]:
+    if not verdicts:
+        return []
+    mark = {True: "yes", False: "**no**", None: "n/a"}
+    lines = ["### Targets: accepting a valid cover (POST upload-cover)", "",
+             f"| fake variant | ≥ {TARGET_PRISM_X:g}× Prism | ≥ {TARGET_WIREMOCK_X:g}× WireMock | "
+             f"p99 < {TARGET_P99_MS:g} ms | memory flat (RSS growth ≤ {FLAT_RSS_MIB:g} MiB) | all |",
+             "|---|---|---|---|---|---|"]
+    for variant, v in verdicts.items():
+        peers = ratios.get("post", {}).get(variant, {})
+        prism = f"{mark[v['prism_2x']]} ({peers['prism']['rps']:.2f}×)" if "prism" in peers else mark[None]
+        wm = f"{mark[v['wiremock_1x']]} ({peers['wiremock']['rps']:.2f}×)" if "wiremock" in peers else mark[None]
+        growth = "" if v["rss_growth_mib"] is None else f" ({v['rss_growth_mib']:+.1f} MiB)"
+        lines.append(f"| {TARGET_LABEL[variant]} | {prism} | {wm} | {mark[v['p99_under_30ms']]} | "
+                     f"{mark[v['memory_flat']]}{growth} | {mark[v['all']]} |")
+    lines += ["", "Callback lateness, the fourth target, is measured by `bench/lateness.py`.", ""]
+    return lines
+
+
 def ratio_variants(ratios: dict) -> list[str]:
     """Fake variants that have at least one ratio, in run order: one table column each."""
     have = {v for per_scen in ratios.values() for v in per_scen}
@@ -1022,6 +1068,7 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         "req/s (> 1: V is faster), then V's p99 ÷ the peer's p99 (< 1: V has the lower tail "
         "latency), same scenario; — on the fake rows, n/a where either side was not measured.",
         "",
+        *render_targets(targets(results, ratios), ratios),
     ]
     return "\n".join(lines)
 
@@ -1159,6 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "env": fake_settings(args)}
                               for t in args.targets if is_fake(t)},
             "ratios_fake_over_peer": ratios,
+            "targets_post": targets(results, ratios),
             "logs_dir": str(run_dir),
         }
         args.json.write_text(json.dumps(payload, indent=2))

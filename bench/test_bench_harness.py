@@ -99,6 +99,27 @@ def test_ratios_per_fake_variant():
     assert run.add_ratios([_ok("fake-memory", "post", 1.0, 1.0)]) == {}
 
 
+def test_targets_judged_at_their_boundaries():
+    def post(target, rps, p99, before, after):
+        return run.Result(target, "post", "ok", rps=rps, p99_ms=p99, rss_before_mib=before, rss_after_mib=after)
+
+    rs = [post("fake-memory", 200.0, 29.9, 100.0, 116.0),  # exactly 2x Prism, = WireMock, growth at the bound
+          post("fake-sqlite", 199.0, 30.0, 100.0, 116.1),  # one below / at / one above each bound
+          post("fake-sqlite-2w", 300.0, 5.0, None, None),  # no memory figures: not judged
+          post("prism", 100.0, 20.0, 0, 0), post("wiremock", 200.0, 50.0, 0, 0)]
+    got = run.targets(rs, run.add_ratios(rs))
+    assert got["fake-memory"] == {"prism_2x": True, "wiremock_1x": True, "p99_under_30ms": True,
+                                  "memory_flat": True, "all": True, "rss_growth_mib": 16.0}
+    assert got["fake-sqlite"] == {"prism_2x": False, "wiremock_1x": False, "p99_under_30ms": False,
+                                  "memory_flat": False, "all": False, "rss_growth_mib": 16.1}
+    assert got["fake-sqlite-2w"]["memory_flat"] is None and got["fake-sqlite-2w"]["all"] is None
+    assert set(got) == {"fake-memory", "fake-sqlite", "fake-sqlite-2w"}
+    no_peers = run.targets(rs[:1], run.add_ratios(rs[:1]))["fake-memory"]
+    assert no_peers["prism_2x"] is None and no_peers["wiremock_1x"] is None and no_peers["all"] is None
+    table = "\n".join(run.render_targets(got, run.add_ratios(rs)))
+    assert "| kie-mock, SQLite (default) | **no** (1.99×) | **no** (0.99×) | **no** | **no** (+16.1 MiB) | **no** |" in table
+
+
 def test_markdown_one_ratio_column_per_fake_variant():
     rs = [_ok("fake-memory", "post", 400.0, 5.0), _ok("fake-sqlite", "post", 200.0, 10.0),
           _ok("fake-memory", "get", 900.0, 2.0),
@@ -109,7 +130,9 @@ def test_markdown_one_ratio_column_per_fake_variant():
     args = run.parse_args([])
     info = dict(run.machine_info(), started="now")
     md = run.render_markdown(rs, info, args, ratios)
-    table = [line for line in md.splitlines() if line.startswith("|")]
+    main, _, verdicts = md.partition("### Targets")
+    table = [line for line in main.splitlines() if line.startswith("|")]
+    assert "| kie-mock, memory store | yes (4.00×) | n/a |" in verdicts  # WireMock was not measured
     header = table[0].split(" | ")
     assert "fake-memory÷peer req/s, p99" in header and "fake-sqlite÷peer req/s, p99" in header
     assert not any("fake-sqlite-2w÷peer" in h for h in header)  # nothing measured: no column
