@@ -70,10 +70,18 @@ def new_uuid() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
+_last_second: list = [(None, "")]  # [(whole second, its text)]: covers of one second format it once
+
+
 def _create_time(now: float, cfg: Config):
     if cfg.create_time == "epoch_ms":
         return int(now * 1000)
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+    second = int(now)
+    last = _last_second[0]  # one tuple, replaced whole: threads never see a half-updated pair
+    if last[0] != second:
+        last = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)))
+        _last_second[0] = last
+    return last[1]
 
 
 def _duration(track_id: str) -> float:

@@ -28,7 +28,7 @@ class Accepted:
     task_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestView:
     """What an API request reads of the store before its own rules (`Store.prelude`)."""
     account: dict
@@ -36,7 +36,7 @@ class RequestView:
     armed: frozenset  # fault kinds armed for the key or for everyone: only those are worth taking
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CoverDraft:
     """A cover that passed every check, not stored yet (see `Service.draft_cover`)."""
     key: str
@@ -62,6 +62,7 @@ class Service:
         self.journal = RequestJournal(self.store, cfg.journal_limit)  # received API requests
         self.scheduler.each_round.append(self.journal.flush)
         self.startup: dict | None = None  # the scenario file's content, re-applied by reset()
+        self._scenario_cache: tuple | None = None
         self.seed_accounts()
 
     def seed_accounts(self) -> None:
@@ -162,10 +163,17 @@ class Service:
             if armed is None or "scenario" in armed:
                 fault = self.store.take_fault(key, "scenario")
             scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
-                else Scenario.parse(settings["default_scenario"])
+                else self._default_scenario(settings["default_scenario"])
         cost = settings["cover_cost"]
         task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
         return CoverDraft(key, cost, task, self.scheduler.first_job(task), token, fault)
+
+    def _default_scenario(self, name: str) -> Scenario:
+        """The parsed default scenario (asked for by every cover; settings change it rarely)."""
+        cached = self._scenario_cache
+        if cached is None or cached[0] != name:
+            cached = self._scenario_cache = (name, Scenario.parse(name))
+        return cached[1]
 
     def settle_cover(self, draft: CoverDraft, balance: int | None) -> Accepted | Rejection:
         """After `store.accept` answered for the draft: the new balance, or None when it charged nothing."""

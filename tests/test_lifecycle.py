@@ -332,3 +332,13 @@ def test_thousands_of_pending_tasks_use_no_thread_per_task():
     assert threading.active_count() - before <= 1
     assert len(app.extensions["kie_mock"].store.list_jobs()) == 2000
     app.extensions["kie_mock"].scheduler.stop()
+
+
+def test_create_time_is_the_utc_second_of_each_moment_also_going_back_in_time():
+    """createTime's text is cached per whole second: each moment still gets its own second's text
+    (a virtual clock may be set back, and threads format different moments)."""
+    from mock_server.lifecycle import _create_time
+
+    for t in (1764096000.0, 1764096000.999, 1764096001.0, 1764095999.5, 0.25, 1764096001.2):
+        assert _create_time(t, Config()) == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(t)))
+    assert _create_time(1764096001.2, Config(create_time="epoch_ms")) == 1764096001200

@@ -216,13 +216,33 @@ class SqliteStore(Store):
         finally:
             idle.append(conn)
 
-    def _read(self, sql: str, args=()):
-        with self._conn() as conn:
-            return self._retry(lambda: conn.execute(sql, args).fetchall())
+    def _read(self, sql: str, args=(), one: bool = False):
+        # The hot path of every request (the prelude, record-info's task): the pool inlined, and
+        # the retry loop entered only when the file is busy (a WAL reader rarely is).
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self.memory:
+            with self._conn() as conn:
+                cur = conn.execute(sql, args)
+                return cur.fetchone() if one else cur.fetchall()
+        idle = self._idle
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self._connect()
+        try:
+            try:
+                cur = conn.execute(sql, args)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                cur = self._retry(lambda: conn.execute(sql, args))
+            return cur.fetchone() if one else cur.fetchall()
+        finally:
+            idle.append(conn)
 
     def _read_one(self, sql: str, args=()):
-        with self._conn() as conn:
-            return self._retry(lambda: conn.execute(sql, args).fetchone())
+        return self._read(sql, args, one=True)
 
     def _write(self, fn):
         """Run fn(conn) in a write transaction (shared with the other writes queued meanwhile);
