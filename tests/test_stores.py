@@ -519,7 +519,10 @@ def _proc_main(fn_name: str, url: str, idx: int, barrier, out) -> None:
 
 
 def run_procs(n: int, fn_name: str, url: str) -> list:
-    ctx = multiprocessing.get_context("fork")
+    # forkserver: the processes come from a clean one. A plain fork of this test process could
+    # copy a lock held by one of its threads (an earlier test's scheduler inside SQLite) into a
+    # child where nobody releases it.
+    ctx = multiprocessing.get_context("forkserver")
     barrier, out = ctx.Barrier(n), ctx.Queue()
     procs = [ctx.Process(target=_proc_main, args=(fn_name, url, i, barrier, out)) for i in range(n)]
     for p in procs:

@@ -87,6 +87,14 @@ _loads = orjson.loads
 _FORK_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=lambda: globals().__setitem__("_FORK_LOCK", threading.Lock()))
 
+# Held by checkpoint threads while they are inside SQLite, and by fork() (a WSGI server starting
+# its workers, a test's processes) for its duration: a child never inherits SQLite's global VFS
+# mutex held by a thread that does not exist in it (its first open would wait forever).
+_CHECKPOINT_GATE = threading.Lock()
+os.register_at_fork(before=lambda: _CHECKPOINT_GATE.acquire(),
+                    after_in_parent=lambda: _CHECKPOINT_GATE.release(),
+                    after_in_child=lambda: globals().__setitem__("_CHECKPOINT_GATE", threading.Lock()))
+
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
     """The write lock is held by another connection (SQLITE_BUSY / SQLITE_LOCKED)."""
@@ -122,6 +130,7 @@ class SqliteStore(Store):
         self._sweep = 0
         self._closed = threading.Event()
         self._checkpointer_pid = None
+        self._checkpointer: threading.Thread | None = None
         if not self.memory and os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         conn = self._connect()
@@ -163,24 +172,28 @@ class SqliteStore(Store):
             self._all.append(conn)
             if not self.memory and self._checkpointer_pid != os.getpid():
                 self._checkpointer_pid = os.getpid()
-                threading.Thread(target=self._checkpoint_loop, name="kie-mock-sqlite-checkpoint",
-                                 daemon=True).start()
+                self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
+                                                      name="kie-mock-sqlite-checkpoint")
+                self._checkpointer.start()
         return conn
 
     def _checkpoint_loop(self) -> None:
         pid = os.getpid()
         try:
-            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            with _CHECKPOINT_GATE:
+                conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error:
             return
         try:
             while not self._closed.wait(CHECKPOINT_EVERY) and os.getpid() == pid:
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    with _CHECKPOINT_GATE:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error:  # another process is checkpointing, or the file went away
                     pass
         finally:
-            conn.close()
+            with _CHECKPOINT_GATE:
+                conn.close()
 
     def _after_fork(self) -> None:
         # Only the forking thread lives on in the child, and any lock another thread held at
@@ -198,38 +211,40 @@ class SqliteStore(Store):
             self._queue, self._leading = [], False
             self._pid = os.getpid()
 
-    @contextmanager
-    def _conn(self):
+    def _take(self) -> sqlite3.Connection:
+        """A connection of this process's pool, for the caller alone until `_give` (not for ":memory:")."""
         if self._pid != os.getpid():
             self._after_fork()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._connect()
+
+    def _give(self, conn: sqlite3.Connection) -> None:
+        self._idle.append(conn)
+
+    @contextmanager
+    def _conn(self):
         if self.memory:
+            if self._pid != os.getpid():
+                self._after_fork()
             with self._lock:
                 yield self._all[0]
             return
-        idle = self._idle
-        try:
-            conn = idle.pop()
-        except IndexError:
-            conn = self._connect()
+        conn = self._take()
         try:
             yield conn
         finally:
-            idle.append(conn)
+            self._give(conn)
 
     def _read(self, sql: str, args=(), one: bool = False):
-        # The hot path of every request (the prelude, record-info's task): the pool inlined, and
-        # the retry loop entered only when the file is busy (a WAL reader rarely is).
-        if self._pid != os.getpid():
-            self._after_fork()
+        # The hot path of every request (the prelude, record-info's task): no generator context
+        # manager, and the retry loop entered only when the file is busy (a WAL reader rarely is).
         if self.memory:
             with self._conn() as conn:
                 cur = conn.execute(sql, args)
                 return cur.fetchone() if one else cur.fetchall()
-        idle = self._idle
-        try:
-            conn = idle.pop()
-        except IndexError:
-            conn = self._connect()
+        conn = self._take()
         try:
             try:
                 cur = conn.execute(sql, args)
@@ -239,7 +254,7 @@ class SqliteStore(Store):
                 cur = self._retry(lambda: conn.execute(sql, args))
             return cur.fetchone() if one else cur.fetchall()
         finally:
-            idle.append(conn)
+            self._give(conn)
 
     def _read_one(self, sql: str, args=()):
         return self._read(sql, args, one=True)
@@ -309,6 +324,9 @@ class SqliteStore(Store):
         self._closed.set()
         if self.memory:  # the database is the connection: keep it usable after close()
             return
+        thread = self._checkpointer
+        if thread is not None and thread is not threading.current_thread() and self._checkpointer_pid == os.getpid():
+            thread.join(timeout=5)  # gone before the caller forks (a server starting its workers)
         with self._lock:
             conns, self._all, self._idle = self._all, [], deque()
         for conn in conns:
