@@ -99,25 +99,46 @@ def test_ratios_per_fake_variant():
     assert run.add_ratios([_ok("fake-memory", "post", 1.0, 1.0)]) == {}
 
 
-def test_targets_judged_at_their_boundaries():
-    def post(target, rps, p99, before, after):
-        return run.Result(target, "post", "ok", rps=rps, p99_ms=p99, rss_before_mib=before, rss_after_mib=after)
+def _post(target, rps, p99, before, after, **kw):
+    return run.Result(target, "post", "ok", rps=rps, p99_ms=p99, rss_before_mib=before, rss_after_mib=after,
+                      non_2xx=0, bad_code=0, **kw)
 
-    rs = [post("fake-memory", 200.0, 29.9, 100.0, 116.0),  # exactly 2x Prism, = WireMock, growth at the bound
-          post("fake-sqlite", 199.0, 30.0, 100.0, 116.1),  # one below / at / one above each bound
-          post("fake-sqlite-2w", 300.0, 5.0, None, None),  # no memory figures: not judged
-          post("prism", 100.0, 20.0, 0, 0), post("wiremock", 200.0, 50.0, 0, 0)]
+
+def test_targets_judged_at_their_boundaries():
+    rs = [_post("fake-memory", 200.0, 29.9, 100.0, 116.0),  # exactly 2x Prism, = WireMock, growth at the bound
+          _post("fake-sqlite", 199.99, 30.0, 100.0, 116.01),  # just below / at / just above each bound
+          _post("fake-sqlite-2w", 300.0, 5.0, None, None),  # no memory figures: not judged
+          _post("prism", 100.0, 20.0, 0, 0), _post("wiremock", 200.0, 50.0, 0, 0)]
     got = run.targets(rs, run.add_ratios(rs))
     assert got["fake-memory"] == {"prism_2x": True, "wiremock_1x": True, "p99_under_30ms": True,
-                                  "memory_flat": True, "all": True, "rss_growth_mib": 16.0}
+                                  "memory_flat": True, "all": True, "error_answers": False, "rss_growth_mib": 16.0}
     assert got["fake-sqlite"] == {"prism_2x": False, "wiremock_1x": False, "p99_under_30ms": False,
-                                  "memory_flat": False, "all": False, "rss_growth_mib": 16.1}
+                                  "memory_flat": False, "all": False, "error_answers": False,
+                                  "rss_growth_mib": 16.01}  # 1.9999x: not rounded up to 2
     assert got["fake-sqlite-2w"]["memory_flat"] is None and got["fake-sqlite-2w"]["all"] is None
     assert set(got) == {"fake-memory", "fake-sqlite", "fake-sqlite-2w"}
     no_peers = run.targets(rs[:1], run.add_ratios(rs[:1]))["fake-memory"]
     assert no_peers["prism_2x"] is None and no_peers["wiremock_1x"] is None and no_peers["all"] is None
     table = "\n".join(run.render_targets(got, run.add_ratios(rs)))
-    assert "| kie-mock, SQLite (default) | **no** (1.99×) | **no** (0.99×) | **no** | **no** (+16.1 MiB) | **no** |" in table
+    assert "| kie-mock, SQLite (default) | **no** (2.00×) | **no** (1.00×) | **no** | **no** (+16.01 MiB) | **no** |" in table
+
+
+def test_a_failed_check_makes_all_false_even_when_another_is_unknown():
+    rs = [_post("fake-sqlite", 150.0, 5.0, None, None), _post("prism", 100.0, 20.0, 0, 0)]
+    got = run.targets(rs, run.add_ratios(rs))["fake-sqlite"]
+    assert got["prism_2x"] is False and got["memory_flat"] is None and got["all"] is False
+
+
+@pytest.mark.parametrize("errors", [{"non_2xx": 1}, {"bad_code": 1}])
+def test_a_fast_run_of_error_answers_meets_no_target(errors):
+    fake = _post("fake-memory", 1000.0, 1.0, 100.0, 100.0)
+    for k, v in errors.items():
+        setattr(fake, k, v)
+    rs = [fake, _post("prism", 100.0, 20.0, 0, 0), _post("wiremock", 100.0, 20.0, 0, 0)]
+    got = run.targets(rs, run.add_ratios(rs))["fake-memory"]
+    assert got["error_answers"] and got["all"] is False
+    assert not any(got[k] for k in ("prism_2x", "wiremock_1x", "p99_under_30ms", "memory_flat"))
+    assert "error answers" in "\n".join(run.render_targets({"fake-memory": got}, run.add_ratios(rs)))
 
 
 def test_markdown_one_ratio_column_per_fake_variant():

@@ -9,6 +9,7 @@ camelCase `sunoData`; `first` carries both tracks with the unfinished one's audi
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import time
@@ -76,7 +77,7 @@ _last_second: list = [(None, "")]  # [(whole second, its text)]: covers of one s
 def _create_time(now: float, cfg: Config):
     if cfg.create_time == "epoch_ms":
         return int(now * 1000)
-    second = int(now)
+    second = math.floor(now)  # what gmtime does with a fraction, also before 1970
     last = _last_second[0]  # one tuple, replaced whole: threads never see a half-updated pair
     if last[0] != second:
         last = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)))

@@ -339,6 +339,7 @@ def test_create_time_is_the_utc_second_of_each_moment_also_going_back_in_time():
     (a virtual clock may be set back, and threads format different moments)."""
     from mock_server.lifecycle import _create_time
 
-    for t in (1764096000.0, 1764096000.999, 1764096001.0, 1764095999.5, 0.25, 1764096001.2):
-        assert _create_time(t, Config()) == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(t)))
+    for t in (1764096000.0, 1764096000.999, 1764096001.0, 1764095999.5, 0.25, -0.5, 1764096001.2):
+        assert _create_time(t, Config()) == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+    assert _create_time(-0.5, Config()) == "1969-12-31 23:59:59"
     assert _create_time(1764096001.2, Config(create_time="epoch_ms")) == 1764096001200

@@ -87,13 +87,25 @@ _loads = orjson.loads
 _FORK_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=lambda: globals().__setitem__("_FORK_LOCK", threading.Lock()))
 
-# Held by checkpoint threads while they are inside SQLite, and by fork() (a WSGI server starting
-# its workers, a test's processes) for its duration: a child never inherits SQLite's global VFS
-# mutex held by a thread that does not exist in it (its first open would wait forever).
-_CHECKPOINT_GATE = threading.Lock()
-os.register_at_fork(before=lambda: _CHECKPOINT_GATE.acquire(),
-                    after_in_parent=lambda: _CHECKPOINT_GATE.release(),
-                    after_in_child=lambda: globals().__setitem__("_CHECKPOINT_GATE", threading.Lock()))
+# Held by checkpoint threads while they are inside SQLite, and by fork() for its duration: a
+# child never inherits a SQLite mutex held by a checkpoint thread (which does not exist in the
+# child: its first open would wait forever). Only the checkpoint threads are covered: a process
+# must not fork while another of its threads uses the store (the server closes the store it
+# seeded, joining its checkpoint thread, before granian forks the workers).
+if "_CHECKPOINT_GATE" not in globals():  # once, even if the module is reloaded
+    _CHECKPOINT_GATE = threading.Lock()
+
+    def _gate_before_fork() -> None:
+        _CHECKPOINT_GATE.acquire()
+
+    def _gate_after_fork_in_parent() -> None:
+        _CHECKPOINT_GATE.release()
+
+    def _gate_after_fork_in_child() -> None:
+        globals()["_CHECKPOINT_GATE"] = threading.Lock()
+
+    os.register_at_fork(before=_gate_before_fork, after_in_parent=_gate_after_fork_in_parent,
+                        after_in_child=_gate_after_fork_in_child)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -172,9 +184,10 @@ class SqliteStore(Store):
             self._all.append(conn)
             if not self.memory and self._checkpointer_pid != os.getpid():
                 self._checkpointer_pid = os.getpid()
-                self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
-                                                      name="kie-mock-sqlite-checkpoint")
-                self._checkpointer.start()
+                thread = threading.Thread(target=self._checkpoint_loop, daemon=True,
+                                          name="kie-mock-sqlite-checkpoint")
+                thread.start()
+                self._checkpointer = thread  # published once started: close() may join it
         return conn
 
     def _checkpoint_loop(self) -> None:
@@ -252,7 +265,10 @@ class SqliteStore(Store):
                 if not _busy(exc):
                     raise
                 cur = self._retry(lambda: conn.execute(sql, args))
-            return cur.fetchone() if one else cur.fetchall()
+            try:
+                return cur.fetchone() if one else cur.fetchall()
+            finally:
+                cur.close()  # no read snapshot goes back to the pool, even if fetching raised
         finally:
             self._give(conn)
 
