@@ -23,7 +23,7 @@ from werkzeug.wsgi import get_input_stream
 from . import faults
 from .envelope import http_status
 from .rules import Rejection
-from .service import Accepted, CoverDraft, Service, mask_key
+from .service import Accepted, CoverDraft, Service, WouldWait, mask_key
 
 bp = Blueprint("api", __name__)
 
@@ -42,7 +42,8 @@ class ApiResponse:
 
 class MustBlock(Exception):
     """Raised by a handler running on an event loop (`inline`) that would have to wait (an injected
-    latency), before it changed any state: the caller runs it again in a thread."""
+    latency, a rate window whose write lock is held elsewhere), before it changed any state: the
+    caller runs it again in a thread."""
 
 
 class ApiRequest:
@@ -181,8 +182,11 @@ def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse | PendingCover:
     body = req.json_body(svc.cfg.max_body_bytes)
     if isinstance(body, Rejection):
         return reject(svc, body)
-    draft = svc.draft_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
-                            req.view.settings, req.view.armed)
+    try:
+        draft = svc.draft_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
+                                req.view.settings, req.view.armed, nowait=req.inline)
+    except WouldWait:  # the rate window's lock is held elsewhere: wait in a thread, not on the loop
+        raise MustBlock from None
     if isinstance(draft, Rejection):
         return reject(svc, draft)
     return PendingCover(svc, draft)
@@ -194,7 +198,10 @@ def record_info(svc: Service, req: ApiRequest) -> ApiResponse:
     if isinstance(pre, ApiResponse):
         return pre
     key, _ = pre
-    result = svc.record_info(key, req.query("taskId"), req.view.settings)
+    try:
+        result = svc.record_info(key, req.query("taskId"), req.view.settings, nowait=req.inline)
+    except WouldWait:
+        raise MustBlock from None
     return reject(svc, result) if isinstance(result, Rejection) else success(result)
 
 

@@ -8,8 +8,9 @@ single slow request (an injected latency, an uploadUrl check) stall every other 
 the fast, CPU-only requests run one after the other on the loop, with no thread switch, and
 anything that may block runs in the pool while the loop goes on serving:
 
-- an API request whose handler would sleep (injected latency) stops before it changed any state
-  (`api.MustBlock`) and is run again in the pool;
+- an API request whose handler would sleep (injected latency) or wait for SQLite's write lock
+  to take a rate-window slot stops before it changed any state (`api.MustBlock`) and is run
+  again in the pool;
 - with the uploadUrl check on, upload-cover always runs in the pool;
 - everything else (control API, files, 404s) goes to the Flask app in the pool.
 
@@ -124,8 +125,9 @@ class AcceptBatcher:
     thread) holds it, the batch is tried again a little later, and the covers arriving meanwhile
     join it; the loop serves other requests in between. A lock still held after BUSY_GIVE_UP
     seconds (the blocking writers' own patience) fails the batch with the store's error (500).
-    The other writes a request may make (a rate window when a limit is set, an armed fault, a
-    402's give-backs) are single statements that still wait for the lock the blocking way.
+    A rate-window slot (when a limit is set) is taken before, and never waited for on the loop
+    either: if the lock is held, the request is run again in the thread pool (`api.MustBlock`).
+    The rare other writes (an armed fault taken, a 402's give-backs) still wait the blocking way.
 
     Covers are drafted before the batch is written, so two covers of one turn are checked
     against the same rate window: a cover refused with 402 holds its slot until its batch is

@@ -23,6 +23,11 @@ def mask_key(key: str | None) -> str | None:
     return key[:3] + "…" + key[-2:] if len(key) > 8 else key[:1] + "…"
 
 
+class WouldWait(Exception):
+    """Raised (with `nowait`) where a verb would wait for the store's write lock, before it changed
+    anything: an event loop runs the request again in a thread."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     task_id: str
@@ -138,17 +143,26 @@ class Service:
             return draft
         return self.settle_cover(draft, self.store.accept(*draft.accept_args()))
 
+    def _rate_acquire(self, bucket: str, now: float, limit: int, window: float, nowait: bool):
+        if not nowait:
+            return self.store.rate_acquire(bucket, now, limit, window)
+        got = self.store.try_rate_acquire(bucket, now, limit, window)
+        if got is None:
+            raise WouldWait(bucket)
+        return got
+
     def draft_cover(self, key: str, body, base_url: str, prefer: faults.Prefer, settings: dict | None = None,
-                    armed: frozenset | None = None) -> CoverDraft | Rejection:
+                    armed: frozenset | None = None, nowait: bool = False) -> CoverDraft | Rejection:
         """Every check of a new cover, and the task it makes, short of storing it: the caller hands
         `draft.accept_args()` to `store.accept` (alone, or batched with others) and its answer to
-        `settle_cover`. `armed`: the fault kinds the request's prelude saw armed (None: unknown)."""
+        `settle_cover`. `armed`: the fault kinds the request's prelude saw armed (None: unknown).
+        `nowait`: WouldWait instead of waiting for the write lock to take a rate-window slot."""
         settings = settings or self.settings()
         now = self.clock.now()
         limit = settings["rate_limit"]
         token = None
         if limit:
-            ok, retry_after, token = self.store.rate_acquire("cover:" + key, now, limit, settings["rate_window"])
+            ok, retry_after, token = self._rate_acquire("cover:" + key, now, limit, settings["rate_window"], nowait)
             if not ok:
                 return Rejection(429, f"Rate limited: at most {limit} new tasks per {settings['rate_window']:g} s "
                                       f"per account; retry after {retry_after:.1f} s", None, "rate",
@@ -208,7 +222,8 @@ class Service:
             return None
         return task
 
-    def record_info(self, key: str, task_id: str | None, settings: dict | None = None) -> dict | Rejection:
+    def record_info(self, key: str, task_id: str | None, settings: dict | None = None,
+                    nowait: bool = False) -> dict | Rejection:
         if not task_id:
             return Rejection(422, "Please enter taskId (query parameter)", "taskId", "required")
         task = self.live_task(task_id)
@@ -216,7 +231,7 @@ class Service:
             return Rejection(422, "recordInfo is null", "taskId", "unknown")
         per_second = (settings or self.settings())["record_info_per_second"]
         if per_second:
-            ok, retry_after, _ = self.store.rate_acquire("poll:" + task_id, self.clock.now(), per_second, 1.0)
+            ok, retry_after, _ = self._rate_acquire("poll:" + task_id, self.clock.now(), per_second, 1.0, nowait)
             if not ok:
                 return Rejection(429, f"Rate limited: at most {per_second} record-info queries per second "
                                       f"per task; retry after {retry_after:.1f} s", "taskId", "rate",

@@ -187,12 +187,12 @@ def serve_together(app, keys: list[str]) -> list[dict]:
     return [p.answer[1] for p in protos]
 
 
-def rsgi_app(**accounts):
+def rsgi_app(store: str = "memory", rate_limit: int = 0, **accounts):
     from mock_server.app import create_app
     from mock_server.config import Config
     from mock_server.rsgi import RsgiApp
 
-    flask_app = create_app(Config(store="memory", rate_limit=0, clock="virtual", api_keys=accounts),
+    flask_app = create_app(Config(store=store, rate_limit=rate_limit, clock="virtual", api_keys=accounts),
                            start_scheduler=False)
     return RsgiApp(flask_app.extensions["kie_mock"], flask_app)
 
@@ -232,3 +232,35 @@ def test_a_store_write_that_raises_is_a_500_and_gives_the_armed_scenario_back():
     store.accept = real_accept
     (got,) = serve_together(app, ["key-one-0001"])
     assert got["code"] == 200 and store.list_tasks()[0]["scenario"]["name"] == "fail-501"
+
+
+def test_a_rate_window_locked_elsewhere_is_waited_for_in_a_thread_not_on_the_loop(tmp_path):
+    """With a rate limit, a cover takes its slot in a write. While another process holds SQLite's
+    write lock, the request goes to the thread pool (nothing was changed yet): the event loop
+    keeps running, and the cover is accepted, once, when the lock is released."""
+    import sqlite3
+
+    path = tmp_path / "rate.sqlite"
+    app = rsgi_app(store=f"sqlite:{path}", rate_limit=5, **{"key-one-0001": 100})
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    payload = orjson.dumps(body(callBackUrl="http://127.0.0.1:9/cb"))
+    proto = Proto(payload)
+    ticks = []
+
+    async def main():
+        request = asyncio.ensure_future(app(Scope("key-one-0001", payload), proto))
+        other.execute("BEGIN IMMEDIATE")  # another worker is writing
+        for _ in range(20):  # the loop is free meanwhile
+            await asyncio.sleep(0.01)
+            ticks.append(proto.answer)
+        other.execute("COMMIT")
+        await asyncio.wait_for(request, 30)
+
+    asyncio.run(main())
+    other.close()
+    assert len(ticks) == 20 and ticks[-1] is None  # 200 ms of loop turns, no answer while locked
+    status, envelope = proto.answer
+    assert envelope["code"] == 200
+    store = app.svc.store
+    assert [t["taskId"] for t in store.list_tasks()] == [envelope["data"]["taskId"]]
+    assert len(app.svc.journal.read(limit=10)) == 1  # journaled once, by the run that answered

@@ -191,6 +191,13 @@ def test_rate_window_admits_limit_then_refuses_until_a_slot_frees(store):
     assert not store.rate_acquire("cover:a", 110.5, 3, 10.0)[0]
 
 
+def test_try_rate_acquire_is_rate_acquire_when_nobody_else_writes(store):
+    got = [store.try_rate_acquire("cover:a", 100.0 + i, 2, 10.0) for i in range(3)]
+    assert [g[0] for g in got] == [True, True, False] and got[2][1] == pytest.approx(8.0)  # 100 + 10 - 102
+    store.rate_release("cover:a", got[0][2])
+    assert store.try_rate_acquire("cover:a", 103.0, 2, 10.0)[0]
+
+
 def test_rate_release_gives_the_slot_back(store):
     ok, _, t1 = store.rate_acquire("poll:x", 50.0, 2, 1.0)
     ok2, _, _ = store.rate_acquire("poll:x", 50.1, 2, 1.0)
@@ -699,9 +706,11 @@ def test_sqlite_try_accept_many_answers_busy_at_once_while_another_writer_holds_
     items = [("a", 12, task("t1", key="a"), job("j1", "t1")), ("a", 12, task("t2", key="a"), job("j2", "t2"))]
     started = time.monotonic()
     assert s.try_accept_many(items) is None
+    assert s.try_rate_acquire("cover:a", 100.0, 5, 10.0) is None
     assert time.monotonic() - started < 0.5  # answered without waiting out the lock
     other.execute("COMMIT")
     assert s.get_account("a")["credits"] == 20 and s.get_task("t1") is None
+    assert [s.try_rate_acquire("cover:a", 100.0, 1, 10.0)[0] for _ in range(2)] == [True, False]  # nothing was taken
     assert s.try_accept_many(items) == [8, None]  # one charge per item when the pair does not fit
     assert [t["taskId"] for t in s.list_tasks()] == ["t1"] and [j["id"] for j in s.list_jobs()] == ["j1"]
     other.close()

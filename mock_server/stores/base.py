@@ -51,6 +51,12 @@ class Store(ABC):
     def rate_acquire(self, bucket: str, now: float, limit: int, window: float) -> tuple[bool, float, str]:
         """(admitted, seconds until a slot frees, token). The token undoes it with rate_release."""
 
+    def try_rate_acquire(self, bucket: str, now: float, limit: int, window: float) -> tuple[bool, float, str] | None:
+        """`rate_acquire`, or None (nothing done) if it would have to wait for another writer:
+        for an event loop, which then hands the request to a thread. Backends that never wait
+        for a lock just answer."""
+        return self.rate_acquire(bucket, now, limit, window)
+
     @abstractmethod
     def rate_release(self, bucket: str, token: str) -> None: ...
 

@@ -108,6 +108,9 @@ if "_CHECKPOINT_GATE" not in globals():  # once, even if the module is reloaded
                         after_in_child=_gate_after_fork_in_child)
 
 
+BUSY = object()  # _try_write's answer while another writer holds the lock
+
+
 def _busy(exc: sqlite3.OperationalError) -> bool:
     """The write lock is held by another connection (SQLITE_BUSY / SQLITE_LOCKED)."""
     return "locked" in str(exc) or "busy" in str(exc)
@@ -400,6 +403,9 @@ class SqliteStore(Store):
 
     # -- rate windows ------------------------------------------------------------------------
     def rate_acquire(self, bucket, now, limit, window):
+        return self._write(self._rate_op(bucket, now, limit, window))
+
+    def _rate_op(self, bucket, now, limit, window):
         # rates: one row per admitted entry; rate_buckets: their count per bucket (COUNT(*) would
         # walk the whole window) and the latest expiry, so whole idle buckets can be swept.
         def op(conn):
@@ -423,7 +429,7 @@ class SqliteStore(Store):
                              (now,))
                 conn.execute("DELETE FROM rate_buckets WHERE last <= ?", (now,))
             return True, 0.0, token
-        return self._write(op)
+        return op
 
     def rate_release(self, bucket, token):
         def op(conn):
@@ -513,29 +519,38 @@ class SqliteStore(Store):
             return [exc] * len(items)
         return super().accept_many(items)
 
-    def try_accept_many(self, items):
-        # Its own transaction, outside the group commit of this process's threads: whoever holds
-        # the write lock (another process, or a thread of this one), the answer is "busy" at once.
+    def _try_write(self, op):
+        """op(conn) in a transaction of its own, outside the group commit of this process's
+        threads; BUSY at once (nothing done) while anyone else holds the write lock (another
+        process, or a thread of this one). An exception of op or of the commit is raised, with
+        nothing of it stored."""
         if self._pid != os.getpid():
             self._after_fork()
-        op = self._accept_op(self._accept_rows(items))
         with self._conn() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 if _busy(exc):
-                    return None
+                    return BUSY
                 raise
             try:
                 out = op(conn)
                 conn.execute("COMMIT")
                 return out
-            except Exception as exc:
-                failure = exc
             finally:  # never back to the pool inside a transaction (KeyboardInterrupt included)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-        return self._one_by_one(items, failure)  # nothing of it was stored
+
+    def try_accept_many(self, items):
+        try:
+            out = self._try_write(self._accept_op(self._accept_rows(items)))
+        except Exception as exc:
+            return self._one_by_one(items, exc)  # nothing of it was stored
+        return None if out is BUSY else out
+
+    def try_rate_acquire(self, bucket, now, limit, window):
+        out = self._try_write(self._rate_op(bucket, now, limit, window))
+        return None if out is BUSY else out
 
     def get_task(self, task_id):
         row = self._read_one("SELECT data FROM tasks WHERE id = ?", (task_id,))
