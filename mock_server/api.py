@@ -164,6 +164,10 @@ class PendingCover:
             return resp
         return reject(self.svc, result)
 
+    def answer(self, result) -> ApiResponse:
+        """The response to the store's answer for this cover: a balance, None, or the exception."""
+        return self.failed(result) if isinstance(result, Exception) else self.settle(result)
+
     def failed(self, exc: BaseException) -> ApiResponse:
         """The store write raised: nothing was stored."""
         try:
@@ -182,11 +186,8 @@ def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse | PendingCover:
     body = req.json_body(svc.cfg.max_body_bytes)
     if isinstance(body, Rejection):
         return reject(svc, body)
-    try:
-        draft = svc.draft_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
-                                req.view.settings, req.view.armed, nowait=req.inline)
-    except WouldWait:  # the rate window's lock is held elsewhere: wait in a thread, not on the loop
-        raise MustBlock from None
+    draft = svc.draft_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
+                            req.view.settings, req.view.armed, nowait=req.inline)
     if isinstance(draft, Rejection):
         return reject(svc, draft)
     return PendingCover(svc, draft)
@@ -198,10 +199,7 @@ def record_info(svc: Service, req: ApiRequest) -> ApiResponse:
     if isinstance(pre, ApiResponse):
         return pre
     key, _ = pre
-    try:
-        result = svc.record_info(key, req.query("taskId"), req.view.settings, nowait=req.inline)
-    except WouldWait:
-        raise MustBlock from None
+    result = svc.record_info(key, req.query("taskId"), req.view.settings, nowait=req.inline)
     return reject(svc, result) if isinstance(result, Rejection) else success(result)
 
 
@@ -233,6 +231,8 @@ def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
         return handler(svc, req)
     except MustBlock:
         raise
+    except WouldWait:  # a rate window's write lock is held elsewhere: wait in a thread, not on the loop
+        raise MustBlock from None
     except Exception as exc:
         return bug(exc)
 
@@ -249,10 +249,10 @@ def finish(svc: Service, req: ApiRequest, resp: ApiResponse) -> ApiResponse:
 def settle_now(svc: Service, pending: PendingCover) -> ApiResponse:
     """Make a pending cover's store write alone, now, and answer it."""
     try:
-        balance = svc.store.accept(*pending.draft.accept_args())
+        result = svc.store.accept(*pending.draft.accept_args())
     except Exception as exc:
-        return pending.failed(exc)
-    return pending.settle(balance)
+        result = exc
+    return pending.answer(result)
 
 
 def handle(svc: Service, handler, req: ApiRequest) -> ApiResponse:

@@ -176,7 +176,7 @@ class AcceptBatcher:
         self.written += len(batch)
         for (pending, fut), result in zip(batch, results):
             try:
-                resp = pending.failed(result) if isinstance(result, Exception) else pending.settle(result)
+                resp = pending.answer(result)
             except Exception as exc:  # answering must not fail, and must not leave the others waiting
                 resp = api.bug(exc)
             if not fut.cancelled():

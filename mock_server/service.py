@@ -1,5 +1,6 @@
-"""The fake service's verbs, independent of HTTP: authenticate, upload_cover, record_info,
-credit. State lives in the store; time comes from the clock; later work from the scheduler.
+"""The fake service's verbs, independent of HTTP: authenticate, draft_cover and settle_cover (a
+new cover, around its store write), record_info, credit. State lives in the store; time comes
+from the clock; later work from the scheduler.
 """
 
 from __future__ import annotations
@@ -135,14 +136,6 @@ class Service:
                              retry_after=1 if code == 429 else None)
         return None
 
-    def upload_cover(self, key: str, body, base_url: str, prefer: faults.Prefer,
-                     settings: dict | None = None) -> Accepted | Rejection:
-        """`settings`: those the request's prelude already read (one store read per request)."""
-        draft = self.draft_cover(key, body, base_url, prefer, settings)
-        if isinstance(draft, Rejection):
-            return draft
-        return self.settle_cover(draft, self.store.accept(*draft.accept_args()))
-
     def _rate_acquire(self, bucket: str, now: float, limit: int, window: float, nowait: bool):
         if not nowait:
             return self.store.rate_acquire(bucket, now, limit, window)
@@ -194,17 +187,15 @@ class Service:
         if balance is not None:
             self.scheduler.added(draft.job)
             return Accepted(draft.task["taskId"])
-        if draft.fault:  # the armed scenario is for the next task actually created: give its use back
-            self.store.arm_fault(dict(draft.fault, count=1))
-        if draft.token:
-            self.store.rate_release("cover:" + draft.key, draft.token)
+        self.abandon_cover(draft)
         held = (self.store.get_account(draft.key) or {}).get("credits", 0)
         return Rejection(402, f"Insufficient credits: a cover costs {draft.cost} credits, "
                               f"the balance is {held}", None, "credits")
 
     def abandon_cover(self, draft: CoverDraft) -> None:
-        """`store.accept` failed (raised) for the draft: nothing was stored; give back its rate
-        slot and the armed scenario it used."""
+        """Nothing of the draft was stored (`store.accept` refused it with 402, or raised): give
+        back its rate slot and the armed scenario it used (that is for the next task actually
+        created)."""
         if draft.fault:
             self.store.arm_fault(dict(draft.fault, count=1))
         if draft.token:

@@ -10,6 +10,7 @@ import orjson
 
 from conftest import body
 
+from mock_server.api import PendingCover
 from mock_server.rsgi import AcceptBatcher
 
 
@@ -22,6 +23,8 @@ class Cover:
 
     def accept_args(self) -> tuple:
         return ("key", 1, {"taskId": f"t{self.n}"}, {"id": f"j{self.n}"})
+
+    answer = PendingCover.answer  # the real dispatch, onto the two answers below
 
     def settle(self, balance):
         return ("settled", self.n, balance)
