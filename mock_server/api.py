@@ -208,7 +208,7 @@ def credit(svc: Service, req: ApiRequest) -> ApiResponse:
     pre = _prelude(svc, req)
     if isinstance(pre, ApiResponse):
         return pre
-    return success(req.view.account["credits"])
+    return success(svc.credit(pre[0]))  # the balance now (the prelude's account may be a cached copy)
 
 
 ROUTES = {

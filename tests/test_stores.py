@@ -416,6 +416,85 @@ def test_state_survives_reopening(shared_url):
     again.close()
 
 
+def test_prelude_sees_every_change_made_through_another_handle(shared_url):
+    """Two handles on one shared store are two processes' views: whatever one changes (key,
+    settings, armed faults), the other's next prelude shows, even if it had read the prelude
+    before (a backend may cache it, but never past a change)."""
+    a, b = open_store(shared_url), open_store(shared_url)
+    try:
+        a.reset()
+        assert a.prelude("k") == (None, {}, frozenset())
+        b.put_account("k", 10, "hk")
+        assert a.prelude("k")[0] == {"key": "k", "credits": 10, "hmac_key": "hk"}
+        b.update_settings({"maintenance": True})
+        assert a.prelude("k")[1] == {"maintenance": True}
+        b.arm_fault({"id": "f1", "kind": "code", "key": "k", "count": 2, "code": 500})
+        assert a.prelude("k")[2] == {"code"}
+        assert b.take_fault("k", "code")["count"] == 1
+        assert a.prelude("k")[2] == {"code"}  # one use left
+        assert b.take_fault("k", "code")["count"] == 0
+        assert a.prelude("k")[2] == frozenset()
+        b.arm_fault({"id": "f2", "kind": "scenario", "key": "*", "count": 1, "scenario": "late-failure"})
+        assert a.prelude("k")[2] == {"scenario"}
+        b.clear_faults()
+        assert a.prelude("k")[2] == frozenset()
+        b.put_account("k", 10, "other")
+        assert a.prelude("k")[0]["hmac_key"] == "other"
+        assert b.delete_account("k")
+        assert a.prelude("k") == (None, {}, frozenset())
+        b.put_account("k", 3)
+        b.update_settings({"latency": {"ms": 1}})
+        assert a.prelude("k")[1] == {"maintenance": True, "latency": {"ms": 1}}
+        b.reset()
+        assert a.prelude("k") == (None, {}, frozenset())
+        a.put_account("k", 4)  # and the other way round
+        assert b.prelude("k")[0]["credits"] == 4
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sqlite_prelude_is_read_once_until_a_change_or_its_time_runs_out(tmp_path, monkeypatch):
+    from mock_server.stores import sqlite as sqlite_store
+
+    path = tmp_path / "store.sqlite"
+    s = open_store(f"sqlite:{path}")
+    reads = []
+    real = s._read_prelude
+    monkeypatch.setattr(s, "_read_prelude", lambda key: reads.append(key) or real(key))
+    s.put_account("k", 5)
+    first = s.prelude("k")
+    assert s.prelude("k") == first and s.prelude("k") == first
+    assert reads == ["k"]  # cached: one read for three requests
+    s.prelude("other")
+    assert reads == ["k", "other"]  # per key
+    s.update_settings({"maintenance": True})  # a change through the store: read again at once
+    assert s.prelude("k")[1] == {"maintenance": True} and reads == ["k", "other", "k"]
+    # A writer that does not stamp (another program, a process killed between its commit and
+    # its stamp) is seen once the cached prelude is PRELUDE_TTL old.
+    import sqlite3
+    raw = sqlite3.connect(path)
+    raw.execute("INSERT INTO settings (k, v) VALUES ('latency', '{\"ms\":2}')")
+    raw.commit()
+    raw.close()
+    assert s.prelude("k")[1] == {"maintenance": True}  # still the cached copy
+    clock = [time.monotonic() + sqlite_store.PRELUDE_TTL]
+    monkeypatch.setattr(sqlite_store.time, "monotonic", lambda: clock[0])
+    assert s.prelude("k")[1] == {"maintenance": True, "latency": {"ms": 2}}
+    s.close()
+
+
+def test_sqlite_prelude_cache_is_bounded(tmp_path, monkeypatch):
+    from mock_server.stores import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "PRELUDE_CACHE_KEYS", 8)
+    s = open_store(f"sqlite:{tmp_path / 'store.sqlite'}")
+    for i in range(100):  # e.g. a flood of unknown keys
+        assert s.prelude(f"nobody-{i}") == (None, {}, frozenset())
+        assert len(s._preludes) <= 8
+    s.close()
+
+
 # -- concurrency: threads (every backend) ------------------------------------------------------------------
 def run_threads(n: int, fn) -> list:
     barrier = threading.Barrier(n)

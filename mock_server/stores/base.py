@@ -18,7 +18,8 @@ class Store(ABC):
     # -- what every API request reads first -------------------------------------
     def prelude(self, key: str) -> tuple[dict | None, dict, frozenset]:
         """(the key's account or None, the settings, the kinds of fault armed for the key or for
-        everyone): one read where the backend allows it."""
+        everyone): one read where the backend allows it. A backend may answer from a cache kept
+        fresh for these three; the account's credits are then not current (`get_account` is)."""
         account = self.get_account(key)
         if account is None:
             return None, {}, frozenset()

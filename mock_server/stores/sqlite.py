@@ -22,10 +22,19 @@ lazily. A process that was forked with open connections drops them and opens its
 
 Records are JSON (orjson) in a `data` column; the fields that are searched or ordered on
 (due time, expiry, key, status) are columns with indexes.
+
+The prelude (what every API request reads first: the key's account, the settings, the armed
+fault kinds) is cached per process. They change rarely, and only through this class's verbs,
+which after committing write a new random stamp into a small file shared by every process
+(`<file>-gen`, mapped in memory; for ":memory:" a stamp in the process). A cached prelude is
+used while the stamp is the one it was read under, and for at most PRELUDE_TTL seconds (a
+writer that died between its commit and its stamp, or one that does not stamp). Credits are
+not part of it: `get_account` reads them.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import sqlite3
 import threading
@@ -42,6 +51,8 @@ BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction 
 CHECKPOINT_EVERY = 0.25  # seconds between background WAL checkpoints
 AUTOCHECKPOINT_PAGES = 4000  # backstop (16 MB of WAL), should the background checkpoints fall behind
 MAX_BATCH = 256  # writes per group commit
+PRELUDE_TTL = 1.0  # seconds a cached prelude is trusted at most, even with an unchanged stamp
+PRELUDE_CACHE_KEYS = 4096  # cached preludes per process (the cache is emptied when full)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -148,11 +159,31 @@ class SqliteStore(Store):
         self._checkpointer: threading.Thread | None = None
         if not self.memory and os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._stamp = self._open_stamp()
+        self._preludes: dict = {}  # key -> (stamp, read at, prelude)
         conn = self._connect()
         self._retry(lambda: conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;"))
         self._retry(lambda: self._migrate(conn))
         if not self.memory:
             self._idle.append(conn)
+
+    # -- the stamp of the cached reads --------------------------------------------------------------
+    def _open_stamp(self):
+        """8 bytes every process of the file sees (a shared mapping survives fork)."""
+        if self.memory:
+            return bytearray(8)
+        fd = os.open(self.path + "-gen", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)  # only grows it: two processes doing this at once agree
+            return mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def _changed(self) -> None:
+        """After a committed change of accounts, settings or faults: every process's cached
+        preludes are stale. A random stamp, not a counter: two writers never need to agree."""
+        self._stamp[0:8] = os.urandom(8)
 
     # -- connections -------------------------------------------------------------------------
     @staticmethod
@@ -359,8 +390,20 @@ class SqliteStore(Store):
             for table in ("accounts", "rates", "rate_buckets", "tasks", "jobs", "log_chunks", "faults", "settings"):
                 conn.execute(f"DELETE FROM {table}")
         self._write(op)
+        self._changed()
 
     def prelude(self, key):
+        stamp, now = self._stamp[0:8], time.monotonic()
+        hit = self._preludes.get(key)
+        if hit is not None and hit[0] == stamp and now - hit[1] < PRELUDE_TTL:
+            return hit[2]
+        got = self._read_prelude(key)  # read after the stamp: a change stamped meanwhile is read again
+        if len(self._preludes) >= PRELUDE_CACHE_KEYS:
+            self._preludes = {}
+        self._preludes[key] = (stamp, now, got)
+        return got
+
+    def _read_prelude(self, key):
         account, settings, armed = None, {}, set()
         for what, a, b in self._read(PRELUDE_SQL, (key,)):
             if what == 0:
@@ -380,13 +423,16 @@ class SqliteStore(Store):
             " (SELECT COALESCE(MAX(seq), 0) + 1 FROM accounts)) "
             "ON CONFLICT (key) DO UPDATE SET credits = excluded.credits, hmac_key = excluded.hmac_key",
             (key, int(credits), hmac_key)))
+        self._changed()
 
     def get_account(self, key):
         row = self._read_one("SELECT credits, hmac_key FROM accounts WHERE key = ?", (key,))
         return {"key": key, "credits": row[0], "hmac_key": row[1]} if row else None
 
     def delete_account(self, key):
-        return self._write(lambda c: c.execute("DELETE FROM accounts WHERE key = ?", (key,)).rowcount) > 0
+        gone = self._write(lambda c: c.execute("DELETE FROM accounts WHERE key = ?", (key,)).rowcount) > 0
+        self._changed()
+        return gone
 
     def list_accounts(self):
         return [{"key": k, "credits": c, "hmac_key": h}
@@ -701,6 +747,7 @@ class SqliteStore(Store):
     def arm_fault(self, fault):
         args = (fault.get("kind"), fault.get("key", "*"), int(fault.get("count", 1)), _dumps(fault))
         self._write(lambda c: c.execute("INSERT INTO faults (kind, key, count, data) VALUES (?, ?, ?, ?)", args))
+        self._changed()
 
     def take_fault(self, key, kind):
         # Nearly every request asks; nearly always nothing is armed: answer that without the write lock.
@@ -722,6 +769,8 @@ class SqliteStore(Store):
         got = self._write(op)
         if got is None:
             return None
+        if got[0] <= 0:  # the last use: the kind may not be armed any more
+            self._changed()
         fault = _loads(got[1])
         fault["count"] = got[0]
         return fault
@@ -736,6 +785,7 @@ class SqliteStore(Store):
 
     def clear_faults(self):
         self._write(lambda c: c.execute("DELETE FROM faults"))
+        self._changed()
 
     # -- settings ---------------------------------------------------------------------------------
     def get_settings(self):
@@ -748,4 +798,6 @@ class SqliteStore(Store):
             conn.executemany("INSERT INTO settings (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
                              rows_in)
             return conn.execute("SELECT k, v FROM settings").fetchall()
-        return {k: _loads(v) for k, v in self._write(op)}
+        rows = self._write(op)
+        self._changed()
+        return {k: _loads(v) for k, v in rows}
