@@ -37,6 +37,36 @@ _TYPES: dict[str, Check] = {
 }
 
 
+# The type tests written inline (no call) where Python's isinstance says it exactly.
+_INLINE_TYPES = {
+    "string": "isinstance({x}, str)",
+    "number": "(isinstance({x}, (int, float)) and not isinstance({x}, bool))",
+    "boolean": "isinstance({x}, bool)",
+    "null": "{x} is None",
+    "object": "isinstance({x}, dict)",
+    "array": "isinstance({x}, list)",
+}
+
+FORMAT_MEMO_SIZE = 1024  # verdicts kept per process (clients send the same URLs again and again)
+FORMAT_MEMO_MAX_LEN = 2048  # longer strings are checked every time
+_format_memo: dict = {}
+
+
+def format_ok(value, fmt: str) -> bool:
+    """FORMATS.conforms, remembered for short strings (a format check is a pure function of the
+    string, and the URI one is a large regular expression)."""
+    if type(value) is not str or len(value) > FORMAT_MEMO_MAX_LEN:
+        return FORMATS.conforms(value, fmt)
+    memo_key = (fmt, value)
+    verdict = _format_memo.get(memo_key)
+    if verdict is None:
+        verdict = FORMATS.conforms(value, fmt)
+        if len(_format_memo) >= FORMAT_MEMO_SIZE:
+            _format_memo.clear()
+        _format_memo[memo_key] = verdict
+    return verdict
+
+
 def _equal(a, b) -> bool:
     """JSON equality for scalars: true is not 1, 1 is 1.0."""
     if isinstance(a, bool) or isinstance(b, bool):
@@ -54,7 +84,7 @@ class _Gen:
     def __init__(self):
         self.lines: list[str] = []
         self.env: dict = {"_TYPES": _TYPES, "_equal": _equal, "_is_number": _is_number,
-                          "is_multiple": is_multiple, "FORMATS": FORMATS}
+                          "is_multiple": is_multiple, "format_ok": format_ok}
         self.n = 0
 
     def const(self, value) -> str:
@@ -81,15 +111,24 @@ class _Gen:
                 names = [value] if isinstance(value, str) else list(value)
                 for n in names:
                     _TYPES[n]  # noqa: B018 (KeyError for an unknown type, as before)
-                self.fail_unless(depth, " or ".join(f"_TYPES[{n!r}]({x})" for n in names) or "False")
+                self.fail_unless(depth, " or ".join(_INLINE_TYPES[n].format(x=x) if n in _INLINE_TYPES
+                                                    else f"_TYPES[{n!r}]({x})" for n in names) or "False")
             elif kw == "const":
                 _equal(value, value)  # raises Unsupported for containers
-                self.fail_unless(depth, f"not isinstance({x}, (dict, list)) and _equal({x}, {self.const(value)})")
+                if isinstance(value, bool):  # only true is true (not 1, not 1.0)
+                    self.fail_unless(depth, f"{x} is {value!r}")
+                else:
+                    self.fail_unless(depth, f"not isinstance({x}, (dict, list)) and _equal({x}, {self.const(value)})")
             elif kw == "enum":
                 for v in value:
                     _equal(v, v)
-                vs = self.const(tuple(value))
-                self.fail_unless(depth, f"not isinstance({x}, (dict, list)) and any(_equal({x}, v) for v in {vs})")
+                strings = [v for v in value if v is not None]
+                if all(type(v) is str for v in strings):  # a set lookup; _equal on str is `type is str and ==`
+                    test = f"(type({x}) is str and {x} in {self.const(frozenset(strings))})"
+                    self.fail_unless(depth, f"{x} is None or {test}" if None in value else test)
+                else:
+                    vs = self.const(tuple(value))
+                    self.fail_unless(depth, f"not isinstance({x}, (dict, list)) and any(_equal({x}, v) for v in {vs})")
             elif kw in ("minLength", "maxLength"):
                 op = ">=" if kw == "minLength" else "<="
                 self.fail_unless(depth, f"not isinstance({x}, str) or len({x}) {op} {int(value)}")
@@ -102,7 +141,7 @@ class _Gen:
                 rx = self.const(re.compile(value))
                 self.fail_unless(depth, f"not isinstance({x}, str) or {rx}.search({x}) is not None")
             elif kw == "format":
-                self.fail_unless(depth, f"FORMATS.conforms({x}, {value!r})")
+                self.fail_unless(depth, f"format_ok({x}, {value!r})")
             elif kw == "required":
                 if value:
                     self.fail_unless(depth, f"not isinstance({x}, dict) or ("

@@ -85,6 +85,24 @@ def test_compiled_keywords_match_jsonschema_on_scalars(x):
     from mock_server.spec import validator_for
 
     for schema in ({"type": "number"}, {"type": "integer"}, {"type": ["string", "null"]}, {"const": True},
-                   {"const": 1}, {"enum": ["m", "f", None]}, {"minimum": 0, "maximum": 1, "multipleOf": 0.01},
+                   {"const": False}, {"const": 1}, {"const": "a"}, {"enum": ["m", "f", None]}, {"enum": ["m", "f"]},
+                   {"enum": [1, "a", True]}, {"type": "boolean"}, {"type": "object"}, {"type": "array"},
+                   {"minimum": 0, "maximum": 1, "multipleOf": 0.01},
                    {"maxLength": 2, "minLength": 1}, {"format": "uri"}, {"pattern": "^a"}):
         assert compile_schema(schema)(x) == validator_for(schema).is_valid(x), (schema, x)
+
+
+def test_remembered_format_verdicts_are_the_fresh_ones(monkeypatch):
+    from mock_server import fastschema
+    from mock_server.spec import FORMATS
+
+    monkeypatch.setattr(fastschema, "FORMAT_MEMO_SIZE", 4)
+    monkeypatch.setattr(fastschema, "_format_memo", {})
+    values = ["https://a.example/x", "not a url", "http://127.0.0.1:9/cb", "", "ftp://x", "https://a.example/x",
+              "not a url", "http://" + "a" * 3000, 5, None]
+    for _ in range(3):  # fresh, remembered, and again after the memo was emptied for being full
+        for v in values:
+            assert fastschema.format_ok(v, "uri") == FORMATS.conforms(v, "uri"), v
+            assert len(fastschema._format_memo) <= 4
+    assert not fastschema.format_ok("not a url", "uri") and fastschema.format_ok("https://a.example/x", "uri")
+    assert all(len(v) <= fastschema.FORMAT_MEMO_MAX_LEN for _, v in fastschema._format_memo)
