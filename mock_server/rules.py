@@ -78,15 +78,21 @@ def _required_everywhere() -> list[str]:
     return [f for f in FIELD_ORDER if all(f in s for s in sets)]
 
 
-def _branch_for(body: dict) -> dict | None:
-    for branch in _branches():
+def _branch_index(body: dict) -> int | None:
+    """The index of the branch the body's discriminators pick, or None."""
+    for i, branch in enumerate(_branches()):
         props = branch["properties"]
         if (body.get("customMode") is props["customMode"]["const"]
                 and ("const" not in props["instrumental"]
                      or body.get("instrumental") is props["instrumental"]["const"])
                 and body.get("model") in props["model"]["enum"]):
-            return branch
+            return i
     return None
+
+
+def _branch_for(body: dict) -> dict | None:
+    i = _branch_index(body)
+    return None if i is None else _branches()[i]
 
 
 def _disjoint(a: dict, b: dict) -> bool:
@@ -123,8 +129,8 @@ def schema_accepts(body: dict) -> bool:
     times less work than evaluating all of them; tests compare both on generated bodies).
     """
     if _exclusive():
-        branch = _branch_for(body)
-        return branch is not None and _branch_check(_branches().index(branch))(body)
+        i = _branch_index(body)
+        return i is not None and _branch_check(i)(body)
     return validator(REQUEST_SCHEMA).is_valid(body)
 
 
