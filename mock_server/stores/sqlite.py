@@ -48,7 +48,11 @@ import orjson
 from .base import Store
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before failing
-CHECKPOINT_EVERY = 0.25  # seconds between background WAL checkpoints
+# Seconds between background WAL checkpoints. A short WAL is cheaper to commit to: measured with
+# one worker under wrk -c32 (POST upload-cover, A/B runs alternated), 0.05 s against 0.25 s gave
+# 7-15 % more requests per second, p99 10 ms instead of 21, and less CPU per request; an idle
+# checkpoint costs next to nothing.
+CHECKPOINT_EVERY = 0.05
 AUTOCHECKPOINT_PAGES = 4000  # backstop (16 MB of WAL), should the background checkpoints fall behind
 MAX_BATCH = 256  # writes per group commit
 PRELUDE_TTL = 1.0  # seconds a cached prelude is trusted at most, even with an unchanged stamp
