@@ -7,9 +7,13 @@ One command, from the repository root::
     python bench/run.py --only fake --duration 5           # the three fake variants only
     python bench/run.py --only fake-memory,prism --json bench/results/run.json
 
-Every target is started as a subprocess on a free 127.0.0.1 port, one target at
-a time (so the servers never compete with each other for the 2 cores), polled
-until ready, loaded with wrk, measured (RSS before/after), and killed.
+Every target is started as a subprocess on a free 127.0.0.1 port and polled until
+ready; then, per scenario, each is warmed up and the measured wrk runs are taken
+in rounds: each round loads every target once, in turn (the others sit idle), so
+that a slow drift of the machine's speed (a shared virtual machine) falls on every
+target alike. RSS is read before the first and after the last measured run; the
+servers are killed at the end. ``--sequential`` runs one server at a time instead
+(all its runs in a row, then the next server).
 
 Targets (``--only``; ``fake`` is an alias for every fake variant)
   fake-memory     ``kie-mock serve --port {port} --store memory``: one worker,
@@ -773,82 +777,154 @@ def create_fake_task(server: Server, args) -> str:
     return str(task)
 
 
+_MEASURE_ERRORS = (RuntimeError, ValueError, OSError, urllib.error.URLError)
+
+
+class TargetRun:
+    """One target's server and results, driven a step at a time (start, then per scenario:
+    prepare, measure once per round, finish; stop), so that several targets can take turns.
+    Results are appended to ``results`` as they are made: an interrupted run keeps them."""
+
+    def __init__(self, target: str, args, wrk: str, run_dir: Path, results: list[Result]):
+        self.target, self.args, self.wrk, self.run_dir, self.results = target, args, wrk, run_dir, results
+        self.server: Server | None = None
+        self.rss_idle: float | None = None
+        self.open: dict = {}  # scenario -> [Result, method, url, script, runs]
+
+    def start(self) -> bool:
+        try:
+            self.server = start_target(self.target, self.args, self.run_dir)
+        except Unavailable as exc:
+            msg = str(exc)
+            log(f"{self.target}: UNAVAILABLE: {msg}")
+            first = msg.splitlines()[0] if msg else "unavailable"
+            self.results.extend(Result(self.target, s, "unavailable", note=first) for s in self.args.scenarios)
+            return False
+        log(f"{self.target}: ready on port {self.server.port} after {self.server.ready_s:.1f}s")
+        self.rss_idle = tree_rss_mib(self.server.proc.pid)
+        return True
+
+    def stop(self) -> None:
+        if self.server is not None:
+            kill(self.server.proc)
+
+    def _failed(self, res: Result, exc: BaseException) -> None:
+        res.status, res.note = "error", str(exc).splitlines()[0][:200]
+        log(f"{self.target}/{res.scenario}: ERROR {exc}")
+
+    def prepare(self, scen: str) -> None:
+        """Probe the scenario's request, write its wrk script, warm up."""
+        server, args, target = self.server, self.args, self.target
+        res = Result(target, scen, "ok", rss_idle_mib=self.rss_idle,
+                     server_version=server.version, server_cmd=shlex.join(server.command))
+        self.results.append(res)
+        try:
+            if scen == "get" and is_fake(target):
+                server.get_task_id = create_fake_task(server, args)
+            method, url, headers, body = scenario_request(server, scen, args)
+            res.url = url
+            status, raw = http(method, url, headers, body.encode() if body else None, timeout=10)
+            res.probe_status = status
+            if not 200 <= status < 300:
+                if status == 404 and target == "prism" and scen == "get":
+                    res.status, res.note = "skipped", "path not in spec (probe 404)"
+                    log(f"{target}/{scen}: skipped (probe 404)")
+                    return
+                res.note = f"probe HTTP {status}: {raw[:120].decode(errors='replace')}"
+                log(f"{target}/{scen}: WARNING {res.note}")
+            script = self.run_dir / f"{target}-{scen}.lua"
+            script.write_text(lua_script(method, headers, body, args.body_check))
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"server died (rc={server.proc.returncode}):\n{tail(server.log_path)}")
+            if args.warmup > 0:
+                log(f"{target}/{scen}: warm-up {args.warmup:g}s")
+                run_wrk(self.wrk, url, script, args.warmup, args)
+            res.rss_before_mib = tree_rss_mib(server.proc.pid)
+            self.open[scen] = [res, method, url, script, []]
+        except _MEASURE_ERRORS as exc:
+            self._failed(res, exc)
+        except BaseException:
+            res.status, res.note = "error", "interrupted"
+            raise
+
+    def measure(self, scen: str, i: int) -> None:
+        """One measured run (round i) of a prepared scenario."""
+        if scen not in self.open:
+            return
+        res, method, url, script, runs = self.open[scen]
+        args = self.args
+        try:
+            if self.server.proc.poll() is not None:
+                raise RuntimeError(f"server died (rc={self.server.proc.returncode}):\n{tail(self.server.log_path)}")
+            log(f"{self.target}/{scen}: measuring {args.duration:g}s "
+                f"(-t{args.threads} -c{args.connections}, run {i + 1}/{args.repeat}) {method} {url}")
+            cpu0 = tree_cpu_seconds(self.server.proc.pid)
+            stats, raw_out = run_wrk(self.wrk, url, script, args.duration, args)
+            runs.append((stats, raw_out, tree_cpu_seconds(self.server.proc.pid) - cpu0))
+        except _MEASURE_ERRORS as exc:
+            del self.open[scen]
+            self._failed(res, exc)
+        except BaseException:
+            res.status, res.note = "error", "interrupted"
+            raise
+
+    def finish(self, scen: str) -> None:
+        """The median run (by req/s) becomes the scenario's result."""
+        entry = self.open.pop(scen, None)
+        if entry is None:
+            return
+        res, _, url, script, runs = entry
+        args, server = self.args, self.server
+        runs.sort(key=lambda r: r[0]["requests"] / max(r[0]["duration_us"], 1))
+        stats, raw_out, cpu_s = runs[len(runs) // 2]
+        res.rps_runs = [round(r[0]["requests"] / (r[0]["duration_us"] / 1e6), 1) for r in runs]
+        res.server_cpu_s = round(cpu_s, 2)
+        res.rss_after_mib = tree_rss_mib(server.proc.pid)
+        res.loadavg_after = _loadavg()
+        if server.proc.poll() is not None:
+            res.note = (res.note + "; " if res.note else "") + "server exited during load"
+        fill_stats(res, stats)
+        if res.server_cpu_s:
+            res.req_per_cpu_s = round(res.requests / res.server_cpu_s, 1)
+        res.wrk_raw = raw_out
+        res.wrk_cmd = (f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
+                       f"--timeout {args.wrk_timeout:g}s --latency -s {script.name} {url}")
+        log(f"{self.target}/{scen}: {res.rps:,.0f} req/s p50 {res.p50_ms:.2f} ms "
+            f"p99 {res.p99_ms:.2f} ms non-2xx {res.non_2xx} code!=200 {res.bad_code} "
+            f"RSS {res.rss_before_mib}->{res.rss_after_mib} MiB")
+
+
 def bench_target(target: str, args, wrk: str, run_dir: Path,
                  results: list[Result] | None = None) -> list[Result]:
-    """Start one target, run every scenario, kill it.  Appends to (and returns)
-    ``results`` as it goes, so an interrupted run keeps what was measured."""
+    """Start one target, run every scenario, kill it (--sequential)."""
     results = [] if results is None else results
+    bench_interleaved([target], args, wrk, run_dir, results)
+    return results
+
+
+def bench_interleaved(target_names: list[str], args, wrk: str, run_dir: Path,
+                      results: list[Result]) -> list[Result]:
+    """Start every target, then per scenario: warm each up, and take the measured runs in
+    rounds, each round running every target once, in turn. Slow drifts of the machine's speed
+    (other tenants of a virtual machine) then fall on every target alike, instead of on
+    whichever target was measured at the time. The servers not being measured sit idle."""
+    runs = [TargetRun(t, args, wrk, run_dir, results) for t in target_names]
+    live: list[TargetRun] = []
     try:
-        server = start_target(target, args, run_dir)
-    except Unavailable as exc:
-        msg = str(exc)
-        log(f"{target}: UNAVAILABLE: {msg}")
-        first = msg.splitlines()[0] if msg else "unavailable"
-        results.extend(Result(target, s, "unavailable", note=first) for s in args.scenarios)
-        return results
-    log(f"{target}: ready on port {server.port} after {server.ready_s:.1f}s")
-    try:
-        rss_idle = tree_rss_mib(server.proc.pid)
+        for r in runs:
+            if r.start():
+                live.append(r)
         for scen in args.scenarios:
-            res = Result(target, scen, "ok", rss_idle_mib=rss_idle,
-                         server_version=server.version, server_cmd=shlex.join(server.command))
-            results.append(res)
-            try:
-                if scen == "get" and is_fake(target):
-                    server.get_task_id = create_fake_task(server, args)
-                method, url, headers, body = scenario_request(server, scen, args)
-                res.url = url
-                status, raw = http(method, url, headers, body.encode() if body else None, timeout=10)
-                res.probe_status = status
-                if not 200 <= status < 300:
-                    if status == 404 and target == "prism" and scen == "get":
-                        res.status, res.note = "skipped", "path not in spec (probe 404)"
-                        log(f"{target}/{scen}: skipped (probe 404)")
-                        continue
-                    res.note = f"probe HTTP {status}: {raw[:120].decode(errors='replace')}"
-                    log(f"{target}/{scen}: WARNING {res.note}")
-                script = run_dir / f"{target}-{scen}.lua"
-                script.write_text(lua_script(method, headers, body, args.body_check))
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"server died (rc={server.proc.returncode}):\n{tail(server.log_path)}")
-                if args.warmup > 0:
-                    log(f"{target}/{scen}: warm-up {args.warmup:g}s")
-                    run_wrk(wrk, url, script, args.warmup, args)
-                res.rss_before_mib = tree_rss_mib(server.proc.pid)
-                runs = []  # (wrk stats, wrk stdout, server CPU seconds during the run)
-                for i in range(args.repeat):
-                    log(f"{target}/{scen}: measuring {args.duration:g}s "
-                        f"(-t{args.threads} -c{args.connections}, run {i + 1}/{args.repeat}) "
-                        f"{method} {url}")
-                    cpu0 = tree_cpu_seconds(server.proc.pid)
-                    stats, raw_out = run_wrk(wrk, url, script, args.duration, args)
-                    runs.append((stats, raw_out, tree_cpu_seconds(server.proc.pid) - cpu0))
-                runs.sort(key=lambda r: r[0]["requests"] / max(r[0]["duration_us"], 1))
-                stats, raw_out, cpu_s = runs[len(runs) // 2]  # median run by req/s
-                res.rps_runs = [round(r[0]["requests"] / (r[0]["duration_us"] / 1e6), 1)
-                                for r in runs]
-                res.server_cpu_s = round(cpu_s, 2)
-                res.rss_after_mib = tree_rss_mib(server.proc.pid)
-                res.loadavg_after = _loadavg()
-                if server.proc.poll() is not None:
-                    res.note = (res.note + "; " if res.note else "") + "server exited during load"
-                fill_stats(res, stats)
-                if res.server_cpu_s:
-                    res.req_per_cpu_s = round(res.requests / res.server_cpu_s, 1)
-                res.wrk_raw = raw_out
-                res.wrk_cmd = (f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
-                               f"--timeout {args.wrk_timeout:g}s --latency -s {script.name} {url}")
-                log(f"{target}/{scen}: {res.rps:,.0f} req/s p50 {res.p50_ms:.2f} ms "
-                    f"p99 {res.p99_ms:.2f} ms non-2xx {res.non_2xx} code!=200 {res.bad_code} "
-                    f"RSS {res.rss_before_mib}->{res.rss_after_mib} MiB")
-            except (RuntimeError, ValueError, OSError, urllib.error.URLError) as exc:
-                res.status, res.note = "error", str(exc).splitlines()[0][:200]
-                log(f"{target}/{scen}: ERROR {exc}")
-            except BaseException:
-                res.status, res.note = "error", "interrupted"
-                raise
+            for r in live:
+                r.prepare(scen)
+            for i in range(args.repeat):
+                for r in live:
+                    r.measure(scen, i)
+            for r in live:
+                r.finish(scen)
     finally:
-        kill(server.proc)
+        for r in live:
+            r.stop()
     return results
 
 
@@ -1040,8 +1116,9 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         "",
         f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
         f"(+{args.warmup:g}s warm-up, --timeout {args.wrk_timeout:g}s, median of {args.repeat} run(s)), "
-        f"one server at a time on {HOST}. "
-        f"Machine: nproc={info['nproc']}, {info.get('cpu_model') or '?'}, "
+        + (f"one server at a time on {HOST}. " if args.sequential else
+           f"every server up on {HOST}, the runs taken in rounds (each round runs every target once, in turn). ")
+        + f"Machine: nproc={info['nproc']}, {info.get('cpu_model') or '?'}, "
         f"{info.get('mem_total_gib')} GiB, load avg at start {info.get('loadavg')}, "
         f"Python {info['python']}, {info['platform']}; "
         f"{info.get('wrk') or 'wrk ?'}; node {info.get('node') or '-'}; {info.get('java') or 'java -'}.",
@@ -1112,6 +1189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1,
                    help="measured runs per scenario; the median run (by req/s) is reported")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up seconds (0 = none)")
+    p.add_argument("--sequential", action="store_true",
+                   help="one server at a time, all its runs in a row (default: every server up, "
+                        "the measured runs taken in rounds that run every target once, in turn)")
     p.add_argument("--connections", type=int, default=32, help="wrk -c")
     p.add_argument("--threads", type=int, default=2, help="wrk -t")
     p.add_argument("--wrk-timeout", type=float, default=5.0, help="wrk --timeout seconds")
@@ -1188,8 +1268,13 @@ def main(argv: list[str] | None = None) -> int:
         wrk = ensure_wrk(args.install)
         info = machine_info()
         info["started"] = started
-        for target in args.targets:
-            bench_target(target, args, wrk, run_dir, results)
+        if args.sequential:
+            for target in args.targets:
+                bench_target(target, args, wrk, run_dir, results)
+        else:
+            bench_interleaved(args.targets, args, wrk, run_dir, results)
+        order = {t: i for i, t in enumerate(args.targets)}
+        results.sort(key=lambda r: (order[r.target], args.scenarios.index(r.scenario)))
     except Fatal as exc:
         log(f"FATAL: {exc}")
         return 2

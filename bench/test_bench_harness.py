@@ -263,3 +263,51 @@ def test_wrk_end_to_end_against_stub(stub, tmp_path):
     # HTTP 200 + envelope code 401: counted by the Lua response() hook
     stats, _ = run.run_wrk(shutil.which("wrk"), f"http://127.0.0.1:{port}/soft", script, 1, args)
     assert stats["bad_code"] == stats["requests"] > 0 and stats["errors"]["status"] == 0
+
+
+def test_runs_are_taken_in_rounds_over_every_target(monkeypatch, tmp_path):
+    """Default order: every target up, then per scenario one measured run of each target per
+    round; the results come out in target order all the same."""
+    calls = []
+
+    class Proc:
+        pid = 0
+
+        def poll(self):
+            return None
+
+    def start(target, args, run_dir):
+        return run.Server(target, Proc(), 1000 + len(calls), ["srv", target], tmp_path / "x.log", 0.1)
+
+    def wrk(wrk_path, url, script, duration, args):
+        calls.append((script.name, duration))
+        stats = {"requests": 100, "duration_us": 1_000_000, "bad_code": 0,
+                 "latency_us": {"p50": 1000, "p90": 2000, "p99": 3000, "p99_9": 4000, "max": 5000},
+                 "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0}}
+        return stats, "raw"
+
+    monkeypatch.setattr(run, "start_target", start)
+    monkeypatch.setattr(run, "run_wrk", wrk)
+    monkeypatch.setattr(run, "http", lambda *a, **k: (200, b'{"code":200,"data":{"taskId":"t"}}'))
+    monkeypatch.setattr(run, "kill", lambda proc: None)
+    monkeypatch.setattr(run, "tree_rss_mib", lambda pid: 1.0)
+    monkeypatch.setattr(run, "tree_cpu_seconds", lambda pid: 0.0)
+    args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--warmup", "1"])
+    results = run.bench_interleaved(args.targets, args, "wrk", tmp_path, [])
+    assert calls == [("prism-post.lua", 1), ("wiremock-post.lua", 1),  # warm-ups
+                     ("prism-post.lua", 3), ("wiremock-post.lua", 3),  # round 1
+                     ("prism-post.lua", 3), ("wiremock-post.lua", 3),  # round 2
+                     ("prism-get.lua", 1), ("wiremock-get.lua", 1),
+                     ("prism-get.lua", 3), ("wiremock-get.lua", 3),
+                     ("prism-get.lua", 3), ("wiremock-get.lua", 3)]
+    assert [(r.target, r.scenario, r.status, r.rps_runs) for r in results] == [
+        ("prism", "post", "ok", [100.0, 100.0]), ("wiremock", "post", "ok", [100.0, 100.0]),
+        ("prism", "get", "ok", [100.0, 100.0]), ("wiremock", "get", "ok", [100.0, 100.0])]
+    calls.clear()
+    args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--warmup", "1",
+                           "--sequential"])
+    results = []
+    for t in args.targets:
+        run.bench_target(t, args, "wrk", tmp_path, results)
+    assert [c[0] for c in calls] == ["prism-post.lua"] * 3 + ["prism-get.lua"] * 3 + \
+        ["wiremock-post.lua"] * 3 + ["wiremock-get.lua"] * 3

@@ -234,7 +234,14 @@ def test_record_info_of_another_accounts_task_is_unknown():
     app.extensions["kie_mock"].scheduler.stop()
 
 
-def test_credit_goes_down_by_12_per_accepted_cover_only(client):
+@pytest.mark.parametrize("store", ["memory", "sqlite-file"])
+def test_credit_goes_down_by_12_per_accepted_cover_only(store, tmp_path):
+    # On SQLite the key's account is read from a per-process cache: the balance must not be.
+    url = "memory" if store == "memory" else f"sqlite:{tmp_path / 'store.sqlite'}"
+    app = create_app(Config(clock="virtual", store=url), clock=VirtualClock(start=1_750_000_000.0),
+                     deliver=RecordingDelivery())
+    client = app.test_client()
+
     def balance():
         return envelope(client.get("/api/v1/chat/credit", headers=AUTH))["data"]
 
@@ -245,6 +252,7 @@ def test_credit_goes_down_by_12_per_accepted_cover_only(client):
     assert balance() == 988
     assert submit(client, body(model="V4_5PLUS"))[1]["code"] == 200
     assert balance() == 976
+    app.extensions["kie_mock"].scheduler.stop()
 
 
 def test_insufficient_credits_is_402_and_charges_nothing():

@@ -79,7 +79,9 @@ def test_an_unknown_keyword_is_refused_not_ignored():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)))
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5),
+                 st.sampled_from(["m", "f", "a", 1.0, 0]), st.lists(st.sampled_from(["m", 1]), max_size=2),
+                 st.dictionaries(st.sampled_from(["m"]), st.none(), max_size=1)))
 def test_compiled_keywords_match_jsonschema_on_scalars(x):
     from mock_server.fastschema import compile_schema
     from mock_server.spec import validator_for

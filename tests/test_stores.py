@@ -447,7 +447,8 @@ def test_prelude_sees_every_change_made_through_another_handle(shared_url):
         assert a.prelude("k")[1] == {"maintenance": True, "latency": {"ms": 1}}
         b.reset()
         assert a.prelude("k") == (None, {}, frozenset())
-        a.put_account("k", 4)  # and the other way round
+        assert b.prelude("k") == (None, {}, frozenset())  # and the other way round, b having read first
+        a.put_account("k", 4)
         assert b.prelude("k")[0]["credits"] == 4
     finally:
         a.close()
@@ -478,10 +479,41 @@ def test_sqlite_prelude_is_read_once_until_a_change_or_its_time_runs_out(tmp_pat
     raw.commit()
     raw.close()
     assert s.prelude("k")[1] == {"maintenance": True}  # still the cached copy
-    clock = [time.monotonic() + sqlite_store.PRELUDE_TTL]
-    monkeypatch.setattr(sqlite_store.time, "monotonic", lambda: clock[0])
+    later = time.monotonic() + sqlite_store.PRELUDE_TTL
+    monkeypatch.setattr(sqlite_store, "_monotonic", lambda: later)
     assert s.prelude("k")[1] == {"maintenance": True, "latency": {"ms": 2}}
     s.close()
+
+
+def test_sqlite_prelude_stamp_is_shared_through_a_symlinked_path(tmp_path):
+    (tmp_path / "real").mkdir()
+    a = open_store(f"sqlite:{tmp_path / 'real' / 'store.sqlite'}")
+    (tmp_path / "link.sqlite").symlink_to(tmp_path / "real" / "store.sqlite")
+    b = open_store(f"sqlite:{tmp_path / 'link.sqlite'}")
+    try:
+        assert b.prelude("k") == (None, {}, frozenset())
+        a.put_account("k", 1)
+        a.update_settings({"maintenance": True})
+        assert b.prelude("k")[:2] == ({"key": "k", "credits": 1, "hmac_key": None}, {"maintenance": True})
+        assert not (tmp_path / "link.sqlite-gen").exists()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sqlite_store_without_its_stamp_file_works_uncached(tmp_path, capsys):
+    path = tmp_path / "store.sqlite"
+    (tmp_path / "store.sqlite-gen").mkdir()  # cannot be opened as the stamp file
+    a, b = open_store(f"sqlite:{path}"), open_store(f"sqlite:{path}")
+    try:
+        assert "the prelude is read for every request" in capsys.readouterr().err
+        assert b.prelude("k") == (None, {}, frozenset())
+        a.put_account("k", 2)
+        a.arm_fault({"id": "f", "kind": "code", "key": "*", "count": 1, "code": 500})
+        assert b.prelude("k") == ({"key": "k", "credits": 2, "hmac_key": None}, {}, frozenset({"code"}))
+    finally:
+        a.close()
+        b.close()
 
 
 def test_sqlite_prelude_cache_is_bounded(tmp_path, monkeypatch):

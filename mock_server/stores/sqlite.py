@@ -29,7 +29,8 @@ which after committing write a new random stamp into a small file shared by ever
 (`<file>-gen`, mapped in memory; for ":memory:" a stamp in the process). A cached prelude is
 used while the stamp is the one it was read under, and for at most PRELUDE_TTL seconds (a
 writer that died between its commit and its stamp, or one that does not stamp). Credits are
-not part of it: `get_account` reads them.
+not part of it: `get_account` reads them. If the stamp file cannot be opened (left behind by
+another user, say), nothing is cached.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import mmap
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -99,6 +101,7 @@ PRELUDE_SQL = ("SELECT 0, credits, hmac_key FROM accounts WHERE key = ?1 "
 
 _dumps = orjson.dumps
 _loads = orjson.loads
+_monotonic = time.monotonic  # the prelude cache's clock (tests move it)
 _FORK_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=lambda: globals().__setitem__("_FORK_LOCK", threading.Lock()))
 
@@ -163,31 +166,39 @@ class SqliteStore(Store):
         self._checkpointer: threading.Thread | None = None
         if not self.memory and os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._stamp = self._open_stamp()
         self._preludes: dict = {}  # key -> (stamp, read at, prelude)
         conn = self._connect()
         self._retry(lambda: conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;"))
         self._retry(lambda: self._migrate(conn))
+        self._stamp = self._open_stamp()
         if not self.memory:
             self._idle.append(conn)
 
     # -- the stamp of the cached reads --------------------------------------------------------------
     def _open_stamp(self):
-        """8 bytes every process of the file sees (a shared mapping survives fork)."""
+        """8 bytes every process of the file sees (a shared mapping survives fork), or None
+        (nothing cached) when the stamp file cannot be opened."""
         if self.memory:
             return bytearray(8)
-        fd = os.open(self.path + "-gen", os.O_RDWR | os.O_CREAT, 0o644)
+        db = os.path.realpath(self.path)  # as SQLite names its -wal and -shm: a symlink shares them
+        path = db + "-gen"
         try:
-            if os.fstat(fd).st_size < 8:
-                os.ftruncate(fd, 8)  # only grows it: two processes doing this at once agree
-            return mmap.mmap(fd, 8)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, os.stat(db).st_mode & 0o666)
+            try:
+                if os.fstat(fd).st_size < 8:  # real bytes, not a hole: a full disk fails here, not
+                    os.pwrite(fd, bytes(8), 0)  # in a later write through the mapping (SIGBUS)
+                return mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # e.g. left by another user: the store still works, uncached
+            print(f"kie-mock: {path}: {exc}; the prelude is read for every request", file=sys.stderr)
+            return None
 
     def _changed(self) -> None:
         """After a committed change of accounts, settings or faults: every process's cached
         preludes are stale. A random stamp, not a counter: two writers never need to agree."""
-        self._stamp[0:8] = os.urandom(8)
+        if self._stamp is not None:
+            self._stamp[0:8] = os.urandom(8)
 
     # -- connections -------------------------------------------------------------------------
     @staticmethod
@@ -397,7 +408,10 @@ class SqliteStore(Store):
         self._changed()
 
     def prelude(self, key):
-        stamp, now = self._stamp[0:8], time.monotonic()
+        """The cached prelude is shared by every caller: read it, never change it."""
+        if self._stamp is None:
+            return self._read_prelude(key)
+        stamp, now = self._stamp[0:8], _monotonic()
         hit = self._preludes.get(key)
         if hit is not None and hit[0] == stamp and now - hit[1] < PRELUDE_TTL:
             return hit[2]
