@@ -749,6 +749,7 @@ class Result:
     rps_runs: list | None = None
     loadavg_after: str | None = None
     req_per_cpu_s: float | None = None
+    idle_peers_cpu_s: float | None = None  # CPU the other (idle) servers used during the reported run
     server_version: str | None = None
     server_cmd: str | None = None
     wrk_cmd: str | None = None
@@ -790,6 +791,7 @@ class TargetRun:
         self.server: Server | None = None
         self.rss_idle: float | None = None
         self.open: dict = {}  # scenario -> [Result, method, url, script, runs]
+        self.others: list[TargetRun] = []  # the servers up at the same time (idle while this one runs)
 
     def start(self) -> bool:
         try:
@@ -858,9 +860,12 @@ class TargetRun:
                 raise RuntimeError(f"server died (rc={self.server.proc.returncode}):\n{tail(self.server.log_path)}")
             log(f"{self.target}/{scen}: measuring {args.duration:g}s "
                 f"(-t{args.threads} -c{args.connections}, run {i + 1}/{args.repeat}) {method} {url}")
+            idle0 = sum(tree_cpu_seconds(o.server.proc.pid) for o in self.others)
             cpu0 = tree_cpu_seconds(self.server.proc.pid)
             stats, raw_out = run_wrk(self.wrk, url, script, args.duration, args)
-            runs.append((stats, raw_out, tree_cpu_seconds(self.server.proc.pid) - cpu0))
+            cpu = tree_cpu_seconds(self.server.proc.pid) - cpu0
+            idle = sum(tree_cpu_seconds(o.server.proc.pid) for o in self.others) - idle0
+            runs.append((stats, raw_out, cpu, idle))
         except _MEASURE_ERRORS as exc:
             del self.open[scen]
             self._failed(res, exc)
@@ -876,7 +881,9 @@ class TargetRun:
         res, _, url, script, runs = entry
         args, server = self.args, self.server
         runs.sort(key=lambda r: r[0]["requests"] / max(r[0]["duration_us"], 1))
-        stats, raw_out, cpu_s = runs[len(runs) // 2]
+        stats, raw_out, cpu_s, idle_s = runs[len(runs) // 2]
+        if self.others:
+            res.idle_peers_cpu_s = round(idle_s, 2)
         res.rps_runs = [round(r[0]["requests"] / (r[0]["duration_us"] / 1e6), 1) for r in runs]
         res.server_cpu_s = round(cpu_s, 2)
         res.rss_after_mib = tree_rss_mib(server.proc.pid)
@@ -914,6 +921,8 @@ def bench_interleaved(target_names: list[str], args, wrk: str, run_dir: Path,
         for r in runs:
             if r.start():
                 live.append(r)
+        for r in live:
+            r.others = [o for o in live if o is not r]
         for scen in args.scenarios:
             for r in live:
                 r.prepare(scen)
@@ -1142,7 +1151,9 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         cells = [label, scen, rps, _fmt(r.p50_ms, '.2f'), _fmt(r.p99_ms, '.2f'),
                  _fmt(r.non_2xx, 'd'), _fmt(r.bad_code, 'd'), _fmt(sock, 'd'),
                  _fmt(r.server_cpu_s, '.1f'), _fmt(r.req_per_cpu_s), rss,
-                 *(_ratio_cell(ratios, r, v) for v in variants), r.note]
+                 *(_ratio_cell(ratios, r, v) for v in variants),
+                 "; ".join(x for x in (r.note, f"idle servers: {r.idle_peers_cpu_s:.1f} CPU-s"
+                                       if r.idle_peers_cpu_s is not None else "") if x)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -1152,6 +1163,8 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         "server's process tree during the measured run; req/CPU-s = requests / that (less "
         "sensitive than req/s to other load on the machine). RSS is the whole "
         "server process tree (VmRSS) just before and just after the measured run. "
+        "idle servers (notes) = CPU time the other servers, up but not loaded, used during the "
+        "reported run. "
         "Column \"V÷peer req/s, p99\", on a peer's row: fake variant V's req/s ÷ the peer's "
         "req/s (> 1: V is faster), then V's p99 ÷ the peer's p99 (< 1: V has the lower tail "
         "latency), same scenario; — on the fake rows, n/a where either side was not measured.",

@@ -291,7 +291,8 @@ def test_runs_are_taken_in_rounds_over_every_target(monkeypatch, tmp_path):
     monkeypatch.setattr(run, "http", lambda *a, **k: (200, b'{"code":200,"data":{"taskId":"t"}}'))
     monkeypatch.setattr(run, "kill", lambda proc: None)
     monkeypatch.setattr(run, "tree_rss_mib", lambda pid: 1.0)
-    monkeypatch.setattr(run, "tree_cpu_seconds", lambda pid: 0.0)
+    cpu = iter(range(1000))  # every reading of any server's CPU time is 1 s later than the last
+    monkeypatch.setattr(run, "tree_cpu_seconds", lambda pid: float(next(cpu)))
     args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--warmup", "1"])
     results = run.bench_interleaved(args.targets, args, "wrk", tmp_path, [])
     assert calls == [("prism-post.lua", 1), ("wiremock-post.lua", 1),  # warm-ups
@@ -303,6 +304,8 @@ def test_runs_are_taken_in_rounds_over_every_target(monkeypatch, tmp_path):
     assert [(r.target, r.scenario, r.status, r.rps_runs) for r in results] == [
         ("prism", "post", "ok", [100.0, 100.0]), ("wiremock", "post", "ok", [100.0, 100.0]),
         ("prism", "get", "ok", [100.0, 100.0]), ("wiremock", "get", "ok", [100.0, 100.0])]
+    # per run: others read (t), self (t+1), self (t+2), others (t+3): the idle server used 3 "s"
+    assert {(r.server_cpu_s, r.idle_peers_cpu_s) for r in results} == {(1.0, 3.0)}
     calls.clear()
     args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--warmup", "1",
                            "--sequential"])
