@@ -7,13 +7,15 @@ One command, from the repository root::
     python bench/run.py --only fake --duration 5           # the three fake variants only
     python bench/run.py --only fake-memory,prism --json bench/results/run.json
 
-Every target is started as a subprocess on a free 127.0.0.1 port and polled until
-ready; then, per scenario, each is warmed up and the measured wrk runs are taken
-in rounds: each round loads every target once, in turn (the others sit idle), so
-that a slow drift of the machine's speed (a shared virtual machine) falls on every
-target alike. RSS is read before the first and after the last measured run; the
-servers are killed at the end. ``--sequential`` runs one server at a time instead
-(all its runs in a row, then the next server).
+Every target is started as a subprocess on a free 127.0.0.1 port, one target at
+a time (so the servers never compete with each other for the 2 cores), polled
+until ready, warmed up (``--warmup`` for the fakes; ``--peer-warmup``, 30 s, for
+Prism and WireMock, whose JIT compilers need that long to reach a steady speed),
+loaded with wrk, measured (RSS before/after), and killed. ``--interleave`` starts
+every server at once and takes the measured runs in rounds, each loading every
+target once in turn: a slow drift of the machine's speed then falls on all alike,
+but an idle JVM still compiles in the background during the others' runs (the
+report shows that CPU).
 
 Targets (``--only``; ``fake`` is an alias for every fake variant)
   fake-memory     ``kie-mock serve --port {port} --store memory``: one worker,
@@ -838,9 +840,10 @@ class TargetRun:
             script.write_text(lua_script(method, headers, body, args.body_check))
             if server.proc.poll() is not None:
                 raise RuntimeError(f"server died (rc={server.proc.returncode}):\n{tail(server.log_path)}")
-            if args.warmup > 0:
-                log(f"{target}/{scen}: warm-up {args.warmup:g}s")
-                run_wrk(self.wrk, url, script, args.warmup, args)
+            warmup = args.warmup if is_fake(target) else args.peer_warmup
+            if warmup > 0:
+                log(f"{target}/{scen}: warm-up {warmup:g}s")
+                run_wrk(self.wrk, url, script, warmup, args)
             res.rss_before_mib = tree_rss_mib(server.proc.pid)
             self.open[scen] = [res, method, url, script, []]
         except _MEASURE_ERRORS as exc:
@@ -903,7 +906,7 @@ class TargetRun:
 
 def bench_target(target: str, args, wrk: str, run_dir: Path,
                  results: list[Result] | None = None) -> list[Result]:
-    """Start one target, run every scenario, kill it (--sequential)."""
+    """Start one target, run every scenario, kill it (the default order: one target at a time)."""
     results = [] if results is None else results
     bench_interleaved([target], args, wrk, run_dir, results)
     return results
@@ -1125,7 +1128,7 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         "",
         f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
         f"(+{args.warmup:g}s warm-up, --timeout {args.wrk_timeout:g}s, median of {args.repeat} run(s)), "
-        + (f"one server at a time on {HOST}. " if args.sequential else
+        + (f"one server at a time on {HOST}. " if not args.interleave else
            f"every server up on {HOST}, the runs taken in rounds (each round runs every target once, in turn). ")
         + f"Machine: nproc={info['nproc']}, {info.get('cpu_model') or '?'}, "
         f"{info.get('mem_total_gib')} GiB, load avg at start {info.get('loadavg')}, "
@@ -1202,9 +1205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1,
                    help="measured runs per scenario; the median run (by req/s) is reported")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up seconds (0 = none)")
-    p.add_argument("--sequential", action="store_true",
-                   help="one server at a time, all its runs in a row (default: every server up, "
-                        "the measured runs taken in rounds that run every target once, in turn)")
+    p.add_argument("--peer-warmup", type=float, default=30.0,
+                   help="unmeasured warm-up seconds for Prism and WireMock (JIT-compiled runtimes: "
+                        "WireMock's JVM needs about 30 s of load to reach its steady speed)")
+    p.add_argument("--interleave", action="store_true",
+                   help="every server up at once, the measured runs taken in rounds that run every "
+                        "target once, in turn (default: one server at a time, all its runs in a row)")
     p.add_argument("--connections", type=int, default=32, help="wrk -c")
     p.add_argument("--threads", type=int, default=2, help="wrk -t")
     p.add_argument("--wrk-timeout", type=float, default=5.0, help="wrk --timeout seconds")
@@ -1281,7 +1287,7 @@ def main(argv: list[str] | None = None) -> int:
         wrk = ensure_wrk(args.install)
         info = machine_info()
         info["started"] = started
-        if args.sequential:
+        if not args.interleave:
             for target in args.targets:
                 bench_target(target, args, wrk, run_dir, results)
         else:

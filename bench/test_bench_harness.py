@@ -266,8 +266,8 @@ def test_wrk_end_to_end_against_stub(stub, tmp_path):
 
 
 def test_runs_are_taken_in_rounds_over_every_target(monkeypatch, tmp_path):
-    """Default order: every target up, then per scenario one measured run of each target per
-    round; the results come out in target order all the same."""
+    """--interleave: every target up, then per scenario one measured run of each target per
+    round; the results come out in target order all the same. The default: one at a time."""
     calls = []
 
     class Proc:
@@ -293,7 +293,8 @@ def test_runs_are_taken_in_rounds_over_every_target(monkeypatch, tmp_path):
     monkeypatch.setattr(run, "tree_rss_mib", lambda pid: 1.0)
     cpu = iter(range(1000))  # every reading of any server's CPU time is 1 s later than the last
     monkeypatch.setattr(run, "tree_cpu_seconds", lambda pid: float(next(cpu)))
-    args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--warmup", "1"])
+    args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--peer-warmup", "1",
+                           "--interleave"])
     results = run.bench_interleaved(args.targets, args, "wrk", tmp_path, [])
     assert calls == [("prism-post.lua", 1), ("wiremock-post.lua", 1),  # warm-ups
                      ("prism-post.lua", 3), ("wiremock-post.lua", 3),  # round 1
@@ -307,8 +308,8 @@ def test_runs_are_taken_in_rounds_over_every_target(monkeypatch, tmp_path):
     # per run: others read (t), self (t+1), self (t+2), others (t+3): the idle server used 3 "s"
     assert {(r.server_cpu_s, r.idle_peers_cpu_s) for r in results} == {(1.0, 3.0)}
     calls.clear()
-    args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--warmup", "1",
-                           "--sequential"])
+    args = run.parse_args(["--only", "prism,wiremock", "--repeat", "2", "--duration", "3", "--peer-warmup", "1"])
+    assert not args.interleave and args.warmup == 2.0
     results = []
     for t in args.targets:
         run.bench_target(t, args, "wrk", tmp_path, results)
