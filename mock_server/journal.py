@@ -1,8 +1,9 @@
 """The request journal, written behind the requests: each API request adds one entry to a
 buffer in memory, appended to the store in one write by the process's scheduler thread on each
-of its rounds (every 20-50 ms), or by the request that fills the buffer to FLUSH_AT entries.
-A request almost never waits for the journal; on a shared store that is one write transaction
-less per request.
+of its rounds (every 20-50 ms). The request that fills the buffer to FLUSH_AT entries asks for a
+round at once (`hand_off`); only where no scheduler thread runs (a virtual clock) does it write
+them itself. A request never waits for the journal; on a shared store that is one write
+transaction less per request, and no write on the event loop.
 
 Reads in this process flush first, so they see every request this process answered; entries
 of other worker processes appear within one scheduler round. The buffer is bounded (the
@@ -20,14 +21,16 @@ JOURNAL = "requests"
 
 
 class RequestJournal:
-    def __init__(self, store, limit: int):
+    def __init__(self, store, limit: int, hand_off=None):
         self.store, self.limit = store, limit
-        self._buf: deque = deque(maxlen=max(limit, 1))
+        # hand_off(): ask another thread to flush soon; False if none will (then add() flushes)
+        self.hand_off = hand_off
+        self._buf: deque = deque(maxlen=max(limit, 1))  # past `limit` the oldest would not be kept anyway
         self._flush_lock = threading.Lock()
 
     def add(self, entry: dict) -> None:
         self._buf.append(entry)
-        if len(self._buf) >= FLUSH_AT:
+        if len(self._buf) >= FLUSH_AT and not (self.hand_off is not None and self.hand_off()):
             try:
                 self.flush()
             except Exception:  # a store hiccup: the entries stay for the next flush

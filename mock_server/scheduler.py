@@ -56,6 +56,13 @@ class Scheduler:
         """The job of a newly accepted task's first stage (the store adds it with the task)."""
         return self.job(task["taskId"], "stage", task["plan"][0]["at"], index=0)
 
+    def nudge(self) -> bool:
+        """Ask for a round now (its journal flush included); False if no scheduler thread runs."""
+        if self._thread is None:
+            return False
+        self._wake.set()
+        return True
+
     def added(self, job: dict) -> None:
         """A job was added to the store: wake up if it is due before the next poll."""
         if job["due"] <= self.clock.now() + self.poll_interval:  # later work is found by the next poll anyway

@@ -65,7 +65,8 @@ class Service:
         self.scheduler = Scheduler(self.store, self.clock, cfg, deliver=deliver,
                                    poll_interval=0.05 if cfg.store == "memory" else 0.02)
         self.source_checker = source_checker
-        self.journal = RequestJournal(self.store, cfg.journal_limit)  # received API requests
+        self.journal = RequestJournal(self.store, cfg.journal_limit,  # received API requests
+                                      hand_off=self.scheduler.nudge)
         self.scheduler.each_round.append(self.journal.flush)
         self.startup: dict | None = None  # the scenario file's content, re-applied by reset()
         self._scenario_cache: tuple | None = None

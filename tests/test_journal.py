@@ -28,6 +28,52 @@ def test_a_full_buffer_is_written_by_the_request_that_fills_it():
     assert len(store.read_log(JOURNAL, limit=10_000)) == FLUSH_AT
 
 
+def test_a_full_buffer_is_handed_to_the_thread_that_flushes_when_one_runs():
+    store = open_store("memory")
+    asked = []
+    journal = RequestJournal(store, limit=10_000, hand_off=lambda: asked.append(1) or True)
+    for i in range(FLUSH_AT - 1):
+        journal.add({"n": i})
+    assert asked == []  # one below: nobody asked
+    journal.add({"n": FLUSH_AT - 1})  # at: the flushing thread is asked, the request writes nothing
+    assert asked == [1] and store.read_log(JOURNAL) == []
+    journal.add({"n": FLUSH_AT})  # still full: asked again
+    assert asked == [1, 1] and store.read_log(JOURNAL) == []
+    journal.flush()  # what the asked thread does
+    assert len(store.read_log(JOURNAL, limit=10_000)) == FLUSH_AT + 1
+    nobody = RequestJournal(store, limit=10_000, hand_off=lambda: False)  # no thread runs: write it
+    for i in range(FLUSH_AT):
+        nobody.add({"n": i})
+    assert len(store.read_log(JOURNAL, limit=10_000)) == 2 * FLUSH_AT + 1
+
+
+def test_a_service_with_a_running_scheduler_gets_its_full_journal_written_by_it():
+    import threading
+    import time
+
+    from mock_server.config import Config
+    from mock_server.service import Service
+
+    svc = Service(Config(store="memory", api_keys={}))
+    writers = []
+    real = svc.store.log_many
+    svc.store.log_many = lambda *a: writers.append(threading.current_thread().name) or real(*a)
+    svc.scheduler.poll_interval = 30.0  # no round unless asked
+    svc.scheduler.start()
+    try:
+        time.sleep(0.1)  # its first round is done: it waits for 30 s now
+        writers.clear()
+        for i in range(FLUSH_AT):
+            svc.journal.add({"n": i})
+        deadline = time.monotonic() + 5
+        while not writers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writers == ["kie-mock-scheduler"]  # written at once, by the scheduler, not by add()
+        assert len(svc.store.read_log(JOURNAL, limit=10_000)) == FLUSH_AT
+    finally:
+        svc.scheduler.stop()
+
+
 def test_the_journal_keeps_the_newest_limit_entries_and_reset_forgets_the_buffer():
     store = open_store("memory")
     journal = RequestJournal(store, limit=3)
