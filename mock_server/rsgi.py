@@ -127,7 +127,8 @@ class AcceptBatcher:
     seconds (the blocking writers' own patience) fails the batch with the store's error (500).
     A rate-window slot (when a limit is set) is taken before, and never waited for on the loop
     either: if the lock is held, the request is run again in the thread pool (`api.MustBlock`).
-    The rare other writes (an armed fault taken, a 402's give-backs) still wait the blocking way.
+    A cover refused with 402 is answered in the pool (giving back its slot is a write). Taking
+    an armed fault, which is rare, still waits the blocking way.
 
     Covers are drafted before the batch is written, so two covers of one turn are checked
     against the same rate window: a cover refused with 402 holds its slot until its batch is
@@ -136,8 +137,8 @@ class AcceptBatcher:
     RETRY_FIRST, RETRY_MAX = 0.0001, 0.002
     BUSY_GIVE_UP = 30.0
 
-    def __init__(self, store):
-        self.store = store
+    def __init__(self, store, pool=None):
+        self.store, self.pool = store, pool  # pool: where a refused cover gives its slot back
         self.pending: list = []
         self.scheduled = False
         self.retry = 0.0
@@ -175,6 +176,9 @@ class AcceptBatcher:
         self.batches += 1
         self.written += len(batch)
         for (pending, fut), result in zip(batch, results):
+            if result is None and self.pool is not None:  # 402: its give-backs are writes that may
+                self._answer_in_pool(loop, pending, fut)  # wait for the lock: not on the loop
+                continue
             try:
                 resp = pending.answer(result)
             except Exception as exc:  # answering must not fail, and must not leave the others waiting
@@ -182,13 +186,23 @@ class AcceptBatcher:
             if not fut.cancelled():
                 fut.set_result(resp)
 
+    def _answer_in_pool(self, loop, pending, fut) -> None:
+        def done(answered):
+            try:
+                resp = answered.result()
+            except Exception as exc:
+                resp = api.bug(exc)
+            if not fut.cancelled():
+                fut.set_result(resp)
+        loop.run_in_executor(self.pool, pending.answer, None).add_done_callback(done)
+
 
 class RsgiApp:
     def __init__(self, svc, wsgi_app, multiprocess: bool = False):
         self.svc, self.wsgi_app, self.multiprocess = svc, wsgi_app, multiprocess
         self.limit = svc.cfg.max_body_bytes + 1
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="kie-mock-http")
-        self.batcher = AcceptBatcher(svc.store)
+        self.batcher = AcceptBatcher(svc.store, self.pool)
 
     async def _body(self, proto, scope) -> bytes:
         length = scope.headers.get("content-length")

@@ -36,16 +36,17 @@ class Cover:
 class Store:
     """Records each try_accept_many call; answers busy (None) `busy` times first."""
 
-    def __init__(self, busy: int = 0, fail_item: int | None = None):
+    def __init__(self, busy: int = 0, fail_item: int | None = None, refuse_item: int | None = None):
         self.calls: list[list[str]] = []
-        self.busy, self.fail_item = busy, fail_item
+        self.busy, self.fail_item, self.refuse_item = busy, fail_item, refuse_item
 
     def try_accept_many(self, items):
         self.calls.append([task["taskId"] for _, _, task, _ in items])
         if self.busy:
             self.busy -= 1
             return None
-        return [ValueError("bad row") if i == self.fail_item else 100 - i for i in range(len(items))]
+        return [ValueError("bad row") if i == self.fail_item else None if i == self.refuse_item else 100 - i
+                for i in range(len(items))]
 
 
 def run(coro):
@@ -64,6 +65,29 @@ def test_covers_of_one_loop_turn_share_one_write_each_with_its_own_outcome():
     assert run(main()) == [("settled", 0, 100), ("failed", 1, "bad row"), ("settled", 2, 98)]
     assert store.calls == [["t0", "t1", "t2"]]
     assert (batcher.batches, batcher.written) == (1, 3)
+
+
+def test_a_cover_refused_for_credits_is_answered_in_the_pool_the_others_on_the_loop():
+    """A 402 gives back its rate slot (a write that may wait for the lock): not on the loop."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Where(Cover):
+        def settle(self, balance):
+            return ("settled", self.n, balance, threading.current_thread().name)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pool")
+    batcher = AcceptBatcher(Store(refuse_item=1), pool)
+
+    async def main():
+        return await asyncio.gather(*(batcher.write(Where(n)) for n in range(3)))
+
+    try:
+        got = run(main())
+    finally:
+        pool.shutdown()
+    loop_thread = threading.current_thread().name
+    assert got == [("settled", 0, 100, loop_thread), ("settled", 1, None, "pool_0"), ("settled", 2, 98, loop_thread)]
 
 
 def test_a_later_turn_is_a_new_batch():
