@@ -189,6 +189,23 @@ redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 return 1
 """
 
+# KEYS[1] credits, KEYS[2] HMAC keys, KEYS[3] settings, KEYS[4] fault list; ARGV prefix, key.
+# What every API request reads first, in one round trip: {credits, hmac, settings as a flat
+# list, the kinds of fault armed for the key or for everyone}, or {false} for an unknown key.
+_PRELUDE = """
+local c = redis.call('HGET', KEYS[1], ARGV[2])
+if not c then return {false} end
+local armed, seen = {}, {}
+for _, n in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[1] .. 'fault:' .. n, 'kind', 'key')
+  if f[1] and (f[2] == '*' or f[2] == ARGV[2]) and not seen[f[1]] then
+    seen[f[1]] = true
+    armed[#armed + 1] = f[1]
+  end
+end
+return {c, redis.call('HGET', KEYS[2], ARGV[2]), redis.call('HGETALL', KEYS[3]), armed}
+"""
+
 # KEYS[1] fault list; ARGV prefix, key, kind. Returns {data, count left} or false.
 _TAKE_FAULT = """
 for _, n in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
@@ -272,24 +289,13 @@ class RedisStore(Store):
             pipe.execute()
 
     def prelude(self, key):
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hget(self.k_credits, key)
-            pipe.hget(self.k_hmac, key)
-            pipe.hgetall(self.k_settings)
-            pipe.lrange(self.k_faults, 0, -1)
-            credits, hmac_key, settings, ns = pipe.execute()
-        if credits is None:
+        got = self._run("prelude", [self.k_credits, self.k_hmac, self.k_settings, self.k_faults], [self.prefix, key])
+        if got[0] is None:
             return None, {}, frozenset()
-        armed = set()
-        if ns:
-            with self.r.pipeline(transaction=False) as pipe:
-                for n in ns:
-                    pipe.hmget(self.prefix + "fault:" + _s(n), "kind", "key")
-                for kind, fkey in pipe.execute():
-                    if kind is not None and _s(fkey) in ("*", key):
-                        armed.add(_s(kind))
+        credits, hmac_key, flat, armed = got
         account = {"key": key, "credits": int(credits), "hmac_key": _loads(hmac_key) if hmac_key else None}
-        return account, {_s(k): _loads(v) for k, v in settings.items()}, frozenset(armed)
+        settings = {_s(flat[i]): _loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return account, settings, frozenset(_s(k) for k in armed)
 
     def get_account(self, key):
         with self.r.pipeline(transaction=False) as pipe:
