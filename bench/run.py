@@ -881,7 +881,18 @@ class TargetRun:
         entry = self.open.pop(scen, None)
         if entry is None:
             return
-        res, _, url, script, runs = entry
+        try:
+            self._finish(*entry)
+        except _MEASURE_ERRORS as exc:
+            self._failed(entry[0], exc)
+
+    def interrupted(self) -> None:
+        """Mark the scenarios still open (not finished) as interrupted."""
+        for res, *_ in self.open.values():
+            res.status, res.note = "error", "interrupted"
+        self.open.clear()
+
+    def _finish(self, res: Result, method: str, url: str, script: Path, runs: list) -> None:
         args, server = self.args, self.server
         runs.sort(key=lambda r: r[0]["requests"] / max(r[0]["duration_us"], 1))
         stats, raw_out, cpu_s, idle_s = runs[len(runs) // 2]
@@ -899,7 +910,7 @@ class TargetRun:
         res.wrk_raw = raw_out
         res.wrk_cmd = (f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
                        f"--timeout {args.wrk_timeout:g}s --latency -s {script.name} {url}")
-        log(f"{self.target}/{scen}: {res.rps:,.0f} req/s p50 {res.p50_ms:.2f} ms "
+        log(f"{self.target}/{res.scenario}: {res.rps:,.0f} req/s p50 {res.p50_ms:.2f} ms "
             f"p99 {res.p99_ms:.2f} ms non-2xx {res.non_2xx} code!=200 {res.bad_code} "
             f"RSS {res.rss_before_mib}->{res.rss_after_mib} MiB")
 
@@ -934,6 +945,10 @@ def bench_interleaved(target_names: list[str], args, wrk: str, run_dir: Path,
                     r.measure(scen, i)
             for r in live:
                 r.finish(scen)
+    except BaseException:
+        for r in live:
+            r.interrupted()
+        raise
     finally:
         for r in live:
             r.stop()
@@ -1127,7 +1142,9 @@ def render_markdown(results: list[Result], info: dict, args, ratios: dict) -> st
         f"## kie-mock loopback benchmark ({info['started']})",
         "",
         f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
-        f"(+{args.warmup:g}s warm-up, --timeout {args.wrk_timeout:g}s, median of {args.repeat} run(s)), "
+        f"(+{args.warmup:g}s warm-up"
+        + (f", Prism and WireMock +{args.peer_warmup:g}s" if ran & set(PEERS) else "")
+        + f", --timeout {args.wrk_timeout:g}s, median of {args.repeat} run(s)), "
         + (f"one server at a time on {HOST}. " if not args.interleave else
            f"every server up on {HOST}, the runs taken in rounds (each round runs every target once, in turn). ")
         + f"Machine: nproc={info['nproc']}, {info.get('cpu_model') or '?'}, "
@@ -1254,6 +1271,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def fake_loaded_seconds(args) -> float:
+    """About how long a fake variant is up and holding the tasks it accepted, while measured: its
+    own runs, or with --interleave every target's warm-ups and runs."""
+    if not args.interleave:
+        return len(args.scenarios) * (args.warmup + args.duration * args.repeat)
+    warmups = sum(args.warmup if is_fake(t) else args.peer_warmup for t in args.targets)
+    return len(args.scenarios) * (warmups + len(args.targets) * args.duration * args.repeat)
+
+
 def _first_stage_delay(args) -> float | None:
     try:
         return float(fake_settings(args).get("KIE_MOCK_STAGE_DELAYS", "").split(",")[0])
@@ -1270,7 +1296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0:
         raise SystemExit("--duration must be > 0")
     args.cache_dir = args.cache_dir.resolve()
-    per_server = len(args.scenarios) * (args.warmup + args.duration * args.repeat)
+    per_server = fake_loaded_seconds(args)
     first = _first_stage_delay(args)
     if any(is_fake(t) for t in args.targets) and first is not None and per_server >= first:
         log(f"WARNING: a fake variant is loaded for about {per_server:g}s, longer than its first stage "
@@ -1292,8 +1318,6 @@ def main(argv: list[str] | None = None) -> int:
                 bench_target(target, args, wrk, run_dir, results)
         else:
             bench_interleaved(args.targets, args, wrk, run_dir, results)
-        order = {t: i for i, t in enumerate(args.targets)}
-        results.sort(key=lambda r: (order[r.target], args.scenarios.index(r.scenario)))
     except Fatal as exc:
         log(f"FATAL: {exc}")
         return 2
@@ -1304,6 +1328,8 @@ def main(argv: list[str] | None = None) -> int:
         kill_all()
     if info is None:
         return rc or 1
+    order = {t: i for i, t in enumerate(args.targets)}  # the table's order, however they ran
+    results.sort(key=lambda r: (order[r.target], args.scenarios.index(r.scenario)))
     ratios = add_ratios(results)
     report = render_markdown(results, info, args, ratios)
     print(report)

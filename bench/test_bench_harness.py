@@ -315,3 +315,45 @@ def test_runs_are_taken_in_rounds_over_every_target(monkeypatch, tmp_path):
         run.bench_target(t, args, "wrk", tmp_path, results)
     assert [c[0] for c in calls] == ["prism-post.lua"] * 3 + ["prism-get.lua"] * 3 + \
         ["wiremock-post.lua"] * 3 + ["wiremock-get.lua"] * 3
+
+
+def test_an_interrupted_interleaved_run_marks_what_was_open_and_keeps_the_table_order(monkeypatch, tmp_path):
+    class Proc:
+        pid = 0
+
+        def poll(self):
+            return None
+
+    n = [0]
+
+    def wrk(wrk_path, url, script, duration, args):
+        n[0] += 1
+        if n[0] == 4:  # wiremock's first measured POST run: Ctrl-C
+            raise KeyboardInterrupt
+        return ({"requests": 100, "duration_us": 1_000_000, "bad_code": 0,
+                 "latency_us": {"p50": 1000, "p90": 2000, "p99": 3000, "p99_9": 4000, "max": 5000},
+                 "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0}}, "raw")
+
+    monkeypatch.setattr(run, "start_target", lambda t, a, d: run.Server(t, Proc(), 1, [t], tmp_path / "x.log", 0.1))
+    monkeypatch.setattr(run, "run_wrk", wrk)
+    monkeypatch.setattr(run, "http", lambda *a, **k: (200, b'{"code":200,"data":{"taskId":"t"}}'))
+    monkeypatch.setattr(run, "kill", lambda proc: None)
+    monkeypatch.setattr(run, "tree_rss_mib", lambda pid: 1.0)
+    monkeypatch.setattr(run, "tree_cpu_seconds", lambda pid: 0.0)
+    args = run.parse_args(["--only", "prism,wiremock", "--interleave", "--scenarios", "post"])
+    results = []
+    import pytest
+
+    with pytest.raises(KeyboardInterrupt):
+        run.bench_interleaved(args.targets, args, "wrk", tmp_path, results)
+    # prism had measured its run but was not finished: interrupted too, never an "ok" row without figures
+    assert [(r.target, r.status, r.note) for r in results] == [("prism", "error", "interrupted"),
+                                                               ("wiremock", "error", "interrupted")]
+
+
+def test_the_fake_is_warned_about_when_loaded_past_its_first_stage_delay():
+    args = run.parse_args(["--duration", "30", "--repeat", "3"])
+    assert run.fake_loaded_seconds(args) == 2 * (2 + 90)  # alone: its own warm-ups and runs
+    args = run.parse_args(["--duration", "30", "--repeat", "3", "--interleave"])
+    # up while every target warms up and runs: 3 fakes (2 s) + 2 peers (30 s), 5 targets x 90 s
+    assert run.fake_loaded_seconds(args) == 2 * (3 * 2 + 2 * 30 + 5 * 90) > 600

@@ -47,7 +47,10 @@ class RequestJournal:
             try:
                 self.store.log_many(JOURNAL, batch, self.limit)
             except Exception:
-                self._buf.extendleft(reversed(batch))
+                # Back in front of what arrived meanwhile; if that no longer all fits, the
+                # oldest are dropped (as the journal would), never the newest.
+                room = (self._buf.maxlen or len(batch)) - len(self._buf)
+                self._buf.extendleft(reversed(batch[-room:] if room > 0 else []))
                 raise
 
     def clear(self) -> None:

@@ -127,18 +127,24 @@ class AcceptBatcher:
     seconds (the blocking writers' own patience) fails the batch with the store's error (500).
     A rate-window slot (when a limit is set) is taken before, and never waited for on the loop
     either: if the lock is held, the request is run again in the thread pool (`api.MustBlock`).
-    A cover refused with 402 is answered in the pool (giving back its slot is a write). Taking
-    an armed fault, which is rare, still waits the blocking way.
+    A cover refused with 402 that holds a rate slot is answered in a thread of the batcher's own
+    (giving the slot back is a write). Taking an armed fault, which is rare, still waits the
+    blocking way.
 
     Covers are drafted before the batch is written, so two covers of one turn are checked
     against the same rate window: a cover refused with 402 holds its slot until its batch is
-    written (at most one turn). A cover that took an armed scenario is not batched (see RsgiApp)."""
+    written and its give-back is done (a write, in the give-back thread). A cover that took an
+    armed scenario is not batched (see RsgiApp)."""
 
     RETRY_FIRST, RETRY_MAX = 0.0001, 0.002
     BUSY_GIVE_UP = 30.0
 
-    def __init__(self, store, pool=None):
-        self.store, self.pool = store, pool  # pool: where a refused cover gives its slot back
+    def __init__(self, store, give_back_in_thread: bool = True):
+        self.store = store
+        # A cover refused with 402 gives its rate slot back: a write that may wait for the lock,
+        # made in a thread of its own (not the HTTP pool, which injected latencies can fill).
+        self.give_back_in_thread = give_back_in_thread
+        self._give_back_pool: ThreadPoolExecutor | None = None
         self.pending: list = []
         self.scheduled = False
         self.retry = 0.0
@@ -176,8 +182,8 @@ class AcceptBatcher:
         self.batches += 1
         self.written += len(batch)
         for (pending, fut), result in zip(batch, results):
-            if result is None and self.pool is not None:  # 402: its give-backs are writes that may
-                self._answer_in_pool(loop, pending, fut)  # wait for the lock: not on the loop
+            if result is None and self.give_back_in_thread and getattr(pending.draft, "token", None) \
+                    and self._answer_in_thread(loop, pending, fut):
                 continue
             try:
                 resp = pending.answer(result)
@@ -186,15 +192,23 @@ class AcceptBatcher:
             if not fut.cancelled():
                 fut.set_result(resp)
 
-    def _answer_in_pool(self, loop, pending, fut) -> None:
+    def _answer_in_thread(self, loop, pending, fut) -> bool:
+        """Answer a refused cover (its give-back included) in the give-back thread; False if
+        that cannot be started (then the caller answers it at once)."""
         def done(answered):
             try:
                 resp = answered.result()
-            except Exception as exc:
+            except BaseException as exc:  # cancelled included: the request is answered whatever happens
                 resp = api.bug(exc)
             if not fut.cancelled():
                 fut.set_result(resp)
-        loop.run_in_executor(self.pool, pending.answer, None).add_done_callback(done)
+        try:
+            if self._give_back_pool is None:
+                self._give_back_pool = ThreadPoolExecutor(1, thread_name_prefix="kie-mock-give-back")
+            loop.run_in_executor(self._give_back_pool, pending.answer, None).add_done_callback(done)
+        except Exception:  # e.g. the pool was shut down
+            return False
+        return True
 
 
 class RsgiApp:
@@ -202,7 +216,7 @@ class RsgiApp:
         self.svc, self.wsgi_app, self.multiprocess = svc, wsgi_app, multiprocess
         self.limit = svc.cfg.max_body_bytes + 1
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="kie-mock-http")
-        self.batcher = AcceptBatcher(svc.store, self.pool)
+        self.batcher = AcceptBatcher(svc.store)
 
     async def _body(self, proto, scope) -> bytes:
         length = scope.headers.get("content-length")

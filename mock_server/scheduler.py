@@ -58,7 +58,8 @@ class Scheduler:
 
     def nudge(self) -> bool:
         """Ask for a round now (its journal flush included); False if no scheduler thread runs."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._stop.is_set():
             return False
         self._wake.set()
         return True
@@ -119,6 +120,7 @@ class Scheduler:
     def start(self) -> None:
         if self._thread or getattr(self.clock, "virtual", False):
             return
+        self._stop.clear()  # a scheduler stopped before may start again
         self._pool = ThreadPoolExecutor(self.cfg.delivery_workers, thread_name_prefix="kie-mock-callback")
         self._thread = threading.Thread(target=self._loop, name="kie-mock-scheduler", daemon=True)
         self._thread.start()
@@ -131,6 +133,11 @@ class Scheduler:
         if self._thread:
             self._thread.join(timeout=5)
             self._thread = None
+            for work in self.each_round:  # a last round of the buffered work (the journal)
+                try:
+                    work()
+                except Exception:
+                    traceback.print_exc()
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=False)
             self._pool = None

@@ -67,27 +67,48 @@ def test_covers_of_one_loop_turn_share_one_write_each_with_its_own_outcome():
     assert (batcher.batches, batcher.written) == (1, 3)
 
 
-def test_a_cover_refused_for_credits_is_answered_in_the_pool_the_others_on_the_loop():
-    """A 402 gives back its rate slot (a write that may wait for the lock): not on the loop."""
+def test_a_cover_refused_for_credits_gives_its_slot_back_in_a_thread_the_others_answer_on_the_loop():
+    """A 402 gives back its rate slot (a write that may wait for the lock): not on the loop, and
+    not in the HTTP pool either. A 402 without a slot (no rate limit) has nothing to give back."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     class Where(Cover):
+        token = "slot"
+
         def settle(self, balance):
             return ("settled", self.n, balance, threading.current_thread().name)
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="pool")
-    batcher = AcceptBatcher(Store(refuse_item=1), pool)
+    class NoSlot(Where):
+        token = None
+
+    batcher = AcceptBatcher(Store(refuse_item=1))
 
     async def main():
         return await asyncio.gather(*(batcher.write(Where(n)) for n in range(3)))
 
-    try:
-        got = run(main())
-    finally:
-        pool.shutdown()
-    loop_thread = threading.current_thread().name
-    assert got == [("settled", 0, 100, loop_thread), ("settled", 1, None, "pool_0"), ("settled", 2, 98, loop_thread)]
+    here = threading.current_thread().name
+    assert run(main()) == [("settled", 0, 100, here), ("settled", 1, None, "kie-mock-give-back_0"),
+                           ("settled", 2, 98, here)]
+    batcher = AcceptBatcher(Store(refuse_item=0))
+
+    async def no_slot():
+        return await batcher.write(NoSlot(0))
+
+    assert run(no_slot()) == ("settled", 0, None, here)
+
+
+def test_a_give_back_thread_that_cannot_run_still_answers_every_cover():
+    class Slot(Cover):
+        token = "slot"
+
+    batcher = AcceptBatcher(Store(refuse_item=0))
+    batcher._give_back_pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(1)
+    batcher._give_back_pool.shutdown()  # submitting now raises
+
+    async def main():
+        return await asyncio.wait_for(asyncio.gather(*(batcher.write(Slot(n)) for n in range(3))), 5)
+
+    assert run(main()) == [("settled", 0, None), ("settled", 1, 99), ("settled", 2, 98)]
 
 
 def test_a_later_turn_is_a_new_batch():

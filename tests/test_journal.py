@@ -114,3 +114,48 @@ def test_the_scheduler_round_flushes_the_journal():
 
     svc = Service(Config(store="memory"))
     assert svc.journal.flush in svc.scheduler.each_round
+
+
+def test_a_failed_write_keeps_the_newest_entries_when_more_arrived_meanwhile():
+    class Flaky:
+        def __init__(self):
+            self.journal = None
+
+        def log_many(self, journal, entries, limit):
+            for n in (5, 6, 7):  # requests answered while the write was failing
+                self.journal._buf.append({"n": n})
+            raise OSError("store away")
+
+    store = Flaky()
+    journal = RequestJournal(store, limit=5)
+    store.journal = journal
+    for i in range(5):
+        journal._buf.append({"n": i})
+    try:
+        journal.flush()
+    except OSError:
+        pass
+    assert [e["n"] for e in journal._buf] == [3, 4, 5, 6, 7]  # the newest five, oldest first
+
+
+def test_the_scheduler_takes_the_hand_off_only_while_its_thread_runs_and_flushes_when_stopped():
+    from mock_server.config import Config
+    from mock_server.service import Service
+
+    svc = Service(Config(store="memory", api_keys={}))
+    sched = svc.scheduler
+    assert sched.nudge() is False  # not started: add() writes itself
+    sched.poll_interval = 30.0
+    sched.start()
+    try:
+        assert sched.nudge() is True
+        svc.journal.add({"n": 1})  # below FLUSH_AT: waits for a round
+    finally:
+        sched.stop()
+    assert sched.nudge() is False
+    assert [e["n"] for e in svc.store.read_log(JOURNAL)] == [1]  # stop() ran a last round
+    sched.start()  # and it can start again
+    try:
+        assert sched.nudge() is True and sched._thread.is_alive()
+    finally:
+        sched.stop()
