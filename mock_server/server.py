@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 
+from . import heap
 from .config import Config
 
 ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
@@ -107,6 +108,8 @@ def worker_app():
 
         apply_file(app.extensions["kie_mock"], scenario_file)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app.extensions["kie_mock"].after_reset.append(heap.settle)
+    heap.settle()  # what this process built so far lives as long as it does
     return app
 
 

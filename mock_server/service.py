@@ -69,6 +69,7 @@ class Service:
                                       hand_off=self.scheduler.nudge)
         self.scheduler.each_round.append(self.journal.flush)
         self.startup: dict | None = None  # the scenario file's content, re-applied by reset()
+        self.after_reset: list = []  # callables run once reset() is done (a server's heap.settle)
         self._scenario_cache: tuple | None = None
         self.seed_accounts()
 
@@ -87,6 +88,8 @@ class Service:
             from .scenario_file import apply
 
             apply(self, self.startup)
+        for then in self.after_reset:
+            then()
 
     # -- settings that may change at run time (shared through the store) -----------------------
     def settings(self) -> dict:

@@ -274,3 +274,28 @@ def test_default_store_is_a_fresh_sqlite_file_removed_at_exit(tmp_path):
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(30) == 0
     assert not Path(store).parent.exists()
+
+
+def test_a_worker_freezes_its_long_lived_objects_and_again_after_a_reset():
+    """A worker's app, and the memory store's containers (again after a reset, which replaces
+    them), are out of the cyclic collector's full walks (mock_server/heap.py). In a child
+    process: freezing is for the whole interpreter."""
+    script = r'''
+import base64, gc, json, os, pickle
+from mock_server import server
+from mock_server.config import Config
+os.environ[server.ENV_CONFIG] = base64.b64encode(pickle.dumps(Config(store="memory"))).decode()
+app = server.worker_app()
+svc = app.extensions["kie_mock"]
+def walked(obj):
+    return any(o is obj for o in gc.get_objects())
+out = {"frozen": gc.get_freeze_count() > 0, "heap_walked": walked(svc.store._heap)}
+svc.scheduler.stop()
+svc.reset()
+out["after_reset_walked"] = walked(svc.store._heap)
+print(json.dumps(out))
+'''
+    got = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout.strip().splitlines()[-1]) == {"frozen": True, "heap_walked": False,
+                                                                 "after_reset_walked": False}
