@@ -139,11 +139,10 @@ class AcceptBatcher:
     RETRY_FIRST, RETRY_MAX = 0.0001, 0.002
     BUSY_GIVE_UP = 30.0
 
-    def __init__(self, store, give_back_in_thread: bool = True):
+    def __init__(self, store):
         self.store = store
         # A cover refused with 402 gives its rate slot back: a write that may wait for the lock,
         # made in a thread of its own (not the HTTP pool, which injected latencies can fill).
-        self.give_back_in_thread = give_back_in_thread
         self._give_back_pool: ThreadPoolExecutor | None = None
         self.pending: list = []
         self.scheduled = False
@@ -182,8 +181,7 @@ class AcceptBatcher:
         self.batches += 1
         self.written += len(batch)
         for (pending, fut), result in zip(batch, results):
-            if result is None and self.give_back_in_thread and getattr(pending.draft, "token", None) \
-                    and self._answer_in_thread(loop, pending, fut):
+            if result is None and pending.draft.token and self._answer_in_thread(loop, pending, fut):
                 continue
             try:
                 resp = pending.answer(result)

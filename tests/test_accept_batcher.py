@@ -17,6 +17,8 @@ from mock_server.rsgi import AcceptBatcher
 class Cover:
     """Stands in for api.PendingCover: its store write's arguments, and how it answers."""
 
+    token = None  # no rate slot to give back
+
     def __init__(self, n: int):
         self.n = n
         self.draft = self

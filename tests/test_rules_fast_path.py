@@ -108,3 +108,15 @@ def test_remembered_format_verdicts_are_the_fresh_ones(monkeypatch):
             assert len(fastschema._format_memo) <= 4
     assert not fastschema.format_ok("not a url", "uri") and fastschema.format_ok("https://a.example/x", "uri")
     assert all(len(v) <= fastschema.FORMAT_MEMO_MAX_LEN for _, v in fastschema._format_memo)
+
+
+def test_format_verdicts_are_remembered_up_to_the_length_bound(monkeypatch):
+    from mock_server import fastschema
+
+    monkeypatch.setattr(fastschema, "_format_memo", {})
+    bound = fastschema.FORMAT_MEMO_MAX_LEN
+    for length, kept in ((bound - 1, True), (bound, True), (bound + 1, False)):
+        value = "https://a.example/" + "a" * (length - len("https://a.example/"))
+        assert len(value) == length
+        assert fastschema.format_ok(value, "uri") is True
+        assert (("uri", value) in fastschema._format_memo) is kept, length

@@ -479,7 +479,10 @@ def test_sqlite_prelude_is_read_once_until_a_change_or_its_time_runs_out(tmp_pat
     raw.commit()
     raw.close()
     assert s.prelude("k")[1] == {"maintenance": True}  # still the cached copy
-    later = time.monotonic() + sqlite_store.PRELUDE_TTL
+    read_at = s._preludes["k"][1]
+    monkeypatch.setattr(sqlite_store, "_monotonic", lambda: read_at + sqlite_store.PRELUDE_TTL - 0.001)
+    assert s.prelude("k")[1] == {"maintenance": True}  # just under its time: still cached
+    later = read_at + sqlite_store.PRELUDE_TTL
     monkeypatch.setattr(sqlite_store, "_monotonic", lambda: later)
     assert s.prelude("k")[1] == {"maintenance": True, "latency": {"ms": 2}}
     s.close()

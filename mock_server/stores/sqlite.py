@@ -200,6 +200,12 @@ class SqliteStore(Store):
         if self._stamp is not None:
             self._stamp[0:8] = os.urandom(8)
 
+    def _write_changing(self, fn):
+        """`_write` for a change of accounts, settings or faults: stamped once committed."""
+        out = self._write(fn)
+        self._changed()
+        return out
+
     # -- connections -------------------------------------------------------------------------
     @staticmethod
     def _retry(fn):
@@ -404,8 +410,7 @@ class SqliteStore(Store):
         def op(conn):
             for table in ("accounts", "rates", "rate_buckets", "tasks", "jobs", "log_chunks", "faults", "settings"):
                 conn.execute(f"DELETE FROM {table}")
-        self._write(op)
-        self._changed()
+        self._write_changing(op)
 
     def prelude(self, key):
         """The cached prelude is shared by every caller: read it, never change it."""
@@ -436,21 +441,18 @@ class SqliteStore(Store):
 
     # -- accounts ----------------------------------------------------------------------------
     def put_account(self, key, credits, hmac_key=None):
-        self._write(lambda c: c.execute(
+        self._write_changing(lambda c: c.execute(
             "INSERT INTO accounts (key, credits, hmac_key, seq) VALUES (?, ?, ?, "
             " (SELECT COALESCE(MAX(seq), 0) + 1 FROM accounts)) "
             "ON CONFLICT (key) DO UPDATE SET credits = excluded.credits, hmac_key = excluded.hmac_key",
             (key, int(credits), hmac_key)))
-        self._changed()
 
     def get_account(self, key):
         row = self._read_one("SELECT credits, hmac_key FROM accounts WHERE key = ?", (key,))
         return {"key": key, "credits": row[0], "hmac_key": row[1]} if row else None
 
     def delete_account(self, key):
-        gone = self._write(lambda c: c.execute("DELETE FROM accounts WHERE key = ?", (key,)).rowcount) > 0
-        self._changed()
-        return gone
+        return self._write_changing(lambda c: c.execute("DELETE FROM accounts WHERE key = ?", (key,)).rowcount) > 0
 
     def list_accounts(self):
         return [{"key": k, "credits": c, "hmac_key": h}
@@ -764,8 +766,8 @@ class SqliteStore(Store):
     # -- faults ---------------------------------------------------------------------------------
     def arm_fault(self, fault):
         args = (fault.get("kind"), fault.get("key", "*"), int(fault.get("count", 1)), _dumps(fault))
-        self._write(lambda c: c.execute("INSERT INTO faults (kind, key, count, data) VALUES (?, ?, ?, ?)", args))
-        self._changed()
+        self._write_changing(lambda c: c.execute(
+            "INSERT INTO faults (kind, key, count, data) VALUES (?, ?, ?, ?)", args))
 
     def take_fault(self, key, kind):
         # Nearly every request asks; nearly always nothing is armed: answer that without the write lock.
@@ -802,8 +804,7 @@ class SqliteStore(Store):
         return out
 
     def clear_faults(self):
-        self._write(lambda c: c.execute("DELETE FROM faults"))
-        self._changed()
+        self._write_changing(lambda c: c.execute("DELETE FROM faults"))
 
     # -- settings ---------------------------------------------------------------------------------
     def get_settings(self):
@@ -816,6 +817,4 @@ class SqliteStore(Store):
             conn.executemany("INSERT INTO settings (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
                              rows_in)
             return conn.execute("SELECT k, v FROM settings").fetchall()
-        rows = self._write(op)
-        self._changed()
-        return {k: _loads(v) for k, v in rows}
+        return {k: _loads(v) for k, v in self._write_changing(op)}
