@@ -28,6 +28,10 @@ class RequestJournal:
         self._buf: deque = deque(maxlen=max(limit, 1))  # past `limit` the oldest would not be kept anyway
         self._flush_lock = threading.Lock()
 
+    def __len__(self) -> int:
+        """Entries buffered, not yet in the store."""
+        return len(self._buf)
+
     def add(self, entry: dict) -> None:
         self._buf.append(entry)
         if len(self._buf) >= FLUSH_AT and not (self.hand_off is not None and self.hand_off()):
@@ -39,19 +43,39 @@ class RequestJournal:
     def flush(self) -> None:
         """Append the buffered entries to the store, oldest first."""
         with self._flush_lock:
-            batch = []
-            while self._buf:
-                batch.append(self._buf.popleft())
-            if not batch:
-                return
-            try:
-                self.store.log_many(JOURNAL, batch, self.limit)
-            except Exception:
-                # Back in front of what arrived meanwhile; if that no longer all fits, the
-                # oldest are dropped (as the journal would), never the newest.
-                room = (self._buf.maxlen or len(batch)) - len(self._buf)
-                self._buf.extendleft(reversed(batch[-room:] if room > 0 else []))
-                raise
+            self._write(self.store.log_many)
+
+    def try_flush(self) -> bool:
+        """flush, unless that would wait: False (the entries stay buffered) while another writer
+        holds the store's write lock, or another thread is flushing."""
+        if not self._flush_lock.acquire(blocking=False):
+            return False
+        try:
+            return self._write(self.store.try_log_many) is not False
+        finally:
+            self._flush_lock.release()
+
+    def _write(self, write):
+        """write(journal, entries, limit) the buffered entries (the flush lock held); what it answered."""
+        batch = []
+        while self._buf:
+            batch.append(self._buf.popleft())
+        if not batch:
+            return None
+        try:
+            written = write(JOURNAL, batch, self.limit)
+        except Exception:
+            self._put_back(batch)
+            raise
+        if written is False:
+            self._put_back(batch)
+        return written
+
+    def _put_back(self, batch: list) -> None:
+        # Back in front of what arrived meanwhile; if that no longer all fits, the oldest are
+        # dropped (as the journal would), never the newest.
+        room = (self._buf.maxlen or len(batch)) - len(self._buf)
+        self._buf.extendleft(reversed(batch[-room:] if room > 0 else []))
 
     def clear(self) -> None:
         """Forget the buffered entries (the store is being reset)."""

@@ -135,6 +135,12 @@ class Store(ABC):
         for entry in entries:
             self.log(journal, entry, limit)
 
+    def try_log_many(self, journal: str, entries: list[dict], limit: int) -> bool:
+        """log_many without waiting for a write lock held elsewhere: False (nothing written)
+        while one is. Backends without such a lock just write."""
+        self.log_many(journal, entries, limit)
+        return True
+
     @abstractmethod
     def read_log(self, journal: str, limit: int = 100, **match) -> list[dict]:
         """Newest first; entries whose fields equal every `match` value."""

@@ -709,8 +709,14 @@ class SqliteStore(Store):
     # entries of a straddling chunk that fall outside it. One row per flush instead of one per
     # entry: the request journal of a busy server costs a few microseconds per request less.
     def log_many(self, journal, entries, limit):
-        if not entries:
-            return
+        if entries:
+            self._write(self._log_op(journal, entries, limit))
+
+    def try_log_many(self, journal, entries, limit):
+        return not entries or self._try_write(self._log_op(journal, entries, limit)) is not BUSY
+
+    @staticmethod
+    def _log_op(journal, entries, limit):
         data, count, keep = _dumps(entries), len(entries), max(int(limit), 0)
 
         def op(conn):
@@ -720,7 +726,7 @@ class SqliteStore(Store):
             conn.execute("INSERT INTO log_chunks (journal, last, count, keep, data) VALUES (?, ?, ?, ?, ?)",
                          (journal, last, count, keep, data))
             conn.execute("DELETE FROM log_chunks WHERE journal = ? AND last <= ?", (journal, last - keep))
-        self._write(op)
+        return op
 
     def read_log(self, journal, limit=100, **match):
         match = {k: v for k, v in match.items() if v is not None}
