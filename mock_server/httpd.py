@@ -43,6 +43,7 @@ PIPELINE_MAX = 16  # requests parsed ahead of their answer, per connection
 REQUEST_TIMEOUT = 30.0  # from a request's first byte to its last
 KEEP_ALIVE = 75.0  # idle time between requests
 DRAIN_TIMEOUT = 5.0  # at shutdown: how long requests in progress may take to finish
+SWEEP_EVERY = 1.0  # how often the timeouts are checked
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
@@ -292,10 +293,14 @@ class Connection(asyncio.Protocol):
         keep_alive = req.keep_alive and not self.server.stopping
         if not self.closing:
             out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+            length = len(body)
             for name, value in headers:
-                if name.lower() not in _HOP:
+                lower = name.lower()
+                if lower not in _HOP:
                     out.append(b"%s: %s\r\n" % (name.encode("latin-1"), str(value).encode("latin-1")))
-            out.append(b"content-length: %d\r\ndate: %s\r\n" % (len(body), _Date.get()))
+                elif lower == "content-length" and req.method == "HEAD":
+                    length = int(value)  # what a GET would carry (the app sent no body)
+            out.append(b"content-length: %d\r\ndate: %s\r\n" % (length, _Date.get()))
             if not keep_alive:
                 out.append(b"connection: close\r\n")
             out.append(b"\r\n")
@@ -381,7 +386,7 @@ class HttpServer:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(SWEEP_EVERY)
             now = time.monotonic()
             for conn in list(self.connections):
                 conn.check_time(now)

@@ -1,4 +1,4 @@
-"""Issue 6 (6): hostile input at volume against the production server (granian, default store):
+"""Issue 6 (6): hostile input at volume against the production server (each HTTP front end, default store):
 slow clients, header floods, truncated and random bodies. No 500, no crash, memory bounded.
 
 Bounded in count and time; loopback only. The figures are not timed assertions: the server
@@ -21,7 +21,7 @@ from test_transport import server  # noqa: F401  (the module-scoped `kie-mock se
 
 
 def _rss_kib(pid: int) -> int:
-    """VmRSS of the process and its children (the granian workers), in KiB."""
+    """VmRSS of the process and its children (worker processes), in KiB."""
     total = 0
     pids = [pid]
     try:

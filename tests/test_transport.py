@@ -125,14 +125,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The HTTP front ends `serve` can run on: the built-in server (the default for the memory and
+# sqlite stores) and granian's two interfaces (RSGI; WSGI, the default for redis).
+FRONT_ENDS = ["builtin", "granian-rsgi", "granian-wsgi"]
+
+
 @contextlib.contextmanager
-def serving(*args: str, interface: str = "rsgi"):
-    """`kie-mock serve ARGS` on a free loopback port, on one of granian's interfaces; its port."""
+def serving(*args: str, front_end: str = "builtin"):
+    """`kie-mock serve ARGS` on a free loopback port, on one of FRONT_ENDS; its port."""
     port = _free_port()
     exe = shutil.which("kie-mock")
     cmd = [exe] if exe else [sys.executable, "-m", "mock_server"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
-    env["KIE_MOCK_HTTP_INTERFACE"] = interface
+    server, _, interface = front_end.partition("-")
+    env["KIE_MOCK_HTTP_SERVER"] = server
+    if interface:
+        env["KIE_MOCK_HTTP_INTERFACE"] = interface
     proc = subprocess.Popen([*cmd, "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -160,12 +168,12 @@ def serving(*args: str, interface: str = "rsgi"):
             proc.stdout.close()
 
 
-@pytest.fixture(scope="module", params=["rsgi", "wsgi"])
+@pytest.fixture(scope="module", params=FRONT_ENDS)
 def server(request):
-    """`kie-mock serve` on each of granian's interfaces the fake can use (rsgi, the default; wsgi).
+    """`kie-mock serve` on each HTTP front end the fake can use.
     The clock is virtual so no callback ever fires (nothing leaves the machine); no rate limit,
     so the cases do not depend on their order."""
-    with serving("--clock", "virtual", "--rate-limit", "0", interface=request.param) as port:
+    with serving("--clock", "virtual", "--rate-limit", "0", front_end=request.param) as port:
         yield port
 
 
@@ -317,8 +325,8 @@ def test_real_server_a_slow_request_does_not_hold_up_the_others(server):
     assert max(took) < 1.0, took  # answered while the slow one was still waiting
 
 
-@pytest.mark.parametrize("interface", ["rsgi", "wsgi"])
-def test_real_server_concurrent_covers_take_exactly_the_credits(interface):
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_real_server_concurrent_covers_take_exactly_the_credits(front_end):
     """40 clients at once, credits for 10 covers: the writes the server batches (one transaction
     for the covers that arrive together) still charge each cover on its own: exactly 10 are
     accepted, each stored with its own taskId, the other 30 refused with 402, the balance 0."""
@@ -328,7 +336,7 @@ def test_real_server_concurrent_covers_take_exactly_the_credits(interface):
     key = "batch-key-0123"
     auth = {"Authorization": f"Bearer {key}"}
     with serving("--clock", "virtual", "--rate-limit", "0", "--api-keys", f"{key}:120",
-                 interface=interface) as port:
+                 front_end=front_end) as port:
         start = threading.Barrier(40)
 
         def submit(_):

@@ -1,0 +1,407 @@
+"""The built-in HTTP/1.1 server (mock_server/httpd.py): framing, order, limits and timeouts on a
+real socket, in process; and `serve --workers 2` on it: a worker that dies is replaced, and the
+workers never outlive the server.
+
+The wire cases every front end must pass (bad JSON, chunked bodies, HTTP/1.0, garbage, slow
+clients, header floods) are in test_transport.py and test_hostile_volume.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+import uvloop
+
+from conftest import KEY, body
+from mock_server import httpd
+from mock_server.app import create_app
+from mock_server.config import Config
+from mock_server.onloop import OnLoop
+
+URL = "/api/v1/generate/upload-cover"
+COVER = orjson.dumps(body(callBackUrl="http://127.0.0.1:9/cb"))
+
+
+@contextlib.contextmanager
+def running(**cfg):
+    """The built-in server on a free loopback port, in a thread of this process: (port, service)."""
+    cfg = {"clock": "virtual", "rate_limit": 0, **cfg}
+    app = create_app(Config(**cfg), start_scheduler=False)
+    svc = app.extensions["kie_mock"]
+    on_loop = OnLoop(svc, app)
+    sock = socket.create_server(("127.0.0.1", 0))
+    loop = uvloop.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(httpd.HttpServer(on_loop).serve(sock, stop),))
+    thread.start()
+    try:
+        yield sock.getsockname()[1], svc
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        on_loop.close()
+        loop.close()
+        sock.close()
+
+
+def request(method: str, path: str, payload: bytes = b"", headers: dict | None = None,
+            version: str = "HTTP/1.1") -> bytes:
+    h = {"Host": "127.0.0.1", "Authorization": f"Bearer {KEY}", **(headers or {})}
+    if payload or method == "POST":
+        h.setdefault("Content-Type", "application/json")
+        h.setdefault("Content-Length", str(len(payload)))
+    lines = [f"{method} {path} {version}"] + [f"{k}: {v}" for k, v in h.items() if v is not None]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+def read_response(f) -> tuple[int, dict, bytes]:
+    """One response from a socket's file, by its own framing (Content-Length)."""
+    line = f.readline()
+    if not line:
+        raise ConnectionError("closed")
+    status = int(line.split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, f.read(int(headers.get("content-length", 0)))
+
+
+def envelope(payload: bytes) -> dict:
+    env = orjson.loads(payload)
+    assert set(env) == {"code", "msg", "data"}, env
+    return env
+
+
+@contextlib.contextmanager
+def connect(port: int, timeout: float = 10.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with s.makefile("rb") as f:
+            yield s, f
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def credits(svc) -> int:
+    return svc.store.get_account(KEY)["credits"]
+
+
+# -- order and framing -------------------------------------------------------------------------
+def test_pipelined_requests_are_answered_in_order_even_when_the_first_waits_for_its_write():
+    """A cover waits for its batched store write, a control-API request runs in the thread pool;
+    the requests sent after them on the same connection are answered after them, in order."""
+    with running() as (port, svc), connect(port) as (s, f):
+        start = credits(svc)
+        s.sendall(request("POST", URL, COVER) + request("GET", "/api/v1/chat/credit")
+                  + request("GET", "/_mock/health") + request("GET", "/api/v1/chat/credit"))
+        answers = [read_response(f) for _ in range(4)]
+        assert [a[0] for a in answers] == [200, 200, 200, 200]
+        cover, credit, health, credit2 = (envelope(a[2]) for a in answers)
+        assert cover["code"] == 200 and cover["data"]["taskId"]
+        assert credit["data"] == credit2["data"] == start - 12  # answered after the cover's write
+        assert health["data"]["status"] == "ok" if isinstance(health["data"], dict) else health["code"] == 200
+
+
+def test_more_pipelined_requests_than_the_queue_holds_are_all_answered_in_order():
+    """Past PIPELINE_MAX queued requests the connection stops reading, and reads again as the
+    queue drains: nothing is lost or reordered."""
+    n = httpd.PIPELINE_MAX * 3
+    with running() as (port, svc), connect(port) as (s, f):
+        start = credits(svc)
+        s.sendall(b"".join(request("POST", URL, COVER) + request("GET", "/api/v1/chat/credit") for _ in range(n)))
+        seen = [envelope(read_response(f)[2]) for _ in range(2 * n)]
+    covers, balances = seen[0::2], seen[1::2]
+    assert all(c["code"] == 200 for c in covers)
+    assert [b["data"] for b in balances] == [start - 12 * (i + 1) for i in range(n)]
+    assert len({c["data"]["taskId"] for c in covers}) == n
+
+
+def test_keep_alive_serves_many_requests_and_http_1_0_closes_after_one():
+    with running() as (port, _), connect(port) as (s, f):
+        for _ in range(3):
+            s.sendall(request("GET", "/api/v1/chat/credit"))
+            status, headers, _ = read_response(f)
+            assert status == 200 and "connection" not in headers and "date" in headers
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(request("GET", "/api/v1/chat/credit", version="HTTP/1.0"))
+        status, headers, _ = read_response(f)
+        assert status == 200 and headers["connection"] == "close"
+        assert f.read() == b""  # the server closed
+
+
+def test_connection_close_is_honoured():
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(request("GET", "/api/v1/chat/credit", headers={"Connection": "close"}))
+        status, headers, _ = read_response(f)
+        assert status == 200 and headers["connection"] == "close" and f.read() == b""
+
+
+def test_head_has_the_headers_and_no_body():
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(request("HEAD", "/api/v1/chat/credit") + request("GET", "/api/v1/chat/credit"))
+        line = f.readline()
+        assert line.startswith(b"HTTP/1.1 200")
+        headers = {}
+        while (line := f.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        assert int(headers["content-length"]) > 0  # what a GET would carry; none follows
+        status, _, payload = read_response(f)  # the next response starts right away
+        assert status == 200 and envelope(payload)["code"] == 200
+
+
+def test_expect_100_continue_gets_its_interim_answer_then_the_response():
+    with running() as (port, _), connect(port) as (s, f):
+        head = request("POST", URL, b"", {"Content-Length": str(len(COVER)), "Expect": "100-continue"})
+        s.sendall(head)
+        assert f.readline() == b"HTTP/1.1 100 Continue\r\n" and f.readline() == b"\r\n"
+        s.sendall(COVER)
+        status, _, payload = read_response(f)
+        assert status == 200 and envelope(payload)["code"] == 200
+
+
+def test_an_upgrade_request_is_answered_as_http_1_1_then_the_connection_closes():
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(request("GET", "/api/v1/chat/credit", headers={"Connection": "Upgrade", "Upgrade": "h2c"}))
+        status, headers, payload = read_response(f)
+        assert status == 200 and envelope(payload)["code"] == 200 and headers["connection"] == "close"
+        assert f.read() == b""
+
+
+def test_a_client_gone_before_its_cover_is_written_loses_nothing_and_breaks_nothing():
+    with running() as (port, svc):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(request("POST", URL, COVER))
+        deadline = time.monotonic() + 5
+        while not svc.store.list_tasks() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(svc.store.list_tasks()) == 1  # acknowledged or not, the write it reached is kept
+        with connect(port) as (s, f):
+            s.sendall(request("GET", "/api/v1/chat/credit"))
+            assert envelope(read_response(f)[2])["code"] == 200
+
+
+# -- limits -----------------------------------------------------------------------------------------
+def _head_bytes(data: bytes) -> int:
+    """What the server counts against HEAD_MAX: the target, and each header's name and value plus 4."""
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    target = head[0].split(b" ")[1]
+    return len(target) + sum(len(name) + len(value.strip()) + 4
+                             for name, _, value in (line.partition(b":") for line in head[1:]))
+
+
+def _answer(port: int, data: bytes) -> tuple[int, dict, bytes, bool]:
+    with connect(port) as (s, f):
+        s.sendall(data)
+        status, headers, payload = read_response(f)
+        s.settimeout(2)
+        return status, headers, payload, headers.get("connection") == "close" and closed_by_server(s)
+
+
+@pytest.mark.parametrize("fields, refused", [(httpd.HEADERS_MAX - 1, False), (httpd.HEADERS_MAX, False),
+                                             (httpd.HEADERS_MAX + 1, True)])
+def test_header_count_limit(fields, refused):
+    base = request("GET", "/api/v1/chat/credit")
+    given = base.count(b"\r\n") - 2  # request line and the blank line are not fields
+    extra = {f"X-F{i}": "v" for i in range(fields - given)}
+    data = request("GET", "/api/v1/chat/credit", headers=extra)
+    assert data.count(b"\r\n") - 2 == fields
+    with running() as (port, _):
+        status, _, payload, closed = _answer(port, data)
+        if refused:
+            assert (status, envelope(payload)["code"], closed) == (431, 431, True)
+        else:
+            assert (status, envelope(payload)["code"]) == (200, 200)
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1])
+def test_header_bytes_limit(over):
+    probe = request("GET", "/api/v1/chat/credit", headers={"X-Pad": ""})
+    pad = httpd.HEAD_MAX + over - _head_bytes(probe)
+    data = request("GET", "/api/v1/chat/credit", headers={"X-Pad": "p" * pad})
+    assert _head_bytes(data) == httpd.HEAD_MAX + over
+    with running() as (port, _):
+        status, _, payload, closed = _answer(port, data)
+        if over > 0:
+            assert (status, closed) == (431, True) and "too large" in envelope(payload)["msg"]
+        else:
+            assert (status, envelope(payload)["code"]) == (200, 200)
+
+
+def test_a_request_line_over_the_limit_is_refused_with_414():
+    data = request("GET", "/api/v1/chat/credit?pad=" + "p" * httpd.HEAD_MAX)
+    with running() as (port, _):
+        status, _, payload, closed = _answer(port, data)
+        assert (status, envelope(payload)["code"], closed) == (414, 414, True)
+
+
+@pytest.mark.parametrize("garbage", [b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n"])
+def test_malformed_http_gets_a_400_envelope_and_the_connection_closes(garbage):
+    with running() as (port, _):
+        status, headers, payload, closed = _answer(port, garbage)
+        env = envelope(payload)
+        assert (status, env["code"], closed) == (400, 422, True) and "malformed" in env["msg"]
+        assert headers["content-type"] == "application/json"
+        with connect(port) as (s, f):  # and the server goes on
+            s.sendall(request("GET", "/api/v1/chat/credit"))
+            assert read_response(f)[0] == 200
+
+
+@pytest.mark.parametrize("size, early", [(1000, False), (1001, False), (1002, True)])
+def test_body_limit_at_its_boundary(size, early):
+    """max_body_bytes 1000: a body of 1000 bytes is read and judged; 1001 is read, and too large;
+    a declared 1002 is answered at once, unread, and the connection closes."""
+    payload = COVER[:-1] + b" " * (size - len(COVER)) + b"}"
+    assert len(payload) == size
+    with running(max_body_bytes=1000) as (port, _):
+        with connect(port) as (s, f):
+            s.sendall(request("POST", URL, payload if not early else b"", {"Content-Length": str(size)}))
+            status, headers, answer = read_response(f)
+            env = envelope(answer)
+            if size <= 1000:
+                assert env["code"] == 200
+            else:
+                assert env["code"] == 422 and "too large" in env["msg"]
+            assert (headers.get("connection") == "close") is early
+
+
+def test_a_chunked_body_over_the_limit_is_too_large_and_not_kept():
+    chunk = b"x" * 600
+    data = request("POST", URL, b"", {"Transfer-Encoding": "chunked", "Content-Length": None}) + b"".join(
+        b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
+    with running(max_body_bytes=1000) as (port, _):
+        with connect(port) as (s, f):
+            s.sendall(data)
+            env = envelope(read_response(f)[2])
+            assert env["code"] == 422 and "too large" in env["msg"]
+
+
+# -- time -------------------------------------------------------------------------------------------
+@pytest.fixture
+def quick_timeouts(monkeypatch):
+    monkeypatch.setattr(httpd, "SWEEP_EVERY", 0.05)
+    monkeypatch.setattr(httpd, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(httpd, "KEEP_ALIVE", 0.5)
+
+
+def test_a_request_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(quick_timeouts):
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(request("POST", URL, COVER)[:40])  # and then nothing
+        started = time.monotonic()
+        status, _, payload = read_response(f)
+        assert (status, envelope(payload)["code"]) == (408, 408)
+        assert 0.4 < time.monotonic() - started < 5 and f.read() == b""
+
+
+def test_a_slow_request_within_the_time_is_served(quick_timeouts):
+    data = request("POST", URL, COVER)
+    with running() as (port, _), connect(port) as (s, f):
+        for i in range(0, len(data), len(data) // 4 + 1):  # four pieces over about 0.3 s
+            s.sendall(data[i:i + len(data) // 4 + 1])
+            time.sleep(0.08)
+        assert envelope(read_response(f)[2])["code"] == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_its_time(quick_timeouts):
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(request("GET", "/api/v1/chat/credit"))
+        assert read_response(f)[0] == 200
+        time.sleep(0.2)
+        s.sendall(request("GET", "/api/v1/chat/credit"))  # still open within the keep-alive time
+        assert read_response(f)[0] == 200
+        started = time.monotonic()
+        assert f.read() == b""  # then closed, idle
+        assert 0.4 < time.monotonic() - started < 5
+
+
+# -- worker processes -------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait(cond, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _credit_ok(port: int) -> bool:
+    try:
+        with connect(port, timeout=5) as (s, f):
+            s.sendall(request("GET", "/api/v1/chat/credit"))
+            return envelope(read_response(f)[2])["code"] == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def two_workers(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(port), "--workers", "2",
+                             "--store", f"sqlite:{tmp_path / 'kie.sqlite'}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert _wait(lambda: _credit_ok(port) and len(_children(proc.pid)) == 2), proc.stdout.read1(65536)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_a_worker_that_dies_is_replaced_and_sigterm_stops_them_all(tmp_path):
+    with two_workers(tmp_path) as (proc, port):
+        first, second = _children(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: len(_children(proc.pid)) == 2 and first not in _children(proc.pid))
+        assert second in _children(proc.pid)
+        assert all(_credit_ok(port) for _ in range(10))
+        workers = _children(proc.pid)
+        proc.terminate()
+        assert proc.wait(20) == 0
+        assert not any(_alive(w) for w in workers)
+
+
+def test_the_workers_die_with_the_server_even_when_it_is_killed(tmp_path):
+    """SIGKILL to the server process alone (not its group): its workers go too, and the port is
+    free for a restart."""
+    with two_workers(tmp_path) as (proc, port):
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait(lambda: not any(_alive(w) for w in workers), 10)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # nobody holds it any more
