@@ -133,7 +133,7 @@ class HttpRequest(api.ApiRequest):
 class Connection(asyncio.Protocol):
     """One client connection (see the module's docstring)."""
 
-    __slots__ = ("server", "transport", "parser", "url", "headers", "head_bytes", "body", "body_size",
+    __slots__ = ("server", "transport", "parser", "url", "headers", "fields", "head_bytes", "body", "body_size",
                  "started", "last_active", "busy", "queue", "closing", "write_paused", "read_paused", "oversized",
                  "server_host", "server_port", "client_host", "client_port")
 
@@ -143,7 +143,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.headers: dict = {}
-        self.head_bytes = 0
+        self.fields = self.head_bytes = 0
         self.body: list = []
         self.body_size = 0
         self.started = None  # monotonic time of the current request's first byte
@@ -200,7 +200,7 @@ class Connection(asyncio.Protocol):
 
     # -- parser callbacks ---------------------------------------------------------------------------
     def on_message_begin(self):
-        self.url, self.headers, self.head_bytes, self.body, self.body_size = b"", {}, 0, [], 0
+        self.url, self.headers, self.fields, self.head_bytes, self.body, self.body_size = b"", {}, 0, 0, [], 0
         if self.started is None:
             self.started = time.monotonic()
 
@@ -213,7 +213,8 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes):
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > HEAD_MAX or len(self.headers) >= HEADERS_MAX:
+        self.fields += 1
+        if self.head_bytes > HEAD_MAX or self.fields > HEADERS_MAX:
             self._refuse(431, f"the request's headers are too large (at most {HEADERS_MAX} fields, "
                               f"{HEAD_MAX} bytes)")
             raise _Refused
@@ -396,7 +397,10 @@ def run_worker(sock, on_loop_factory) -> None:
     """Serve on `sock` until SIGTERM or SIGINT; `on_loop_factory()` builds the worker's OnLoop
     (after a fork: in the worker). Then stop the worker's scheduler (its last round flushes the
     request journal) and close its store."""
-    import uvloop
+    try:
+        import uvloop
+    except ImportError:  # no wheel for this platform: asyncio's own loop (slower)
+        uvloop = None
 
     on_loop = on_loop_factory()
     svc = on_loop.svc
@@ -409,7 +413,7 @@ def run_worker(sock, on_loop_factory) -> None:
         await HttpServer(on_loop).serve(sock, stop)
 
     try:
-        uvloop.run(main())
+        (uvloop.run if uvloop is not None else asyncio.run)(main())
     finally:
         on_loop.close()
         svc.scheduler.stop()

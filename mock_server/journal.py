@@ -3,7 +3,9 @@ buffer in memory, appended to the store in one write by the process's scheduler 
 of its rounds (every 20-50 ms). The request that fills the buffer to FLUSH_AT entries asks for a
 round at once (`hand_off`); only where no scheduler thread runs (a virtual clock) does it write
 them itself. A request never waits for the journal; on a shared store that is one write
-transaction less per request, and no write on the event loop.
+transaction less per request. On an event-loop server the loop takes this over (onloop.py:
+`try_flush`, which never waits for the store's lock), and the scheduler thread writes only what
+the loop could not.
 
 Reads in this process flush first, so they see every request this process answered; entries
 of other worker processes appear within one scheduler round. The buffer is bounded (the

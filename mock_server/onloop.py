@@ -22,6 +22,7 @@ from . import api
 
 POOL_THREADS = 8
 WAITING = object()  # OnLoop.api: the answer comes later
+_monotonic = time.monotonic  # (tests replace it)
 
 
 class OnLoop:
@@ -50,7 +51,7 @@ class OnLoop:
         if journal.flush in rounds:
             rounds[rounds.index(journal.flush)] = self._journal_in_thread
         self._journal_due = self._journal_wanted = self._ticking = False
-        self._journal_written = time.monotonic()
+        self._journal_written = _monotonic()
 
     def _journal_hand_off(self) -> bool:
         try:
@@ -67,14 +68,14 @@ class OnLoop:
         if len(self.svc.journal):
             self._flush_journal()
         else:
-            self._journal_written = time.monotonic()
+            self._journal_written = _monotonic()
         asyncio.get_running_loop().call_later(self.JOURNAL_EVERY, self._tick)
 
     def _flush_journal(self) -> None:
         self._journal_due = False
         try:
             if self.svc.journal.try_flush():
-                self._journal_written = time.monotonic()
+                self._journal_written = _monotonic()
                 return
         except Exception:  # a store hiccup: the entries stay buffered
             pass
@@ -83,8 +84,9 @@ class OnLoop:
             self._thread_hand_off()
 
     def _journal_in_thread(self) -> None:
-        """The scheduler's round: write the journal if the loop could not."""
-        if self._journal_wanted or time.monotonic() - self._journal_written > self.JOURNAL_STALE:
+        """The scheduler's round: write the journal if the loop could not (or the worker stops)."""
+        if (self._journal_wanted or _monotonic() - self._journal_written > self.JOURNAL_STALE
+                or self.svc.scheduler.stopping):
             self._journal_wanted = False
             self.svc.journal.flush()
 

@@ -1,18 +1,11 @@
-"""The fake on granian's RSGI interface: API requests run on the worker's event loop, the rest
-(control API, files, anything that may wait) in a thread pool through the Flask WSGI app.
+"""The fake on granian's RSGI interface (`KIE_MOCK_HTTP_SERVER=granian KIE_MOCK_HTTP_INTERFACE=rsgi`):
+the same on-loop API as the built-in server (onloop.py: the API endpoints on the worker's event
+loop, the rest in a thread pool through the Flask WSGI app), behind granian's HTTP instead.
 
-Why: granian's WSGI interface hands every request to one of N Python threads, and with more
-than one thread they fight over the GIL (measured on 2 cores, memory store, POST upload-cover:
-10,900 req/s with one thread, 7,900 with two, 5,500 with four). One thread alone would let a
-single slow request (an injected latency, an uploadUrl check) stall every other client. Here
-the fast, CPU-only requests run one after the other on the loop, with no thread switch, and
-anything that may block runs in the pool while the loop goes on serving:
-
-- an API request whose handler would sleep (injected latency) or wait for SQLite's write lock
-  to take a rate-window slot stops before it changed any state (`api.MustBlock`) and is run
-  again in the pool;
-- with the uploadUrl check on, upload-cover always runs in the pool;
-- everything else (control API, files, 404s) goes to the Flask app in the pool.
+Why on a loop rather than granian's WSGI threads: with more than one thread they fight over the
+GIL (measured on 2 cores, memory store, POST upload-cover: 10,900 req/s with one thread, 7,900
+with two, 5,500 with four), and one thread alone would let a single slow request stall every
+other client.
 
 Bodies are read as they arrive (a slow client holds no thread) and at most `max_body_bytes`
 plus one byte are kept: the handlers then answer "too large" in the envelope.

@@ -125,6 +125,10 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="kie-mock-scheduler", daemon=True)
         self._thread.start()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self) -> None:
         if self in getattr(self.clock, "listeners", ()):
             self.clock.listeners.remove(self)

@@ -1,19 +1,21 @@
 """Running the app: `kie-mock serve [--workers N]` on a production HTTP server.
 
-The server is granian: HTTP parsing, keep-alive and slow clients are handled in Rust, only
-complete requests reach Python. Chosen by measurement against gunicorn (sync and gthread
-workers) and werkzeug; the figures are in README.md ("Benchmarks") and bench/README.md.
+The server is chosen by measurement (README "Benchmarks", bench/README.md):
 
-It runs the fake on granian's RSGI interface (rsgi.py) with uvloop: the three API endpoints
-run on each worker's event loop, anything that may wait (an injected latency, the uploadUrl
-check, the control API, files) in a thread pool. Measured on 2 cores with wrk sharing them,
-POST upload-cover, memory store, no callback due: RSGI + uvloop 11,000 req/s (p99 6 ms);
-granian's WSGI interface 10,900 with one thread (but then one slow request stalls every
-client), 7,900 with two threads and 5,500 with four (the threads fight over the GIL); RSGI on
-plain asyncio 7,400. With a Redis store the WSGI interface is used (`default_interface`);
-`KIE_MOCK_HTTP_INTERFACE=wsgi|rsgi` overrides (`KIE_MOCK_HTTP_THREADS`: WSGI threads per worker,
-default 4); `KIE_MOCK_HTTP_SERVER=gunicorn-gthread|
-gunicorn-sync|werkzeug` another server (comparisons, or where granian's wheel is missing).
+- **builtin** (httpd.py; the default with the memory and sqlite stores): the fake's own
+  HTTP/1.1 server, asyncio protocols on uvloop with httptools' parser, the three API endpoints
+  run on each worker's event loop, anything that may wait (an injected latency, the uploadUrl
+  check, the control API, files) in a thread pool (onloop.py). Measured on 2 cores with wrk
+  sharing them, POST upload-cover, default SQLite store, one worker: 13,500-16,000 req/s,
+  against 9,500-11,300 on granian's RSGI interface with the same app code (a constant answer:
+  89,700 req/s against 37,400). Workers are forked by this process after it binds the socket,
+  and share it.
+- **granian** (Rust; the default with a Redis store): its WSGI interface (threads, in which
+  Redis round trips overlap) or, with `KIE_MOCK_HTTP_INTERFACE=rsgi`, the same on-loop API as
+  the built-in server (rsgi.py). `KIE_MOCK_HTTP_INTERFACE=wsgi|rsgi` overrides
+  (`KIE_MOCK_HTTP_THREADS`: WSGI threads per worker, default 4).
+- `KIE_MOCK_HTTP_SERVER=builtin|granian|gunicorn-gthread|gunicorn-sync|werkzeug` picks one
+  (comparisons, or where a wheel is missing).
 
 Workers are processes: each one builds its own app (and so its own scheduler thread and
 store connections) AFTER the fork, from the factory `worker_app`. With more than one worker
@@ -21,7 +23,8 @@ the state must live in a store the processes share (a sqlite file or redis); the
 is seeded (configured keys, the scenario file) once, by the parent, before any worker starts.
 Each worker's scheduler claims due jobs with a lease, so every callback attempt is made by
 one worker only, and a dead worker's jobs are taken over when its lease runs out (granian
-also starts a new worker in its place).
+and the built-in server start a new worker in its place; the built-in server's workers die
+with it, however it dies).
 
 Without --store, `serve` keeps its state in a fresh sqlite file in a temporary directory:
 shared by the workers, on disk rather than in memory (memory stays flat under sustained

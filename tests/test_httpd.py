@@ -405,3 +405,13 @@ def test_the_workers_die_with_the_server_even_when_it_is_killed(tmp_path):
         assert _wait(lambda: not any(_alive(w) for w in workers), 10)
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # nobody holds it any more
+
+
+def test_repeating_one_header_counts_every_field():
+    base = request("GET", "/api/v1/chat/credit")
+    given = base.count(b"\r\n") - 2
+    repeated = "".join(f"X-Same: {i}\r\n" for i in range(httpd.HEADERS_MAX - given + 1)).encode()
+    data = base[:-2] + repeated + b"\r\n"
+    with running() as (port, _):
+        status, _, payload, closed = _answer(port, data)
+        assert (status, closed) == (431, True)

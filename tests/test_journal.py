@@ -159,3 +159,107 @@ def test_the_scheduler_takes_the_hand_off_only_while_its_thread_runs_and_flushes
         assert sched.nudge() is True and sched._thread.is_alive()
     finally:
         sched.stop()
+
+
+# -- on an event-loop server (onloop.py): the loop writes the journal, never waiting -------------------
+def test_try_flush_keeps_the_entries_while_sqlite_is_locked_elsewhere(tmp_path):
+    import sqlite3
+
+    store = open_store(f"sqlite:{tmp_path / 'j.sqlite'}")
+    journal = RequestJournal(store, limit=100)
+    journal.add({"n": 1})
+    other = sqlite3.connect(tmp_path / "j.sqlite", isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        assert journal.try_flush() is False and len(journal) == 1  # at once, nothing lost
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    journal.add({"n": 2})
+    assert journal.try_flush() is True and len(journal) == 0
+    assert [e["n"] for e in store.read_log(JOURNAL)] == [2, 1]
+    store.close()
+
+
+def _on_loop_service(store: str = "memory"):
+    from mock_server.app import create_app
+    from mock_server.config import Config
+    from mock_server.onloop import OnLoop
+
+    app = create_app(Config(store=store, clock="virtual"), start_scheduler=False)
+    svc = app.extensions["kie_mock"]
+    return svc, OnLoop(svc, app)
+
+
+def test_on_a_loop_the_full_journal_is_written_by_the_loop_not_handed_to_the_scheduler():
+    import asyncio
+    import threading
+
+    svc, on_loop = _on_loop_service()
+    writers = []
+    real = svc.store.try_log_many
+    svc.store.try_log_many = lambda *a: writers.append(threading.current_thread().name) or real(*a)
+    nudged = []
+    on_loop._thread_hand_off = lambda: nudged.append(1) or True
+
+    async def main():
+        for i in range(FLUSH_AT - 1):
+            svc.journal.add({"n": i})
+        await asyncio.sleep(0)
+        assert writers == []  # one below: nothing asked
+        svc.journal.add({"n": FLUSH_AT - 1})  # at: a write on the loop, in its next turn
+        assert writers == []
+        await asyncio.sleep(0)
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert writers == [loop_thread] and nudged == [] and len(svc.journal) == 0
+    assert len(svc.store.read_log(JOURNAL, limit=10_000)) == FLUSH_AT
+    on_loop.close()
+
+
+def test_on_a_loop_a_locked_store_hands_the_journal_to_the_scheduler_round(tmp_path):
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "j.sqlite"
+    svc, on_loop = _on_loop_service(f"sqlite:{path}")
+    nudged = []
+    on_loop._thread_hand_off = lambda: nudged.append(1) or True
+    rounds = svc.scheduler.each_round
+    assert svc.journal.flush not in rounds and on_loop._journal_in_thread in rounds
+    on_loop._journal_in_thread()  # a round while the loop keeps up: nothing to write, nothing written
+    assert svc.store.read_log(JOURNAL) == []
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+
+    async def main():
+        other.execute("BEGIN IMMEDIATE")
+        for i in range(FLUSH_AT):
+            svc.journal.add({"n": i})
+        await asyncio.sleep(0)  # the loop tried, found the lock held, and asked the scheduler
+
+    asyncio.run(main())
+    other.execute("COMMIT")
+    other.close()
+    assert nudged == [1] and len(svc.journal) == FLUSH_AT
+    on_loop._journal_in_thread()  # the scheduler's round, where waiting for the lock is fine
+    assert len(svc.journal) == 0 and len(svc.store.read_log(JOURNAL, limit=10_000)) == FLUSH_AT
+    on_loop.close()
+    svc.store.close()
+
+
+def test_on_a_loop_the_scheduler_round_writes_a_journal_the_loop_left_too_long(monkeypatch):
+    from mock_server import onloop
+
+    svc, on_loop = _on_loop_service()
+    svc.journal.add({"n": 1})
+    clock = [1000.0]
+    monkeypatch.setattr(onloop, "_monotonic", lambda: clock[0])
+    on_loop._journal_written = 1000.0
+    clock[0] = 1000.0 + on_loop.JOURNAL_STALE  # at the limit: still the loop's
+    on_loop._journal_in_thread()
+    assert len(svc.journal) == 1
+    clock[0] += 0.001  # past it: the round writes it
+    on_loop._journal_in_thread()
+    assert len(svc.journal) == 0 and [e["n"] for e in svc.store.read_log(JOURNAL)] == [1]
+    on_loop.close()
