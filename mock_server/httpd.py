@@ -44,8 +44,12 @@ REQUEST_TIMEOUT = 30.0  # from a request's first byte to its last
 KEEP_ALIVE = 75.0  # idle time between requests
 DRAIN_TIMEOUT = 5.0  # at shutdown: how long requests in progress may take to finish
 SWEEP_EVERY = 1.0  # how often the timeouts are checked
+LINGER = 2.0  # after a refusal or an unread body: input read and dropped this long before the close
+CLOSE_GRACE = 10.0  # a closing connection whose client does not read what is left is then reset
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_JSON = [("Content-Type", "application/json")]
+_now = time.monotonic
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
 
 
@@ -133,26 +137,39 @@ class HttpRequest(api.ApiRequest):
 class Connection(asyncio.Protocol):
     """One client connection (see the module's docstring)."""
 
-    __slots__ = ("server", "transport", "parser", "url", "headers", "fields", "head_bytes", "body", "body_size",
-                 "started", "last_active", "busy", "queue", "closing", "write_paused", "read_paused", "oversized",
+    __slots__ = ("server", "transport", "parser", "msg_no", "head_raw", "url", "headers", "fields", "head_bytes",
+                 "trailer_bytes", "body", "body_size", "oversized", "expect", "upgrade", "upgraded", "started",
+                 "last_active", "busy", "pumping", "queue", "refusal", "eof", "closing", "closed_at",
+                 "linger_until", "write_paused", "paused_at", "read_paused",
                  "server_host", "server_port", "client_host", "client_port")
 
     def __init__(self, server: "HttpServer"):
         self.server = server
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
+        self.msg_no = 0  # requests begun on this connection
+        self.head_raw = None  # in a request's head: its bytes read after the read it began in; else None
         self.url = b""
         self.headers: dict = {}
-        self.fields = self.head_bytes = 0
+        self.fields = self.head_bytes = self.trailer_bytes = 0
         self.body: list = []
         self.body_size = 0
-        self.started = None  # monotonic time of the current request's first byte
-        self.last_active = time.monotonic()
-        self.busy = False  # a request of this connection is being answered
-        self.queue: deque = deque()  # requests parsed while busy
-        self.closing = False
-        self.write_paused = self.read_paused = False
         self.oversized = False  # the current request declared a body over the limit (answered already)
+        self.expect = False  # a "100 Continue" owed once the requests before this one are answered
+        self.upgrade = None  # [request, body bytes still to read] of an Upgrade request with a body
+        self.upgraded = False  # after an Upgrade request nothing more is HTTP/1.1: input is ignored
+        self.started = None  # monotonic time of the current request's first byte
+        self.last_active = _now()
+        self.busy = False  # a request of this connection is being answered
+        self.pumping = False
+        self.queue: deque = deque()  # requests parsed, waiting for the ones before them
+        self.refusal = None  # (status, message): sent, then close, once the requests before are answered
+        self.eof = False  # the client closed its side: answer what it sent, then close
+        self.closing = False
+        self.closed_at = 0.0
+        self.linger_until = None  # closing: the rest of the client's input is read and dropped until then
+        self.write_paused = self.read_paused = False
+        self.paused_at = 0.0
 
     # -- transport events ---------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -167,26 +184,44 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes):
-        if self.closing:
+        if self.closing or self.upgraded or self.refusal is not None:
+            return  # lingering, or past a point where nothing more is read
+        if self.upgrade is not None:
+            self._upgrade_body(data)
             return
-        if self.started is None:
-            self.started = time.monotonic()
+        in_head, msg_no = self.head_raw is not None, self.msg_no
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # an Upgrade request (WebSocket, h2c) is answered as plain HTTP, then the connection closes
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data, exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data))
+            return
         except httptools.HttpParserError as exc:  # also a limit's refusal (_Refused) from a callback
-            if not self.closing:
+            if self.refusal is None and not self.closing:
                 self._refuse(400, f"bad request: the HTTP message is malformed ({exc})")
+            return
+        if in_head and self.head_raw is not None and self.msg_no == msg_no:
+            # This whole read was head, which httptools buffers until its field ends: bound it
+            # here, not only field by field (one endless header value would never end).
+            self.head_raw += len(data)
+            if self.head_raw > HEAD_MAX:
+                self._refuse(431, f"the request's headers are too large (more than {HEAD_MAX} bytes)")
+
+    def eof_received(self):
+        self.eof = True
+        if self.linger_until is not None:
+            return False  # the client read our answer and closed: done
+        if self.busy or self.queue:
+            return True  # keep the write side open for the answers it is owed
+        return False
 
     def pause_writing(self):
         self.write_paused = True
+        self.paused_at = _now()
         self._pause_reading()
 
     def resume_writing(self):
         self.write_paused = False
-        if len(self.queue) < PIPELINE_MAX:
-            self._resume_reading()
+        self._pump()
 
     def _pause_reading(self):
         if not self.read_paused and not self.closing:
@@ -200,9 +235,11 @@ class Connection(asyncio.Protocol):
 
     # -- parser callbacks ---------------------------------------------------------------------------
     def on_message_begin(self):
-        self.url, self.headers, self.fields, self.head_bytes, self.body, self.body_size = b"", {}, 0, 0, [], 0
-        if self.started is None:
-            self.started = time.monotonic()
+        self.msg_no += 1
+        self.head_raw = 0
+        self.url, self.headers, self.body = b"", {}, []
+        self.fields = self.head_bytes = self.trailer_bytes = self.body_size = 0
+        self.started = _now()
 
     def on_url(self, url: bytes):
         self.url += url
@@ -212,6 +249,12 @@ class Connection(asyncio.Protocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes):
+        if self.head_raw is None:  # a trailer of a chunked body: counted, never taken as a header
+            self.trailer_bytes += len(name) + len(value) + 4
+            if self.trailer_bytes > HEAD_MAX:
+                self._refuse(431, f"the request's trailers are too large (more than {HEAD_MAX} bytes)")
+                raise _Refused
+            return
         self.head_bytes += len(name) + len(value) + 4
         self.fields += 1
         if self.head_bytes > HEAD_MAX or self.fields > HEADERS_MAX:
@@ -224,14 +267,16 @@ class Connection(asyncio.Protocol):
         self.headers[key] = text if old is None else f"{old}, {text}"
 
     def on_headers_complete(self):
+        self.head_raw = None
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.server.on_loop.limit:
-            # Answered now from the declared length ("too large"), its body not awaited; the
-            # connection then closes (what follows is that body).
+            # Answered from the declared length ("too large"), its body not awaited; then the
+            # connection closes, reading and dropping that body for a while (see _close).
             self.oversized = True
             self._complete(keep_alive=False)
         elif self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.expect = True
+            self._pump()  # sent now, or once the requests before this one are answered
 
     def on_body(self, chunk: bytes):
         if self.oversized:
@@ -242,13 +287,55 @@ class Connection(asyncio.Protocol):
         self.body_size += len(chunk)
 
     def on_message_complete(self):
+        self.expect = False
         if self.oversized:  # answered already
             self.oversized = False
             return
-        self._complete(self.parser.should_keep_alive() and not self.parser.should_upgrade())
+        if self.parser.should_upgrade():
+            self._upgrade_request()
+        else:
+            self._complete(self.parser.should_keep_alive())
 
-    def _complete(self, keep_alive: bool) -> None:
-        """The request parsed so far, whole: answer it, or queue it behind the one being answered."""
+    # -- Upgrade requests: answered as plain HTTP/1.1, then the connection closes ----------------------
+    def _upgrade_request(self) -> None:
+        """httptools skips the body of an Upgrade request (curl --http2 adds "Upgrade: h2c" to a
+        POST): the body is read here, from the bytes after the head."""
+        length = self.headers.get("content-length")
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._refuse(400, "bad request: an Upgrade request with a chunked body is not supported")
+            raise _Refused
+        req = self._request(keep_alive=False)
+        if req is None:
+            return
+        if length and length.isdigit() and int(length) > 0:
+            self.upgrade = [req, int(length)]  # the body follows (see _upgraded)
+        else:
+            self._enqueue(req)
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        if self.upgrade is None:
+            self.upgraded = True
+        else:
+            self._upgrade_body(data[offset:])
+
+    def _upgrade_body(self, chunk: bytes) -> None:
+        req, left = self.upgrade
+        take = chunk[:left]
+        self.body_size += len(take)
+        if self.body_size <= self.server.on_loop.limit:
+            self.body.append(take)
+        left -= len(take)
+        if left > 0:
+            self.upgrade[1] = left
+            return
+        self.upgrade, self.upgraded = None, True
+        req.body = b"".join(self.body)[:self.server.on_loop.limit]
+        self.body = []
+        self._enqueue(req)
+
+    # -- the queue of requests: answered one at a time, in order --------------------------------------
+    def _request(self, keep_alive: bool):
+        """The request parsed so far, or None (refused: not a valid URL)."""
         parser = self.parser
         try:
             url = httptools.parse_url(self.url)
@@ -260,25 +347,59 @@ class Connection(asyncio.Protocol):
                           b"".join(self.body), parser.get_http_version(), keep_alive, self)
         self.headers, self.body = {}, []
         self.started = None
-        if self.busy:
-            self.queue.append(req)
-            if len(self.queue) >= PIPELINE_MAX:
-                self._pause_reading()
-        else:
-            self._serve(req)
+        return req
 
-    # -- answering ----------------------------------------------------------------------------------
+    def _complete(self, keep_alive: bool) -> None:
+        self._enqueue(self._request(keep_alive))
+
+    def _enqueue(self, req: HttpRequest) -> None:
+        self.queue.append(req)
+        if len(self.queue) >= PIPELINE_MAX:
+            self._pause_reading()
+        self._pump()
+
+    def _pump(self) -> None:
+        """Answer the queued requests in order, one at a time; then what is owed once they are:
+        a refusal, a 100 Continue, the close after the client's EOF. Runs as a loop, not by
+        recursion (a request answered at once does not start the next one itself)."""
+        if self.pumping:
+            return
+        self.pumping = True
+        try:
+            while self.queue and not self.busy and not self.closing and not self.write_paused:
+                self._serve(self.queue.popleft())
+        finally:
+            self.pumping = False
+        if self.busy or self.closing or self.write_paused:
+            return
+        if not self.queue:
+            if self.refusal is not None:
+                self._send_refusal()
+                return
+            if self.eof:
+                self._close()
+                return
+            if self.expect:
+                self.expect = False
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if len(self.queue) < PIPELINE_MAX:
+            self._resume_reading()
+
     def _serve(self, req: HttpRequest) -> None:
         self.busy = True
         try:
             resp = self.server.on_loop.api(req, lambda answer: self._answer(req, answer))
-            if resp is None:
+        except Exception as exc:  # a bug of the fake: still an envelope, and visible in the log
+            self._send(req, 500, _JSON, _bug(exc))
+            return
+        if resp is None:
+            try:
                 environ = req.environ(self.server.on_loop.multiprocess)
                 self.server.on_loop.wsgi(environ).add_done_callback(lambda fut: self._wsgi_done(req, fut))
-            elif resp is not WAITING:
-                self._answer(req, resp)
-        except Exception as exc:  # a bug of the fake: still an envelope, and visible in the log
-            self._send(req, 500, [("Content-Type", "application/json")], _bug(exc))
+            except Exception as exc:  # e.g. the pool is shut down (the server is stopping)
+                self._send(req, 500, _JSON, _bug(exc))
+        elif resp is not WAITING:
+            self._answer(req, resp)
 
     def _answer(self, req: HttpRequest, resp: api.ApiResponse) -> None:
         self._send(req, resp.status, api.response_headers(resp), resp.body)
@@ -286,60 +407,74 @@ class Connection(asyncio.Protocol):
     def _wsgi_done(self, req: HttpRequest, fut: asyncio.Future) -> None:
         try:
             status, headers, body = fut.result()
-        except BaseException as exc:  # the pool was shut down (the server is stopping), or a bug
-            status, headers, body = 500, [("Content-Type", "application/json")], _bug(exc)
+        except BaseException as exc:  # cancelled (the server is stopping), or a bug
+            status, headers, body = 500, _JSON, _bug(exc)
         self._send(req, status, headers, body)
 
     def _send(self, req: HttpRequest, status: int, headers: list, body: bytes) -> None:
         keep_alive = req.keep_alive and not self.server.stopping
         if not self.closing:
-            out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-            length = len(body)
-            for name, value in headers:
-                lower = name.lower()
-                if lower not in _HOP:
-                    out.append(b"%s: %s\r\n" % (name.encode("latin-1"), str(value).encode("latin-1")))
-                elif lower == "content-length" and req.method == "HEAD":
-                    length = int(value)  # what a GET would carry (the app sent no body)
-            out.append(b"content-length: %d\r\ndate: %s\r\n" % (length, _Date.get()))
-            if not keep_alive:
-                out.append(b"connection: close\r\n")
-            out.append(b"\r\n")
-            if req.method != "HEAD":
-                out.append(body)
-            self.transport.write(b"".join(out))
-            if not keep_alive:
-                self._close()
+            try:
+                data = _response(req, status, headers, body, keep_alive)
+            except Exception as exc:  # e.g. a header value that is not latin-1: a bug of the fake
+                data = _response(req, 500, _JSON, _bug(exc), keep_alive)
+            self.transport.write(data)
+            if not keep_alive:  # the client may be sending still (a body over the limit, the next request)
+                self._close(linger=True)
         self.busy = False
-        self.last_active = time.monotonic()
-        if self.queue and not self.closing:
-            self._serve(self.queue.popleft())
-            if len(self.queue) < PIPELINE_MAX and not self.write_paused:
-                self._resume_reading()
+        self.last_active = _now()
+        self._pump()
 
+    # -- refusing and closing -------------------------------------------------------------------------
     def _refuse(self, status: int, msg: str) -> None:
-        """Answer a request the parser, a limit or a timeout refused, then close: what follows
-        on this connection cannot be framed. (A parser callback then raises _Refused to stop
-        the parser.)"""
-        if not self.closing:
-            if not self.busy:
-                body = _envelope_bytes(422 if status == 400 else status, msg)
-                self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                                     b"date: %s\r\nconnection: close\r\n\r\n%s"
-                                     % (status, _REASONS.get(status, b"Unknown"), len(body), _Date.get(), body))
-            self._close()  # a request still in progress: it cannot be answered in order after this one
+        """Refuse what the client is sending (malformed, over a limit, too slow): nothing more
+        is read; the requests before it are answered, then this refusal, then the connection
+        closes. (A parser callback then raises _Refused to stop the parser.)"""
+        if self.refusal is None and not self.closing:
+            self.refusal = (status, msg)
+            self.upgrade = None
+            self._pump()
 
-    def _close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            self.queue.clear()
+    def _send_refusal(self) -> None:
+        status, msg = self.refusal
+        body = _envelope_bytes(422 if status == 400 else status, msg)
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"date: %s\r\nconnection: close\r\n\r\n%s"
+                             % (status, _REASONS.get(status, b"Unknown"), len(body), _Date.get(), body))
+        self._close(linger=True)
+
+    def _close(self, linger: bool = False) -> None:
+        """Close after what was written. linger: the client may still be sending (a body we did
+        not wait for, bytes after a refusal): our side is shut, and its input read and dropped for
+        LINGER seconds or until it closes, so that its kernel does not answer our answer with a
+        reset before the client has read it."""
+        if self.closing:
+            return
+        self.closing = True
+        self.closed_at = _now()
+        self.queue.clear()
+        if linger and not self.eof and self.transport.can_write_eof():
+            self.linger_until = self.closed_at + LINGER
+            self.transport.write_eof()
+            self.write_paused = False
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+        else:
             self.transport.close()
 
     def check_time(self, now: float) -> None:
-        """Called by the server's sweep: close a connection that stalled."""
+        """Called by the server's sweep: end a connection that stalled."""
         if self.closing:
-            return
-        if self.started is not None and not self.busy and now - self.started > REQUEST_TIMEOUT:
+            # still here: lingering, or the client does not read what close() waits to send
+            if now > (self.linger_until if self.linger_until is not None else self.closed_at + CLOSE_GRACE):
+                self.transport.abort()
+        elif self.write_paused:
+            if now - self.paused_at > REQUEST_TIMEOUT:  # the client stopped reading its answers
+                self.closing = True
+                self.transport.abort()
+        elif self.started is not None and not self.busy and not self.read_paused \
+                and now - self.started > REQUEST_TIMEOUT:
             self._refuse(408, f"request timeout: a request must arrive within {REQUEST_TIMEOUT:g} s")
         elif self.started is None and not self.busy and not self.queue and now - self.last_active > KEEP_ALIVE:
             self._close()
@@ -348,6 +483,31 @@ class Connection(asyncio.Protocol):
 class _Refused(Exception):
     """Raised in a parser callback after a refusal: stops the parser (feed_data then raises
     HttpParserCallbackError)."""
+
+
+def _response(req: HttpRequest, status: int, headers: list, body: bytes, keep_alive: bool) -> bytes:
+    """The bytes of one response: the app's headers but the framing ones, which are ours."""
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    length = len(body)
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in _HOP:
+            out.append(b"%s: %s\r\n" % (name.encode("latin-1"), str(value).encode("latin-1")))
+        elif lower == "content-length" and req.method == "HEAD":
+            length = int(value)  # what a GET would carry (the app sent no body)
+    if status >= 200 and status not in (204, 304):  # the statuses that have a body
+        out.append(b"content-length: %d\r\n" % length)
+    else:
+        body = b""
+    out.append(b"date: %s\r\n" % _Date.get())
+    if not keep_alive:
+        out.append(b"connection: close\r\n")
+    elif req.version == "1.0":
+        out.append(b"connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    if req.method != "HEAD":
+        out.append(body)
+    return b"".join(out)
 
 
 def _host_port(addr) -> tuple[str, str]:
@@ -376,13 +536,18 @@ class HttpServer:
         try:
             await stop.wait()
         finally:
-            self.stopping = True
+            self.stopping = True  # answers from now on close their connection
             server.close()  # no new connections; the ones open finish what they started
             deadline = loop.time() + DRAIN_TIMEOUT
             while any(c.busy or c.queue for c in self.connections) and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             for conn in list(self.connections):
                 conn._close()
+            deadline = loop.time() + 1.0  # what they still have to send, sent
+            while self.connections and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            for conn in list(self.connections):
+                conn.transport.abort()
             sweep.cancel()
 
     async def _sweep(self) -> None:
@@ -415,10 +580,13 @@ def run_worker(sock, on_loop_factory) -> None:
     try:
         (uvloop.run if uvloop is not None else asyncio.run)(main())
     finally:
-        on_loop.close()
+        # Stopping now: a second signal must not cut the last writes short.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        on_loop.close()  # waits for what runs in its threads (a request past the drain is still stored)
         svc.scheduler.stop()
         try:
             svc.journal.flush()
         finally:
             svc.store.close()
-        sock.close()
+            sock.close()

@@ -29,13 +29,15 @@ class RequestJournal:
         self.hand_off = hand_off
         self._buf: deque = deque(maxlen=max(limit, 1))  # past `limit` the oldest would not be kept anyway
         self._flush_lock = threading.Lock()
+        self._buf_lock = threading.Lock()  # add() and a failed write's put-back (threads of the pool add too)
 
     def __len__(self) -> int:
         """Entries buffered, not yet in the store."""
         return len(self._buf)
 
     def add(self, entry: dict) -> None:
-        self._buf.append(entry)
+        with self._buf_lock:
+            self._buf.append(entry)
         if len(self._buf) >= FLUSH_AT and not (self.hand_off is not None and self.hand_off()):
             try:
                 self.flush()
@@ -76,8 +78,9 @@ class RequestJournal:
     def _put_back(self, batch: list) -> None:
         # Back in front of what arrived meanwhile; if that no longer all fits, the oldest are
         # dropped (as the journal would), never the newest.
-        room = (self._buf.maxlen or len(batch)) - len(self._buf)
-        self._buf.extendleft(reversed(batch[-room:] if room > 0 else []))
+        with self._buf_lock:
+            room = (self._buf.maxlen or len(batch)) - len(self._buf)
+            self._buf.extendleft(reversed(batch[-room:] if room > 0 else []))
 
     def clear(self) -> None:
         """Forget the buffered entries (the store is being reset)."""

@@ -119,7 +119,8 @@ class OnLoop:
         return asyncio.get_running_loop().run_in_executor(self.pool, run_wsgi, self.wsgi_app, environ)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads: requests not started are cancelled, the ones running finish."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()
 
 
@@ -184,7 +185,7 @@ class AcceptBatcher:
         fut = None
         if answer is None:
             fut = loop.create_future()
-            answer = functools.partial(_resolve, fut)
+            answer = functools.partial(resolve, fut)
         self.pending.append((pending, answer))
         if not self.scheduled:
             self.scheduled = True
@@ -243,7 +244,7 @@ class AcceptBatcher:
             self._give_back_pool.shutdown(wait=True)
 
 
-def _resolve(fut: asyncio.Future, resp) -> None:
+def resolve(fut: asyncio.Future, resp) -> None:
     if not fut.cancelled():  # the request was abandoned (its client went away)
         fut.set_result(resp)
 

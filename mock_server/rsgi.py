@@ -14,6 +14,7 @@ plus one byte are kept: the handlers then answer "too large" in the envelope.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import sys
 import traceback
@@ -21,7 +22,7 @@ import traceback
 import orjson
 
 from . import api
-from .onloop import WAITING, AcceptBatcher, OnLoop  # noqa: F401  (AcceptBatcher: where tests found it)
+from .onloop import WAITING, OnLoop, resolve
 
 
 
@@ -125,7 +126,7 @@ class RsgiApp:
         body = await self._body(proto, scope)
         req = ScopeRequest(scope, body)
         answered = asyncio.get_running_loop().create_future()
-        resp = self.on_loop.api(req, answered.set_result)
+        resp = self.on_loop.api(req, functools.partial(resolve, answered))
         if resp is not None:
             if resp is WAITING:  # a cover waiting for its batched write
                 resp = await answered

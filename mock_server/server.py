@@ -245,10 +245,17 @@ def _supervise(sock: socket.socket, workers: int) -> int:
             _die_with(parent)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
             httpd.run_worker(sock, worker_on_loop)
+        except KeyboardInterrupt:  # Ctrl-C while it was starting
+            pass
         except BaseException:
             traceback.print_exc()
             code = 1
         finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
             os._exit(code)
 
     quick_deaths, code = 0, 0
@@ -266,8 +273,10 @@ def _supervise(sock: socket.socket, workers: int) -> int:
                 print(f"kie-mock serve: worker {pid} died; starting another", file=sys.stderr, flush=True)
                 spawn()
     finally:
-        _stop_children(children)
+        _stop_children(children, signals)
         sock.close()
+        while signal.sigtimedwait(signals, 0) is not None:  # nothing left pending to act on
+            pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     return code
 
@@ -287,21 +296,32 @@ def _reap(children: dict[int, float]) -> list[tuple[int, float]]:
     return gone
 
 
-def _stop_children(children: dict[int, float]) -> None:
+def _signal_all(children: dict[int, float], sig: int) -> None:
     for pid in children:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _stop_children(children: dict[int, float], signals: set) -> None:
+    """SIGTERM to every worker, then wait for them (signals still blocked: taken here); a second
+    SIGTERM or SIGINT, or WORKER_STOP_TIMEOUT, and they get SIGKILL."""
+    _signal_all(children, signal.SIGTERM)
     deadline = time.monotonic() + WORKER_STOP_TIMEOUT
-    while children and time.monotonic() < deadline:
+    while children:
         _reap(children)
-        time.sleep(0.05)
-    for pid in children:
+        left = deadline - time.monotonic()
+        if not children or left <= 0:
+            break
+        sig = signal.sigtimedwait(signals, min(left, 0.5))
+        if sig is not None and sig.si_signo != signal.SIGCHLD:
+            break  # asked again: no more waiting
+    _signal_all(children, signal.SIGKILL)
+    for pid in list(children):
         try:
-            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+        except ChildProcessError:
             pass
     children.clear()
 

@@ -1,4 +1,4 @@
-"""The event-loop server's batched store writes (rsgi.AcceptBatcher): covers that reach their write
+"""The event-loop server's batched store writes (onloop.AcceptBatcher): covers that reach their write
 in one turn of the loop share one `try_accept_many`; a busy store is retried later with the
 covers that joined meanwhile; each request gets its own outcome; nothing answers before its write."""
 
@@ -11,7 +11,7 @@ import orjson
 from conftest import body
 
 from mock_server.api import PendingCover
-from mock_server.rsgi import AcceptBatcher
+from mock_server.onloop import AcceptBatcher
 
 
 class Cover:

@@ -33,7 +33,8 @@ COVER = orjson.dumps(body(callBackUrl="http://127.0.0.1:9/cb"))
 
 @contextlib.contextmanager
 def running(**cfg):
-    """The built-in server on a free loopback port, in a thread of this process: (port, service)."""
+    """The built-in server on a free loopback port, in a thread of this process: (port, service).
+    `with running(...) as (port, svc)`; the HttpServer is `svc.httpd` (for its connections)."""
     cfg = {"clock": "virtual", "rate_limit": 0, **cfg}
     app = create_app(Config(**cfg), start_scheduler=False)
     svc = app.extensions["kie_mock"]
@@ -41,13 +42,15 @@ def running(**cfg):
     sock = socket.create_server(("127.0.0.1", 0))
     loop = uvloop.new_event_loop()
     stop = asyncio.Event()
-    thread = threading.Thread(target=loop.run_until_complete, args=(httpd.HttpServer(on_loop).serve(sock, stop),))
+    svc.httpd = server = httpd.HttpServer(on_loop)
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(sock, stop),))
     thread.start()
     try:
         yield sock.getsockname()[1], svc
     finally:
         loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
+        thread.join(15)
+        assert not thread.is_alive(), "the server did not stop"
         on_loop.close()
         loop.close()
         sock.close()
@@ -294,8 +297,10 @@ def test_a_chunked_body_over_the_limit_is_too_large_and_not_kept():
 @pytest.fixture
 def quick_timeouts(monkeypatch):
     monkeypatch.setattr(httpd, "SWEEP_EVERY", 0.05)
-    monkeypatch.setattr(httpd, "REQUEST_TIMEOUT", 0.5)
-    monkeypatch.setattr(httpd, "KEEP_ALIVE", 0.5)
+    monkeypatch.setattr(httpd, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(httpd, "KEEP_ALIVE", 1.0)
+    monkeypatch.setattr(httpd, "LINGER", 1.0)
+    monkeypatch.setattr(httpd, "CLOSE_GRACE", 1.0)
 
 
 def test_a_request_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(quick_timeouts):
@@ -304,13 +309,13 @@ def test_a_request_that_does_not_arrive_in_time_gets_408_and_the_connection_clos
         started = time.monotonic()
         status, _, payload = read_response(f)
         assert (status, envelope(payload)["code"]) == (408, 408)
-        assert 0.4 < time.monotonic() - started < 5 and f.read() == b""
+        assert 0.9 < time.monotonic() - started < 6 and f.read() == b""
 
 
 def test_a_slow_request_within_the_time_is_served(quick_timeouts):
     data = request("POST", URL, COVER)
     with running() as (port, _), connect(port) as (s, f):
-        for i in range(0, len(data), len(data) // 4 + 1):  # four pieces over about 0.3 s
+        for i in range(0, len(data), len(data) // 4 + 1):  # four pieces over about 0.3 s (the limit: 1 s)
             s.sendall(data[i:i + len(data) // 4 + 1])
             time.sleep(0.08)
         assert envelope(read_response(f)[2])["code"] == 200
@@ -320,12 +325,12 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_time(quick_timeouts):
     with running() as (port, _), connect(port) as (s, f):
         s.sendall(request("GET", "/api/v1/chat/credit"))
         assert read_response(f)[0] == 200
-        time.sleep(0.2)
+        time.sleep(0.3)
         s.sendall(request("GET", "/api/v1/chat/credit"))  # still open within the keep-alive time
         assert read_response(f)[0] == 200
         started = time.monotonic()
         assert f.read() == b""  # then closed, idle
-        assert 0.4 < time.monotonic() - started < 5
+        assert 0.9 < time.monotonic() - started < 6
 
 
 # -- worker processes -------------------------------------------------------------------------------
@@ -404,7 +409,9 @@ def test_the_workers_die_with_the_server_even_when_it_is_killed(tmp_path):
         proc.wait()
         assert _wait(lambda: not any(_alive(w) for w in workers), 10)
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # nobody holds it any more
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server binds
+            s.bind(("127.0.0.1", port))  # nobody listens on it any more
+            s.listen()
 
 
 def test_repeating_one_header_counts_every_field():
@@ -415,3 +422,192 @@ def test_repeating_one_header_counts_every_field():
     with running() as (port, _):
         status, _, payload, closed = _answer(port, data)
         assert (status, closed) == (431, True)
+
+
+# -- found in review: each of these failed before its fix ---------------------------------------------
+def recv_until_closed(s: socket.socket, timeout: float = 10.0) -> bytes:
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    return out
+
+
+def test_thousands_of_pipelined_requests_answered_at_once_are_all_answered():
+    """Answered requests start the next one in a loop, not by recursion (which ran out of stack)."""
+    n = 3000
+    with running() as (port, _), connect(port, timeout=30) as (s, f):
+        s.sendall(request("GET", "/_mock/health") + request("GET", "/api/v1/chat/credit") * n)
+        answers = [read_response(f) for _ in range(n + 1)]
+    assert [a[0] for a in answers] == [200] * (n + 1)
+    assert all(envelope(a[2])["code"] == 200 for a in answers)
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_served_further_and_is_reset(quick_timeouts):
+    """Once the answers back up (the client reads none) the connection stops serving and
+    reading; past REQUEST_TIMEOUT it is reset, and nothing of it stays in the server."""
+    with running(journal_limit=100) as (port, svc):
+        for i in range(100):
+            svc.journal.add({"n": i, "pad": "x" * 1000})  # /_mock/requests answers are then ~100 KB
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", port))
+        c.sendall(request("GET", "/_mock/requests?limit=100") * 600)
+        assert _wait(lambda: any(conn.write_paused for conn in svc.httpd.connections), 10)
+        (conn,) = svc.httpd.connections
+        buffered = conn.transport.get_write_buffer_size()
+        assert buffered < 8 << 20  # not all 600 answers (about 60 MB) were made and buffered
+        assert _wait(lambda: not svc.httpd.connections, 10)  # reset after its time
+        c.close()
+
+
+def test_one_endless_header_value_is_refused_before_it_is_whole():
+    """httptools keeps a header field until it ends: the raw head is bounded as it arrives."""
+    with running() as (port, _), socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /api/v1/chat/credit HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        reply = b""
+        try:
+            for _ in range(4 * httpd.HEAD_MAX // 4096):
+                s.sendall(b"a" * 4096)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = recv_until_closed(s)
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
+
+
+def test_a_client_that_half_closes_still_gets_every_answer():
+    with running() as (port, _), socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request("GET", "/_mock/health") + request("POST", URL, COVER) + request("GET", "/api/v1/chat/credit"))
+        s.shutdown(socket.SHUT_WR)
+        reply = recv_until_closed(s)
+    assert reply.count(b"HTTP/1.1 200") == 3 and reply.count(b'"code":200') == 3
+
+
+def test_an_upgrade_request_keeps_its_body():
+    """curl --http2 on http:// adds "Upgrade: h2c" to a POST; httptools would skip its body."""
+    head = request("POST", URL, COVER, {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+                                        "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"})
+    with running() as (port, svc):
+        for split in (len(head), len(head) - len(COVER) // 2):  # the body in the head's read, or after it
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(head[:split])
+                time.sleep(0.05)
+                s.sendall(head[split:])
+                reply = recv_until_closed(s)
+            status, _, payload = read_response(__import__("io").BytesIO(reply))
+            assert status == 200 and envelope(payload)["code"] == 200, reply
+        assert len(svc.store.list_tasks()) == 2
+
+
+def test_garbage_after_a_request_in_progress_answers_that_request_first():
+    with running() as (port, svc), socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request("POST", URL, COVER) + b"GARBAGE\r\n\r\n")
+        reply = recv_until_closed(s)
+        assert reply.startswith(b"HTTP/1.1 200") and b'"taskId"' in reply
+        assert b"HTTP/1.1 400" in reply and reply.index(b"HTTP/1.1 400") > reply.index(b"HTTP/1.1 200")
+        assert len(svc.store.list_tasks()) == 1
+
+
+def test_an_unread_body_over_the_limit_does_not_cost_the_client_its_answer():
+    """Answered before the body was read: the server reads and drops the rest for a while
+    instead of closing at once (which would reset the connection under the client's upload)."""
+    import http.client
+
+    with running(max_body_bytes=1000) as (port, _):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", URL, body=b"{" + b" " * (8 << 20) + b"}",
+                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+        r = conn.getresponse()
+        env = envelope(r.read())
+        assert env["code"] == 422 and "too large" in env["msg"]
+        conn.close()
+
+
+def test_100_continue_waits_for_the_answers_before_it():
+    slow = request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=0.3"})  # answered from the pool
+    head = request("POST", URL, b"", {"Content-Length": str(len(COVER)), "Expect": "100-continue"})
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(slow + head)
+        status, _, payload = read_response(f)
+        assert status == 200 and envelope(payload)["code"] == 200  # the earlier request's answer comes first
+        assert f.readline() == b"HTTP/1.1 100 Continue\r\n" and f.readline() == b"\r\n"
+        s.sendall(COVER)
+        status, _, payload = read_response(f)
+        assert envelope(payload)["code"] == 200
+
+
+def test_a_trailer_never_becomes_a_header():
+    data = (request("GET", "/api/v1/chat/credit", headers={"Authorization": None, "Transfer-Encoding": "chunked"})
+            + b"0\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n")
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(data)
+        assert envelope(read_response(f)[2])["code"] == 401
+
+
+def test_http_1_0_keep_alive_is_said_and_kept():
+    with running() as (port, _), connect(port) as (s, f):
+        for _ in range(2):
+            s.sendall(request("GET", "/api/v1/chat/credit", headers={"Connection": "keep-alive"}, version="HTTP/1.0"))
+            status, headers, _ = read_response(f)
+            assert status == 200 and headers["connection"] == "keep-alive"
+
+
+def test_stray_line_ends_between_requests_do_not_start_a_timeout(quick_timeouts):
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(request("GET", "/api/v1/chat/credit"))
+        assert read_response(f)[0] == 200
+        s.sendall(b"\r\n")  # tolerated between messages; not the start of a request
+        time.sleep(0.5)
+        s.sendall(request("GET", "/api/v1/chat/credit"))
+        assert read_response(f)[0] == 200  # not a 408
+
+
+def test_stopping_answers_the_requests_in_progress_and_keeps_what_they_stored():
+    """A request in the pool (an injected latency) when the server is told to stop is answered,
+    its task stored and its journal entry written."""
+    with running() as (port, svc):
+        with connect(port) as (s, f):
+            s.sendall(request("POST", URL, COVER, {"Prefer": "latency=0.5"}))
+            time.sleep(0.1)
+            svc.httpd.stopping = True  # what serve() sets first when told to stop
+            status, headers, payload = read_response(f)
+            assert envelope(payload)["code"] == 200 and headers["connection"] == "close"
+    assert len(svc.store.list_tasks()) == 1
+    assert [e["code"] for e in svc.journal.read()] == [200]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_while_stopping_ends_the_workers_at_once_and_cleans_up(sig):
+    """Asked twice (a supervisor's second SIGTERM, a second Ctrl-C) while a worker still drains a
+    request: the workers are killed, the server exits cleanly and removes its default store."""
+    import re
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert _wait(lambda: _credit_ok(port) and len(_children(proc.pid)) == 2)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=8"}))
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(10) == 0 and time.monotonic() - started < 5  # not the 8 s drain
+        output = proc.stdout.read().decode()
+        slow.close()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    assert "Traceback" not in output, output
+    store = re.search(r"store: sqlite:(\S+?)[;)]", output).group(1)
+    assert not os.path.exists(os.path.dirname(store)), output
