@@ -7,15 +7,23 @@ Measured on 2 cores with wrk sharing them, a constant answer: 89,700 req/s here 
 on granian's RSGI; the full accept path (SQLite store, one worker): see README "Benchmarks".
 
 One connection, one `Connection` protocol:
-- requests are answered in the order they came (pipelining included): a request that waits
-  (a batched store write, the thread pool) holds back the ones after it, which queue (at most
-  PIPELINE_MAX; past that the connection stops reading);
-- limits: the request line and headers at most HEAD_MAX bytes and HEADERS_MAX fields (431),
-  bodies kept up to the API's limit plus one byte (the handlers answer "too large"; the rest is
-  read and dropped), malformed HTTP gets a 400 envelope and the connection is closed;
-- time: a request must arrive whole within REQUEST_TIMEOUT of its first byte, an idle
-  keep-alive connection is closed after KEEP_ALIVE; one sweep a second checks them all;
-- a response written faster than the client reads stops reading its further requests.
+- requests are answered in the order they came (pipelining included), one at a time: a request
+  that waits (a batched store write, the thread pool) holds back the ones after it, which queue
+  (past PIPELINE_MAX the connection stops reading, and it stops serving while the client does
+  not read its answers);
+- limits: the request line and headers at most HEAD_MAX bytes (bounded as they arrive, not only
+  field by field) and HEADERS_MAX fields (431), bodies kept up to the API's limit plus one byte
+  (the handlers answer "too large"; the rest is read and dropped; a declared length over the
+  limit is answered at once); malformed HTTP gets a 400 envelope. A refusal comes after the
+  answers to the requests before it, then the connection closes;
+- closing after an answer while the client may still be sending, the server shuts its side and
+  reads and drops the rest until the client has been quiet for LINGER seconds, so the client is
+  not reset before it reads;
+- a client that half-closes still gets every answer it is owed; an Upgrade request (curl's h2c)
+  is answered as HTTP/1.1, its body included, then the connection closes;
+- time: a request must arrive whole within REQUEST_TIMEOUT of its first byte (408), an idle
+  keep-alive connection is closed after KEEP_ALIVE, a client that reads none of its answers is
+  reset after REQUEST_TIMEOUT; one sweep a second checks them all.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from .onloop import WAITING, OnLoop
 HEAD_MAX = 64 * 1024  # request line + headers, bytes
 HEADERS_MAX = 100  # header fields
 PIPELINE_MAX = 16  # requests parsed ahead of their answer, per connection
+FEED_SLICE = 8192  # bytes parsed at a time: past PIPELINE_MAX queued requests the rest waits unparsed
 REQUEST_TIMEOUT = 30.0  # from a request's first byte to its last
 KEEP_ALIVE = 75.0  # idle time between requests
 DRAIN_TIMEOUT = 5.0  # at shutdown: how long requests in progress may take to finish
@@ -139,8 +148,9 @@ class Connection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "msg_no", "head_raw", "url", "headers", "fields", "head_bytes",
                  "trailer_bytes", "body", "body_size", "oversized", "expect", "upgrade", "upgraded", "started",
-                 "last_active", "busy", "pumping", "queue", "refusal", "eof", "closing", "closed_at",
-                 "linger_until", "write_paused", "paused_at", "read_paused",
+                 "last_active", "busy", "pumping", "feeding", "held", "queue", "refusal", "eof", "closing",
+                 "lingering", "out_size", "out_at", "drained_at", "last_input", "write_paused", "paused_at", "read_paused",
+                 "read_paused_at",
                  "server_host", "server_port", "client_host", "client_port")
 
     def __init__(self, server: "HttpServer"):
@@ -161,15 +171,17 @@ class Connection(asyncio.Protocol):
         self.started = None  # monotonic time of the current request's first byte
         self.last_active = _now()
         self.busy = False  # a request of this connection is being answered
-        self.pumping = False
+        self.pumping = self.feeding = False
+        self.held = b""  # bytes read but not parsed yet: the queue was full
         self.queue: deque = deque()  # requests parsed, waiting for the ones before them
         self.refusal = None  # (status, message): sent, then close, once the requests before are answered
         self.eof = False  # the client closed its side: answer what it sent, then close
         self.closing = False
-        self.closed_at = 0.0
-        self.linger_until = None  # closing: the rest of the client's input is read and dropped until then
+        self.lingering = False  # closing: the client's input is read and dropped for LINGER seconds
+        self.out_size, self.out_at, self.drained_at = -1, 0.0, None  # closing: what is left to send
+        self.last_input = 0.0  # closing: when the client last sent something
         self.write_paused = self.read_paused = False
-        self.paused_at = 0.0
+        self.paused_at = self.read_paused_at = 0.0
 
     # -- transport events ---------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -184,33 +196,60 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes):
-        if self.closing or self.upgraded or self.refusal is not None:
-            return  # lingering, or past a point where nothing more is read
-        if self.upgrade is not None:
-            self._upgrade_body(data)
+        if self.closing:  # lingering: dropped
+            self.last_input = _now()
             return
+        if self.held:  # reading was paused, a read was under way: after what waits
+            self.held += data
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse `data` a slice at a time; once PIPELINE_MAX requests are queued, hold the rest
+        (and stop reading) until the queue has room again (`_pump`)."""
+        self.feeding = True
+        try:
+            pos, end = 0, len(data)
+            while pos < end:
+                if self.closing or self.upgraded or self.refusal is not None:
+                    return  # lingering, or past a point where nothing more is parsed
+                if self.upgrade is not None:
+                    self._upgrade_body(data[pos:])
+                    return
+                if len(self.queue) >= PIPELINE_MAX:
+                    self.held = data[pos:]
+                    self._pause_reading()
+                    return
+                piece = data if pos == 0 and end <= FEED_SLICE else data[pos:pos + FEED_SLICE]
+                pos += len(piece)
+                self._parse(piece)
+        finally:
+            self.feeding = False
+
+    def _parse(self, piece: bytes) -> None:
         in_head, msg_no = self.head_raw is not None, self.msg_no
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(piece)
         except httptools.HttpParserUpgrade as exc:
-            self._upgraded(data, exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data))
+            self._upgraded(piece, exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(piece))
             return
         except httptools.HttpParserError as exc:  # also a limit's refusal (_Refused) from a callback
             if self.refusal is None and not self.closing:
                 self._refuse(400, f"bad request: the HTTP message is malformed ({exc})")
             return
         if in_head and self.head_raw is not None and self.msg_no == msg_no:
-            # This whole read was head, which httptools buffers until its field ends: bound it
+            # This whole slice was head, which httptools buffers until its field ends: bound it
             # here, not only field by field (one endless header value would never end).
-            self.head_raw += len(data)
+            self.head_raw += len(piece)
             if self.head_raw > HEAD_MAX:
                 self._refuse(431, f"the request's headers are too large (more than {HEAD_MAX} bytes)")
 
     def eof_received(self):
         self.eof = True
-        if self.linger_until is not None:
+        if self.lingering:
             return False  # the client read our answer and closed: done
-        if self.busy or self.queue:
+        if self.busy or self.queue or self.held:
+            self._pump()
             return True  # keep the write side open for the answers it is owed
         return False
 
@@ -226,11 +265,14 @@ class Connection(asyncio.Protocol):
     def _pause_reading(self):
         if not self.read_paused and not self.closing:
             self.read_paused = True
+            self.read_paused_at = _now()
             self.transport.pause_reading()
 
     def _resume_reading(self):
         if self.read_paused and not self.closing:
             self.read_paused = False
+            if self.started is not None:  # the time we did not read is not the client's
+                self.started += _now() - self.read_paused_at
             self.transport.resume_reading()
 
     # -- parser callbacks ---------------------------------------------------------------------------
@@ -287,13 +329,14 @@ class Connection(asyncio.Protocol):
         self.body_size += len(chunk)
 
     def on_message_complete(self):
-        self.expect = False
         if self.oversized:  # answered already
             self.oversized = False
+            self.expect = False
             return
         if self.parser.should_upgrade():
-            self._upgrade_request()
+            self._upgrade_request()  # its body is still to come: the 100 Continue too, if asked
         else:
+            self.expect = False
             self._complete(self.parser.should_keep_alive())
 
     # -- Upgrade requests: answered as plain HTTP/1.1, then the connection closes ----------------------
@@ -304,12 +347,13 @@ class Connection(asyncio.Protocol):
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             self._refuse(400, "bad request: an Upgrade request with a chunked body is not supported")
             raise _Refused
+        started = self.started
         req = self._request(keep_alive=False)
-        if req is None:
-            return
         if length and length.isdigit() and int(length) > 0:
-            self.upgrade = [req, int(length)]  # the body follows (see _upgraded)
+            self.upgrade = [req, int(length)]  # the body follows (see _upgraded); timed like any body
+            self.started = started
         else:
+            self.expect = False
             self._enqueue(req)
 
     def _upgraded(self, data: bytes, offset: int) -> None:
@@ -330,12 +374,12 @@ class Connection(asyncio.Protocol):
             return
         self.upgrade, self.upgraded = None, True
         req.body = b"".join(self.body)[:self.server.on_loop.limit]
-        self.body = []
+        self.body, self.expect, self.started = [], False, None
         self._enqueue(req)
 
     # -- the queue of requests: answered one at a time, in order --------------------------------------
-    def _request(self, keep_alive: bool):
-        """The request parsed so far, or None (refused: not a valid URL)."""
+    def _request(self, keep_alive: bool) -> HttpRequest:
+        """The request parsed so far (not a valid URL: refused, and _Refused raised)."""
         parser = self.parser
         try:
             url = httptools.parse_url(self.url)
@@ -359,18 +403,25 @@ class Connection(asyncio.Protocol):
         self._pump()
 
     def _pump(self) -> None:
-        """Answer the queued requests in order, one at a time; then what is owed once they are:
-        a refusal, a 100 Continue, the close after the client's EOF. Runs as a loop, not by
-        recursion (a request answered at once does not start the next one itself)."""
+        """Answer the queued requests in order, one at a time, parsing what was held back as the
+        queue gets room; then what is owed once they are answered: a refusal, a 100 Continue, the
+        close after the client's EOF. A loop, not a recursion (a request answered at once does
+        not start the next one itself)."""
         if self.pumping:
             return
         self.pumping = True
         try:
-            while self.queue and not self.busy and not self.closing and not self.write_paused:
-                self._serve(self.queue.popleft())
+            while not self.closing and not self.write_paused:
+                if self.queue and not self.busy:
+                    self._serve(self.queue.popleft())
+                elif self.held and not self.feeding and len(self.queue) < PIPELINE_MAX:
+                    data, self.held = self.held, b""
+                    self._feed(data)
+                else:
+                    break
         finally:
             self.pumping = False
-        if self.busy or self.closing or self.write_paused:
+        if self.busy or self.closing or self.write_paused or self.held:
             return
         if not self.queue:
             if self.refusal is not None:
@@ -389,17 +440,16 @@ class Connection(asyncio.Protocol):
         self.busy = True
         try:
             resp = self.server.on_loop.api(req, lambda answer: self._answer(req, answer))
-        except Exception as exc:  # a bug of the fake: still an envelope, and visible in the log
-            self._send(req, 500, _JSON, _bug(exc))
-            return
-        if resp is None:
-            try:
+            if resp is None:
                 environ = req.environ(self.server.on_loop.multiprocess)
                 self.server.on_loop.wsgi(environ).add_done_callback(lambda fut: self._wsgi_done(req, fut))
-            except Exception as exc:  # e.g. the pool is shut down (the server is stopping)
+            elif resp is not WAITING:
+                self._answer(req, resp)
+        except Exception as exc:  # a bug of the fake (or the pool shut down): still an envelope, once
+            if self.busy:
                 self._send(req, 500, _JSON, _bug(exc))
-        elif resp is not WAITING:
-            self._answer(req, resp)
+            else:
+                traceback.print_exception(exc)
 
     def _answer(self, req: HttpRequest, resp: api.ApiResponse) -> None:
         self._send(req, resp.status, api.response_headers(resp), resp.body)
@@ -445,16 +495,20 @@ class Connection(asyncio.Protocol):
 
     def _close(self, linger: bool = False) -> None:
         """Close after what was written. linger: the client may still be sending (a body we did
-        not wait for, bytes after a refusal): our side is shut, and its input read and dropped for
-        LINGER seconds or until it closes, so that its kernel does not answer our answer with a
-        reset before the client has read it."""
+        not wait for, bytes after a refusal): our side is shut, and its input read and dropped
+        until it closes, or has sent nothing for LINGER seconds once our answer is out. (Closing
+        on unread input would make the kernel reset the connection, and the client could lose
+        our answer.)"""
         if self.closing:
             return
         self.closing = True
-        self.closed_at = _now()
+        now = _now()
         self.queue.clear()
+        self.held = b""
+        self.out_at = now
+        self.drained_at = None if self.transport.get_write_buffer_size() else now
         if linger and not self.eof and self.transport.can_write_eof():
-            self.linger_until = self.closed_at + LINGER
+            self.lingering = True
             self.transport.write_eof()
             self.write_paused = False
             if self.read_paused:
@@ -465,9 +519,22 @@ class Connection(asyncio.Protocol):
 
     def check_time(self, now: float) -> None:
         """Called by the server's sweep: end a connection that stalled."""
-        if self.closing:
-            # still here: lingering, or the client does not read what close() waits to send
-            if now > (self.linger_until if self.linger_until is not None else self.closed_at + CLOSE_GRACE):
+        if self.closing:  # still here: our answer is still being sent, or we linger
+            size = self.transport.get_write_buffer_size()
+            if size:
+                if size != self.out_size:  # it reads: give it time
+                    self.out_size, self.out_at = size, now
+                elif now - self.out_at > CLOSE_GRACE:  # it reads nothing
+                    self.transport.abort()
+                return
+            if self.drained_at is None:
+                self.drained_at = now
+            if self.lingering:
+                if now - max(self.drained_at, self.last_input) > LINGER:  # it has been quiet that long
+                    self.lingering = False
+                    self.drained_at = now
+                    self.transport.close()  # a plain close: what the kernel still holds is delivered
+            elif now - self.drained_at > CLOSE_GRACE:
                 self.transport.abort()
         elif self.write_paused:
             if now - self.paused_at > REQUEST_TIMEOUT:  # the client stopped reading its answers
@@ -476,7 +543,8 @@ class Connection(asyncio.Protocol):
         elif self.started is not None and not self.busy and not self.read_paused \
                 and now - self.started > REQUEST_TIMEOUT:
             self._refuse(408, f"request timeout: a request must arrive within {REQUEST_TIMEOUT:g} s")
-        elif self.started is None and not self.busy and not self.queue and now - self.last_active > KEEP_ALIVE:
+        elif self.started is None and not self.busy and not self.queue and not self.held \
+                and now - self.last_active > KEEP_ALIVE:
             self._close()
 
 
@@ -553,9 +621,13 @@ class HttpServer:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_EVERY)
-            now = time.monotonic()
+            now = _now()
             for conn in list(self.connections):
-                conn.check_time(now)
+                try:
+                    conn.check_time(now)
+                except Exception:  # one connection's trouble must not end the timeouts of all
+                    traceback.print_exc()
+                    conn.transport.abort()
 
 
 def run_worker(sock, on_loop_factory) -> None:

@@ -210,8 +210,6 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _run_builtin(cfg: Config, workers: int, line: str) -> int:
-    from . import httpd
-
     try:
         sock = _listen(cfg.host, cfg.port)
     except OSError as exc:
@@ -219,9 +217,9 @@ def _run_builtin(cfg: Config, workers: int, line: str) -> int:
         return 1
     os.environ[ENV_MULTIPROCESS] = "1" if workers > 1 else "0"
     print(line, flush=True)
-    if workers == 1:
-        httpd.run_worker(sock, worker_on_loop)
-        return 0
+    # One worker too runs in a process of its own: this one stays free to take signals (a second
+    # SIGTERM or Ctrl-C while the worker drains ends it at once), to start a new worker should
+    # it die, and to clean up (the default store's directory) however the worker ends.
     return _supervise(sock, workers)
 
 

@@ -32,7 +32,7 @@ COVER = orjson.dumps(body(callBackUrl="http://127.0.0.1:9/cb"))
 
 
 @contextlib.contextmanager
-def running(**cfg):
+def running(sndbuf: int | None = None, **cfg):
     """The built-in server on a free loopback port, in a thread of this process: (port, service).
     `with running(...) as (port, svc)`; the HttpServer is `svc.httpd` (for its connections)."""
     cfg = {"clock": "virtual", "rate_limit": 0, **cfg}
@@ -40,6 +40,8 @@ def running(**cfg):
     svc = app.extensions["kie_mock"]
     on_loop = OnLoop(svc, app)
     sock = socket.create_server(("127.0.0.1", 0))
+    if sndbuf:  # the accepted connections inherit it: the kernel holds less of an answer
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     loop = uvloop.new_event_loop()
     stop = asyncio.Event()
     svc.httpd = server = httpd.HttpServer(on_loop)
@@ -579,8 +581,9 @@ def test_stopping_answers_the_requests_in_progress_and_keeps_what_they_stored():
     assert [e["code"] for e in svc.journal.read()] == [200]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_second_signal_while_stopping_ends_the_workers_at_once_and_cleans_up(sig):
+def test_a_second_signal_while_stopping_ends_the_workers_at_once_and_cleans_up(sig, workers):
     """Asked twice (a supervisor's second SIGTERM, a second Ctrl-C) while a worker still drains a
     request: the workers are killed, the server exits cleanly and removes its default store."""
     import re
@@ -589,10 +592,10 @@ def test_a_second_signal_while_stopping_ends_the_workers_at_once_and_cleans_up(s
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIE_MOCK_")}
-    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(port), "--workers", "2"],
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(port), "--workers", workers],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        assert _wait(lambda: _credit_ok(port) and len(_children(proc.pid)) == 2)
+        assert _wait(lambda: _credit_ok(port) and len(_children(proc.pid)) == int(workers))
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=8"}))
         time.sleep(0.3)
@@ -611,3 +614,54 @@ def test_a_second_signal_while_stopping_ends_the_workers_at_once_and_cleans_up(s
     assert "Traceback" not in output, output
     store = re.search(r"store: sqlite:(\S+?)[;)]", output).group(1)
     assert not os.path.exists(os.path.dirname(store)), output
+
+
+# -- found in the second review ----------------------------------------------------------------------
+def test_pipelined_requests_behind_a_slow_one_are_not_all_parsed_ahead():
+    """Past PIPELINE_MAX queued requests the rest of a read waits unparsed (at most one slice
+    more is parsed), and all of it is answered in order once the slow request is."""
+    credit = request("GET", "/api/v1/chat/credit")
+    n = 200_000 // len(credit)
+    with running() as (port, svc), connect(port, timeout=30) as (s, f):
+        s.sendall(request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=0.5"}) + credit * n)
+        time.sleep(0.3)
+        (conn,) = svc.httpd.connections
+        assert conn.busy and len(conn.queue) <= httpd.PIPELINE_MAX + httpd.FEED_SLICE // len(credit) + 1
+        answers = [read_response(f) for _ in range(n + 1)]
+    assert all(a[0] == 200 and envelope(a[2])["code"] == 200 for a in answers)
+
+
+def test_a_large_answer_read_slowly_is_sent_whole_before_the_close(quick_timeouts):
+    """The lingering time starts once the answer is sent, not when the close was decided."""
+    with running(sndbuf=16384, journal_limit=100) as (port, svc):
+        for i in range(100):
+            svc.journal.add({"n": i, "pad": "x" * 10_000})
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        c.connect(("127.0.0.1", port))
+        c.sendall(request("GET", "/_mock/requests?limit=100", headers={"Connection": "close"}))
+        got = b""
+        started = time.monotonic()
+        c.settimeout(10)
+        while chunk := c.recv(16384):
+            got += chunk
+            time.sleep(0.05)  # about 300 KB/s: the answer (about 1 MB) takes longer than LINGER
+        c.close()
+    assert time.monotonic() - started > httpd.LINGER
+    head, _, payload = got.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    assert len(payload) == length and len(envelope(payload)["data"]) == 100
+
+
+def test_an_upgrade_request_expecting_100_continue_behind_a_slow_one_gets_it_in_order():
+    slow = request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=0.3"})
+    head = request("POST", URL, b"", {"Content-Length": str(len(COVER)), "Expect": "100-continue",
+                                      "Connection": "Upgrade", "Upgrade": "h2c"})
+    with running() as (port, svc), connect(port) as (s, f):
+        s.sendall(slow + head)
+        assert read_response(f)[0] == 200
+        assert f.readline() == b"HTTP/1.1 100 Continue\r\n" and f.readline() == b"\r\n"
+        s.sendall(COVER)
+        status, headers, payload = read_response(f)
+        assert envelope(payload)["code"] == 200 and headers["connection"] == "close"
+        assert len(svc.store.list_tasks()) == 1
