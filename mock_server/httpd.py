@@ -9,7 +9,8 @@ on granian's RSGI; the full accept path (SQLite store, one worker): see README "
 One connection, one `Connection` protocol:
 - requests are answered in the order they came (pipelining included), one at a time: a request
   that waits (a batched store write, the thread pool) holds back the ones after it, which queue
-  (past PIPELINE_MAX the connection stops reading, and it stops serving while the client does
+  (past PIPELINE_MAX requests or PIPELINE_BYTES of their bodies the connection stops reading
+  and parsing, and it stops serving while the client does
   not read its answers);
 - limits: the request line and headers at most HEAD_MAX bytes (bounded as they arrive, not only
   field by field) and HEADERS_MAX fields (431), bodies kept up to the API's limit plus one byte
@@ -48,7 +49,8 @@ from .onloop import WAITING, OnLoop
 HEAD_MAX = 64 * 1024  # request line + headers, bytes
 HEADERS_MAX = 100  # header fields
 PIPELINE_MAX = 16  # requests parsed ahead of their answer, per connection
-FEED_SLICE = 8192  # bytes parsed at a time: past PIPELINE_MAX queued requests the rest waits unparsed
+PIPELINE_BYTES = 2 << 20  # and their bodies' bytes (a body alone may be larger: the API's limit)
+FEED_SLICE = 8192  # bytes parsed at a time: past those bounds the rest waits unparsed
 REQUEST_TIMEOUT = 30.0  # from a request's first byte to its last
 KEEP_ALIVE = 75.0  # idle time between requests
 DRAIN_TIMEOUT = 5.0  # at shutdown: how long requests in progress may take to finish
@@ -148,7 +150,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "msg_no", "head_raw", "url", "headers", "fields", "head_bytes",
                  "trailer_bytes", "body", "body_size", "oversized", "expect", "upgrade", "upgraded", "started",
-                 "last_active", "busy", "pumping", "feeding", "held", "queue", "refusal", "eof", "closing",
+                 "last_active", "busy", "pumping", "feeding", "held", "queue", "queued_bytes", "refusal", "eof", "closing",
                  "lingering", "out_size", "out_at", "drained_at", "last_input", "write_paused", "paused_at", "read_paused",
                  "read_paused_at",
                  "server_host", "server_port", "client_host", "client_port")
@@ -174,6 +176,7 @@ class Connection(asyncio.Protocol):
         self.pumping = self.feeding = False
         self.held = b""  # bytes read but not parsed yet: the queue was full
         self.queue: deque = deque()  # requests parsed, waiting for the ones before them
+        self.queued_bytes = 0  # their bodies' bytes
         self.refusal = None  # (status, message): sent, then close, once the requests before are answered
         self.eof = False  # the client closed its side: answer what it sent, then close
         self.closing = False
@@ -193,6 +196,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closing = True
         self.queue.clear()
+        self.queued_bytes = 0
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes):
@@ -205,8 +209,8 @@ class Connection(asyncio.Protocol):
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        """Parse `data` a slice at a time; once PIPELINE_MAX requests are queued, hold the rest
-        (and stop reading) until the queue has room again (`_pump`)."""
+        """Parse `data` a slice at a time; once the queue is full, hold the rest (and stop
+        reading) until it has room again (`_pump`)."""
         self.feeding = True
         try:
             pos, end = 0, len(data)
@@ -216,7 +220,7 @@ class Connection(asyncio.Protocol):
                 if self.upgrade is not None:
                     self._upgrade_body(data[pos:])
                     return
-                if len(self.queue) >= PIPELINE_MAX:
+                if self._queue_full():
                     self.held = data[pos:]
                     self._pause_reading()
                     return
@@ -396,9 +400,13 @@ class Connection(asyncio.Protocol):
     def _complete(self, keep_alive: bool) -> None:
         self._enqueue(self._request(keep_alive))
 
+    def _queue_full(self) -> bool:
+        return len(self.queue) >= PIPELINE_MAX or self.queued_bytes >= PIPELINE_BYTES
+
     def _enqueue(self, req: HttpRequest) -> None:
         self.queue.append(req)
-        if len(self.queue) >= PIPELINE_MAX:
+        self.queued_bytes += len(req.body)
+        if self._queue_full():
             self._pause_reading()
         self._pump()
 
@@ -413,8 +421,10 @@ class Connection(asyncio.Protocol):
         try:
             while not self.closing and not self.write_paused:
                 if self.queue and not self.busy:
-                    self._serve(self.queue.popleft())
-                elif self.held and not self.feeding and len(self.queue) < PIPELINE_MAX:
+                    req = self.queue.popleft()
+                    self.queued_bytes -= len(req.body)
+                    self._serve(req)
+                elif self.held and not self.feeding and not self._queue_full():
                     data, self.held = self.held, b""
                     self._feed(data)
                 else:
@@ -433,7 +443,7 @@ class Connection(asyncio.Protocol):
             if self.expect:
                 self.expect = False
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if len(self.queue) < PIPELINE_MAX:
+        if not self._queue_full():
             self._resume_reading()
 
     def _serve(self, req: HttpRequest) -> None:
@@ -504,6 +514,7 @@ class Connection(asyncio.Protocol):
         self.closing = True
         now = _now()
         self.queue.clear()
+        self.queued_bytes = 0
         self.held = b""
         self.out_at = now
         self.drained_at = None if self.transport.get_write_buffer_size() else now

@@ -665,3 +665,21 @@ def test_an_upgrade_request_expecting_100_continue_behind_a_slow_one_gets_it_in_
         status, headers, payload = read_response(f)
         assert envelope(payload)["code"] == 200 and headers["connection"] == "close"
         assert len(svc.store.list_tasks()) == 1
+
+
+def test_pipelined_bodies_behind_a_slow_request_are_bounded_in_bytes_too():
+    """Sixteen 1 MiB bodies could wait behind one slow request: past PIPELINE_BYTES of queued
+    bodies the rest waits unparsed, and is answered in order afterwards."""
+    big = request("POST", URL, COVER[:-1] + b" " * ((1 << 20) - 10 - len(COVER)) + b"}")  # under the limit
+    with running() as (port, svc), connect(port, timeout=30) as (s, f):
+        s.sendall(request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=1"}))
+        sender = threading.Thread(target=s.sendall, args=(big * 6,))
+        sender.start()
+        time.sleep(0.6)
+        (conn,) = svc.httpd.connections
+        assert conn.busy and conn.queued_bytes <= httpd.PIPELINE_BYTES + (1 << 20)
+        assert len(conn.queue) < 6
+        answers = [envelope(read_response(f)[2]) for _ in range(7)]
+        sender.join()
+    assert [a["code"] for a in answers] == [200] * 7
+    assert len(svc.store.list_tasks()) == 6
