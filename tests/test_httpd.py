@@ -683,3 +683,46 @@ def test_pipelined_bodies_behind_a_slow_request_are_bounded_in_bytes_too():
         sender.join()
     assert [a["code"] for a in answers] == [200] * 7
     assert len(svc.store.list_tasks()) == 6
+
+
+# -- framing is independent of how the bytes arrive ------------------------------------------------------
+def _chunked(payload: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(payload[i:i + size]), payload[i:i + size])
+                    for i in range(0, len(payload), size)) + b"0\r\n\r\n"
+
+
+STREAM = [  # (request bytes, expected HTTP status, expected envelope code)
+    (request("GET", "/api/v1/chat/credit"), 200, 200),
+    (request("POST", URL, COVER), 200, 200),
+    (request("POST", URL, b"", {"Transfer-Encoding": "chunked", "Content-Length": None}) + _chunked(COVER, 7), 200, 200),
+    (request("GET", "/_mock/health"), 200, 200),
+    (request("POST", URL, b'{"model": "V9"}'), 200, 422),
+    (request("GET", "/api/v1/generate/record-info?taskId=nope"), 200, 422),
+    (request("GET", "/no/such/path"), 404, 404),
+    (request("GET", "/api/v1/chat/credit", headers={"Authorization": "Bearer wrong-key"}), 200, 401),
+]
+
+
+def test_the_answers_do_not_depend_on_how_the_bytes_are_split():
+    """The same pipelined stream, cut at random places (each piece its own read), gets the same
+    answers in the same order."""
+    import random
+
+    data = b"".join(r for r, _, _ in STREAM)
+    expected = [(status, code) for _, status, code in STREAM]
+    rng = random.Random(5)
+    with running() as (port, svc):
+        for trial in range(25):
+            cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 40))) if trial else []
+            pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+            with connect(port) as (s, f):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for piece in pieces:
+                    s.sendall(piece)
+                    time.sleep(0.001)
+                got = []
+                for _ in STREAM:
+                    status, _, payload = read_response(f)
+                    got.append((status, envelope(payload)["code"]))
+            assert got == expected, (trial, cuts)
+        assert len(svc.store.list_tasks()) == 2 * 25
