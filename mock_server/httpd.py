@@ -151,8 +151,8 @@ class Connection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "msg_no", "head_raw", "url", "headers", "fields", "head_bytes",
                  "trailer_bytes", "body", "body_size", "oversized", "expect", "upgrade", "upgraded", "started",
                  "last_active", "busy", "pumping", "feeding", "held", "queue", "queued_bytes", "refusal", "eof", "closing",
-                 "lingering", "out_size", "out_at", "drained_at", "last_input", "write_paused", "paused_at", "read_paused",
-                 "read_paused_at",
+                 "lingering", "out_size", "out_at", "drained_at", "last_input", "write_paused", "read_paused",
+                 "read_paused_at", "trailer_raw", "busy_since",
                  "server_host", "server_port", "client_host", "client_port")
 
     def __init__(self, server: "HttpServer"):
@@ -184,7 +184,8 @@ class Connection(asyncio.Protocol):
         self.out_size, self.out_at, self.drained_at = -1, 0.0, None  # closing: what is left to send
         self.last_input = 0.0  # closing: when the client last sent something
         self.write_paused = self.read_paused = False
-        self.paused_at = self.read_paused_at = 0.0
+        self.read_paused_at = self.busy_since = 0.0
+        self.trailer_raw = None  # past a chunked body's last chunk header: the trailer's bytes so far
 
     # -- transport events ---------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -231,7 +232,7 @@ class Connection(asyncio.Protocol):
             self.feeding = False
 
     def _parse(self, piece: bytes) -> None:
-        in_head, msg_no = self.head_raw is not None, self.msg_no
+        in_head, in_trailer, msg_no = self.head_raw is not None, self.trailer_raw is not None, self.msg_no
         try:
             self.parser.feed_data(piece)
         except httptools.HttpParserUpgrade as exc:
@@ -241,12 +242,18 @@ class Connection(asyncio.Protocol):
             if self.refusal is None and not self.closing:
                 self._refuse(400, f"bad request: the HTTP message is malformed ({exc})")
             return
-        if in_head and self.head_raw is not None and self.msg_no == msg_no:
-            # This whole slice was head, which httptools buffers until its field ends: bound it
-            # here, not only field by field (one endless header value would never end).
+        if self.msg_no != msg_no:
+            return
+        # A whole slice of head or of trailer, which httptools buffers until its field ends:
+        # bounded here, not only field by field (one endless field would never end).
+        if in_head and self.head_raw is not None:
             self.head_raw += len(piece)
             if self.head_raw > HEAD_MAX:
                 self._refuse(431, f"the request's headers are too large (more than {HEAD_MAX} bytes)")
+        elif in_trailer and self.trailer_raw is not None:
+            self.trailer_raw += len(piece)
+            if self.trailer_raw > HEAD_MAX:
+                self._refuse(431, f"the request's trailers are too large (more than {HEAD_MAX} bytes)")
 
     def eof_received(self):
         self.eof = True
@@ -259,7 +266,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self):
         self.write_paused = True
-        self.paused_at = _now()
+        self.out_size, self.out_at = -1, _now()
         self._pause_reading()
 
     def resume_writing(self):
@@ -276,13 +283,15 @@ class Connection(asyncio.Protocol):
         if self.read_paused and not self.closing:
             self.read_paused = False
             if self.started is not None:  # the time we did not read is not the client's
-                self.started += _now() - self.read_paused_at
+                now = _now()
+                self.started += now - max(self.read_paused_at, self.started)
             self.transport.resume_reading()
 
     # -- parser callbacks ---------------------------------------------------------------------------
     def on_message_begin(self):
         self.msg_no += 1
         self.head_raw = 0
+        self.trailer_raw = None
         self.url, self.headers, self.body = b"", {}, []
         self.fields = self.head_bytes = self.trailer_bytes = self.body_size = 0
         self.started = _now()
@@ -324,7 +333,11 @@ class Connection(asyncio.Protocol):
             self.expect = True
             self._pump()  # sent now, or once the requests before this one are answered
 
+    def on_chunk_header(self):
+        self.trailer_raw = 0  # a chunk's data follows, or (the last chunk) the trailer
+
     def on_body(self, chunk: bytes):
+        self.trailer_raw = None
         if self.oversized:
             return
         limit = self.server.on_loop.limit
@@ -333,6 +346,7 @@ class Connection(asyncio.Protocol):
         self.body_size += len(chunk)
 
     def on_message_complete(self):
+        self.trailer_raw = None
         if self.oversized:  # answered already
             self.oversized = False
             self.expect = False
@@ -404,6 +418,8 @@ class Connection(asyncio.Protocol):
         return len(self.queue) >= PIPELINE_MAX or self.queued_bytes >= PIPELINE_BYTES
 
     def _enqueue(self, req: HttpRequest) -> None:
+        if self.closing:  # parsed after the answer that closed the connection: never to be served
+            return
         self.queue.append(req)
         self.queued_bytes += len(req.body)
         if self._queue_full():
@@ -443,11 +459,13 @@ class Connection(asyncio.Protocol):
             if self.expect:
                 self.expect = False
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.started = _now()  # the client sends its body from now on
         if not self._queue_full():
             self._resume_reading()
 
     def _serve(self, req: HttpRequest) -> None:
         self.busy = True
+        self.busy_since = _now()
         try:
             resp = self.server.on_loop.api(req, lambda answer: self._answer(req, answer))
             if resp is None:
@@ -482,7 +500,9 @@ class Connection(asyncio.Protocol):
             if not keep_alive:  # the client may be sending still (a body over the limit, the next request)
                 self._close(linger=True)
         self.busy = False
-        self.last_active = _now()
+        self.last_active = now = _now()
+        if self.started is not None:  # a request arriving behind this one: the wait is not its own
+            self.started += now - max(self.busy_since, self.started)
         self._pump()
 
     # -- refusing and closing -------------------------------------------------------------------------
@@ -541,14 +561,18 @@ class Connection(asyncio.Protocol):
             if self.drained_at is None:
                 self.drained_at = now
             if self.lingering:
-                if now - max(self.drained_at, self.last_input) > LINGER:  # it has been quiet that long
+                # it has been quiet that long, or has kept sending (dropped) for too long
+                if now - max(self.drained_at, self.last_input) > LINGER or now - self.drained_at > REQUEST_TIMEOUT:
                     self.lingering = False
                     self.drained_at = now
                     self.transport.close()  # a plain close: what the kernel still holds is delivered
             elif now - self.drained_at > CLOSE_GRACE:
                 self.transport.abort()
         elif self.write_paused:
-            if now - self.paused_at > REQUEST_TIMEOUT:  # the client stopped reading its answers
+            size = self.transport.get_write_buffer_size()
+            if size != self.out_size:  # it reads, slowly: give it time
+                self.out_size, self.out_at = size, now
+            elif now - self.out_at > REQUEST_TIMEOUT:  # it stopped reading its answers
                 self.closing = True
                 self.transport.abort()
         elif self.started is not None and not self.busy and not self.read_paused \

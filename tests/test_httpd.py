@@ -726,3 +726,85 @@ def test_the_answers_do_not_depend_on_how_the_bytes_are_split():
                     got.append((status, envelope(payload)["code"]))
             assert got == expected, (trial, cuts)
         assert len(svc.store.list_tasks()) == 2 * 25
+
+
+# -- found in the third review ------------------------------------------------------------------------
+def test_one_endless_trailer_is_refused_before_it_is_whole_and_others_are_served_meanwhile():
+    with running() as (port, _), socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request("POST", URL, b"", {"Transfer-Encoding": "chunked", "Content-Length": None})
+                  + b"%x\r\n%s\r\n0\r\nX-T: " % (len(COVER), COVER))
+        try:
+            for _ in range(4 * httpd.HEAD_MAX // 4096):
+                s.sendall(b"a" * 4096)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        started = time.monotonic()
+        assert _credit_ok(port) and time.monotonic() - started < 1.0  # the loop is not stuck on it
+        reply = recv_until_closed(s)
+    assert reply.startswith(b"HTTP/1.1 431") and b"trailers" in reply, reply[:120]
+
+
+def test_a_keep_alive_client_reading_a_large_answer_slowly_gets_all_of_it(quick_timeouts):
+    """Its answers back up (write paused), but it reads: it is not reset while it makes progress."""
+    with running(sndbuf=16384, journal_limit=100) as (port, svc):
+        for i in range(100):
+            svc.journal.add({"n": i, "pad": "x" * 10_000})
+        with connect(port, timeout=10) as (s, f):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            s.sendall(request("GET", "/_mock/requests?limit=100"))
+            line = f.readline()
+            headers = {}
+            while (line2 := f.readline()) != b"\r\n":
+                name, _, value = line2.decode().partition(":")
+                headers[name.lower()] = value.strip()
+            length, got = int(headers["content-length"]), b""
+            started = time.monotonic()
+            while len(got) < length:
+                got += f.read1(16384)
+                time.sleep(0.05)  # about 300 KB/s: longer than REQUEST_TIMEOUT for about 1 MB
+            assert line.startswith(b"HTTP/1.1 200") and time.monotonic() - started > httpd.REQUEST_TIMEOUT
+            assert len(envelope(got)["data"]) == 100
+
+
+def test_waiting_behind_a_slow_answer_does_not_count_against_a_request_s_time(quick_timeouts):
+    """A request sent behind a slow one (its 100 Continue comes only after the slow answer) has
+    REQUEST_TIMEOUT from then on, not from its first byte."""
+    slow = request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=1.5"})
+    head = request("POST", URL, b"", {"Content-Length": str(len(COVER)), "Expect": "100-continue"})
+    with running() as (port, _), connect(port) as (s, f):
+        s.sendall(slow + head)
+        assert read_response(f)[0] == 200
+        assert f.readline() == b"HTTP/1.1 100 Continue\r\n" and f.readline() == b"\r\n"
+        time.sleep(0.3)
+        s.sendall(COVER)
+        status, _, payload = read_response(f)
+        assert (status, envelope(payload)["code"]) == (200, 200)
+
+
+def test_lingering_ends_even_if_the_client_keeps_sending(quick_timeouts):
+    with running() as (port, svc), socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        deadline = time.monotonic() + 6
+        gone = False
+        while time.monotonic() < deadline and not gone:
+            try:
+                s.sendall(b"x")  # more often than LINGER
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.3)
+            gone = not svc.httpd.connections
+        assert gone or not svc.httpd.connections
+        assert time.monotonic() < deadline
+
+
+def test_nothing_is_queued_on_a_connection_that_an_answer_closed():
+    """While stopping, every answer closes its connection: a pipelined request parsed after it
+    is not queued (it would hold up the shutdown's drain until its time ran out)."""
+    with running() as (port, svc), connect(port) as (s, f):
+        svc.httpd.stopping = True
+        s.sendall(request("GET", "/api/v1/chat/credit") + request("GET", "/api/v1/chat/credit"))
+        status, headers, _ = read_response(f)
+        assert status == 200 and headers["connection"] == "close"
+        assert all(not c.queue for c in svc.httpd.connections)
+        assert f.read() == b""
+        svc.httpd.stopping = False
