@@ -6,8 +6,8 @@ The server is chosen by measurement (README "Benchmarks", bench/README.md):
   HTTP/1.1 server, asyncio protocols on uvloop with httptools' parser, the three API endpoints
   run on each worker's event loop, anything that may wait (an injected latency, the uploadUrl
   check, the control API, files) in a thread pool (onloop.py). Measured on 2 cores with wrk
-  sharing them, POST upload-cover, default SQLite store, one worker: 13,500-16,000 req/s,
-  against 9,500-11,300 on granian's RSGI interface with the same app code (a constant answer:
+  sharing them, POST upload-cover, default SQLite store, one worker: 14,000-15,300 req/s,
+  against 9,400-10,400 on granian's RSGI interface with the same app code (a constant answer:
   89,700 req/s against 37,400). Workers are forked by this process after it binds the socket,
   and share it.
 - **granian** (Rust; the default with a Redis store): its WSGI interface (threads, in which
@@ -29,7 +29,8 @@ with it, however it dies).
 Without --store, `serve` keeps its state in a fresh sqlite file in a temporary directory:
 shared by the workers, on disk rather than in memory (memory stays flat under sustained
 load), removed at a clean exit, left in place (and named in the banner) after a crash.
-`--store sqlite:PATH` keeps state across restarts; `--store memory` is fastest for one worker.
+`--store sqlite:PATH` keeps state across restarts; `--store memory` keeps it in one process (as
+fast on the accept path, faster on polling).
 """
 
 from __future__ import annotations
