@@ -30,9 +30,7 @@ One connection, one `Connection` protocol:
 from __future__ import annotations
 
 import asyncio
-import io
 import signal
-import sys
 import time
 import traceback
 from collections import deque
@@ -44,7 +42,7 @@ import httptools
 import orjson
 
 from . import api
-from .onloop import WAITING, OnLoop
+from .onloop import WAITING, OnLoop, wsgi_environ
 
 HEAD_MAX = 64 * 1024  # request line + headers, bytes
 HEADERS_MAX = 100  # header fields
@@ -115,34 +113,9 @@ class HttpRequest(api.ApiRequest):
 
     def environ(self, multiprocess: bool) -> dict:
         conn = self.conn
-        env = {
-            "REQUEST_METHOD": self.method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": self.raw_path.decode("latin-1"),  # WSGI's "bytes as latin-1"
-            "QUERY_STRING": self.query_string(),
-            "SERVER_NAME": conn.server_host,
-            "SERVER_PORT": conn.server_port,
-            "SERVER_PROTOCOL": f"HTTP/{self.version}",
-            "REMOTE_ADDR": conn.client_host,
-            "REMOTE_PORT": conn.client_port,
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(self.body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": multiprocess,
-            "wsgi.run_once": False,
-        }
-        for name, value in self.headers.items():
-            if name == "content-type":
-                env["CONTENT_TYPE"] = value
-            elif name == "content-length":
-                env["CONTENT_LENGTH"] = value
-            else:
-                env["HTTP_" + name.upper().replace("-", "_")] = value
-        if "CONTENT_LENGTH" not in env and self.body:  # a chunked body: WSGI apps read by length
-            env["CONTENT_LENGTH"] = str(len(self.body))
-        return env
+        return wsgi_environ(self.method, self.raw_path.decode("latin-1"), self.query_string(),
+                            (conn.server_host, conn.server_port), (conn.client_host, conn.client_port),
+                            self.version, "http", self.body, self.headers.items(), multiprocess)
 
 
 class Connection(asyncio.Protocol):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
+import sys
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +124,41 @@ class OnLoop:
         """Stop the threads: requests not started are cancelled, the ones running finish."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()
+
+
+def wsgi_environ(method: str, path_info: str, query: str, server: tuple[str, str], client: tuple[str, str],
+                 version: str, scheme: str, body: bytes, headers, multiprocess: bool) -> dict:
+    """The WSGI environ of a request an event-loop server read whole. path_info: WSGI's "bytes
+    as latin-1"; headers: (lower-case name, value) pairs, a repeated name joined by commas."""
+    env = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query,
+        "SERVER_NAME": server[0] or "localhost",
+        "SERVER_PORT": server[1] or "80",
+        "SERVER_PROTOCOL": f"HTTP/{version}",
+        "REMOTE_ADDR": client[0],
+        "REMOTE_PORT": client[1],
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+    }
+    for name, value in headers:
+        if name == "content-type":
+            env["CONTENT_TYPE"] = value
+        elif name == "content-length":
+            env["CONTENT_LENGTH"] = value
+        else:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            env[key] = f"{env[key]},{value}" if key in env else value
+    if "CONTENT_LENGTH" not in env and body:  # a chunked body: WSGI apps read by length
+        env["CONTENT_LENGTH"] = str(len(body))
+    return env
 
 
 def run_wsgi(app, environ: dict):

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
-import sys
 import traceback
 
 import orjson
 
 from . import api
-from .onloop import WAITING, OnLoop, resolve
+from .onloop import WAITING, OnLoop, resolve, wsgi_environ
 
 
 
@@ -60,33 +58,9 @@ class ScopeRequest(api.ApiRequest):
 def _environ(scope, body: bytes, multiprocess: bool) -> dict:
     host, _, port = (scope.server or "").rpartition(":")
     client_host, _, client_port = (scope.client or "").rpartition(":")
-    env = {
-        "REQUEST_METHOD": scope.method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),  # WSGI's "bytes as latin-1"
-        "QUERY_STRING": scope.query_string,
-        "SERVER_NAME": host or "localhost",
-        "SERVER_PORT": port or "80",
-        "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
-        "REMOTE_ADDR": client_host,
-        "REMOTE_PORT": client_port,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.scheme,
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": multiprocess,
-        "wsgi.run_once": False,
-    }
-    for name, value in scope.headers.items():
-        if name == "content-type":
-            env["CONTENT_TYPE"] = value
-        elif name == "content-length":
-            env["CONTENT_LENGTH"] = value
-        else:
-            key = "HTTP_" + name.upper().replace("-", "_")
-            env[key] = f"{env[key]},{value}" if key in env else value
-    return env
+    return wsgi_environ(scope.method, scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+                        scope.query_string, (host, port), (client_host, client_port), scope.http_version,
+                        scope.scheme, body, scope.headers.items(), multiprocess)
 
 
 class RsgiApp:
