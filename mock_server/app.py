@@ -13,14 +13,18 @@ from .spec import check_uri_format_available
 
 
 def create_app(config: Config | None = None, *, store=None, clock=None, deliver=None,
-               source_checker=None, start_scheduler: bool = True, fast_path: bool = True) -> Flask:
+               source_checker=None, start_scheduler: bool = True, fast_path: bool = True,
+               claims: bool = True) -> Flask:
+    """The fake as a Flask app. `claims=False`: this process never works due jobs (stages,
+    callbacks); a scheduler process of its own does (server.py)."""
     cfg = config or Config()
     check_uri_format_available()
     if source_checker is None and cfg.source_check:
         from .source import SourceChecker
 
         source_checker = SourceChecker(cfg)
-    service = Service(cfg, store=store, clock=clock, deliver=deliver, source_checker=source_checker)
+    service = Service(cfg, store=store, clock=clock, deliver=deliver, source_checker=source_checker,
+                      claims=claims)
     app = Flask("kie_mock")
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes + 1024
     app.json.sort_keys = False

@@ -4,6 +4,10 @@ Jobs live in the store (so they survive restarts and can be shared by workers) a
 claimed with a lease, so each is worked by one worker at a time. One thread per process
 wakes when something is due and hands jobs to a small pool: no thread per task.
 
+A process whose scheduler does not claim (`claims=False`: an HTTP worker of `kie-mock serve`
+on a shared store, whose due work a scheduler process of its own does, see server.py) still
+runs the rounds, for the work that rides on them (the request journal), and adds jobs.
+
 Per task, a stage's callback is delivered (or given up) before the next stage happens,
 so callbacks arrive in order and record-info never runs ahead of them; the
 `delayed-callbacks` scenario breaks that on purpose.
@@ -30,8 +34,9 @@ PURGE_EVERY = 60.0
 
 class Scheduler:
     def __init__(self, store, clock, cfg: Config, deliver=None, owner: str | None = None,
-                 poll_interval: float = 0.05):
+                 poll_interval: float = 0.05, claims: bool = True):
         self.store, self.clock, self.cfg = store, clock, cfg
+        self.claims = claims  # False: this process never works due jobs (another process does)
         self.deliver = deliver or HttpDelivery(cfg.callback_timeout)
         self.owner = owner or uuid.uuid4().hex[:12]
         self.lease = cfg.callback_timeout * 2 + 5
@@ -152,17 +157,20 @@ class Scheduler:
             try:
                 # Claim only what the pool can start now: a claimed job waiting in a queue could
                 # outlive its lease and be claimed again by another worker (two attempts).
-                room = self.cfg.delivery_workers - self._busy
+                room = self.cfg.delivery_workers - self._busy if self.claims else 0
                 for job in self.store.claim_due(now, self.owner, self.lease, limit=room) if room > 0 else ():
                     with self._busy_lock:
                         self._busy += 1
                     self._pool.submit(self._run_pooled, job)
                 for work in self.each_round:
                     work()
-                if now - self._last_purge > PURGE_EVERY:
-                    self._last_purge = now
-                    self.store.purge_tasks(now)
-                nxt = self.store.next_due()
+                if not self.claims:
+                    nxt = None
+                else:
+                    if now - self._last_purge > PURGE_EVERY:
+                        self._last_purge = now
+                        self.store.purge_tasks(now)
+                    nxt = self.store.next_due()
             except Exception:  # a store hiccup must not kill the scheduler
                 traceback.print_exc()
                 nxt = None

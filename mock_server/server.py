@@ -17,14 +17,18 @@ The server is chosen by measurement (README "Benchmarks", bench/README.md):
 - `KIE_MOCK_HTTP_SERVER=builtin|granian|gunicorn-gthread|gunicorn-sync|werkzeug` picks one
   (comparisons, or where a wheel is missing).
 
-Workers are processes: each one builds its own app (and so its own scheduler thread and
-store connections) AFTER the fork, from the factory `worker_app`. With more than one worker
-the state must live in a store the processes share (a sqlite file or redis); the shared store
-is seeded (configured keys, the scenario file) once, by the parent, before any worker starts.
-Each worker's scheduler claims due jobs with a lease, so every callback attempt is made by
-one worker only, and a dead worker's jobs are taken over when its lease runs out (granian
-and the built-in server start a new worker in its place; the built-in server's workers die
-with it, however it dies).
+Workers are processes: each one builds its own app (and so its own store connections)
+AFTER the fork, from the factory `worker_app`. With more than one worker the state must live
+in a store the processes share (a sqlite file or redis); the shared store is seeded
+(configured keys, the scenario file) once, by the parent, before any worker starts.
+
+The due work (stage changes, callbacks, retries) runs, on a shared store with a real clock, in
+a scheduler process of its own (`run_scheduler`; see `scheduler_process` for why), and the
+HTTP workers never claim a job. With a one-process store or a virtual clock each worker's own
+scheduler thread does it. Whoever runs it claims due jobs with a lease, so every callback
+attempt is made by one process only, and a dead one's jobs are taken over when its lease runs
+out (a new worker or scheduler process is started in its place; the built-in server's
+processes die with it, however it dies).
 
 Without --store, `serve` keeps its state in a fresh sqlite file in a temporary directory:
 shared by the workers, on disk rather than in memory (memory stays flat under sustained
@@ -54,10 +58,12 @@ from .config import Config
 ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
 ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
 ENV_MULTIPROCESS = "KIE_MOCK__WORKER_MULTIPROCESS"
+ENV_CLAIMS = "KIE_MOCK__WORKER_CLAIMS"  # "0": the workers leave the due jobs to the scheduler process
 SERVERS = ("builtin", "granian", "gunicorn-gthread", "gunicorn-sync", "werkzeug")
 WORKER_STOP_TIMEOUT = 15.0  # seconds a worker gets to stop after SIGTERM (httpd.DRAIN_TIMEOUT + its scheduler)
 RESPAWN_GIVE_UP = 5  # workers that die within RESPAWN_QUICK seconds of starting, in a row: stop serving
 RESPAWN_QUICK = 2.0
+WORKER_NAME, SCHEDULER_NAME = "kie-mock-http", "kie-mock-sched"  # process names (ps -o comm)
 THREADS_PER_WORKER = 4  # WSGI threads per worker: measured best of 2/4/8 (CPU-bound work; more threads only add switching)
 
 
@@ -109,7 +115,7 @@ def worker_app():
     from .app import create_app
 
     cfg: Config = pickle.loads(base64.b64decode(os.environ[ENV_CONFIG]))
-    app = create_app(cfg)
+    app = create_app(cfg, claims=os.environ.get(ENV_CLAIMS) != "0")
     scenario_file = os.environ.get(ENV_SCENARIO)
     if scenario_file:  # only set for a one-process store: this worker is the only one
         from .scenario_file import apply_file
@@ -129,10 +135,39 @@ def worker_rsgi_app():
     return RsgiApp(app.extensions["kie_mock"], app, multiprocess=os.environ.get(ENV_MULTIPROCESS) == "1")
 
 
-def banner(cfg: Config, port: int, workers: int, server: str) -> str:
+def banner(cfg: Config, port: int, workers: int, server: str, scheduler: bool = False) -> str:
     keys = ", ".join(cfg.api_keys)
+    due = "a process of their own" if scheduler else "the workers"
     return (f"kie-mock listening on http://{cfg.host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
-            f"clock: {cfg.clock}; store: {cfg.store}; server: {server}, workers: {workers})")
+            f"clock: {cfg.clock}; store: {cfg.store}; server: {server}, workers: {workers}; callbacks: {due})")
+
+
+def scheduler_process(cfg: Config, server: str) -> bool:
+    """Whether stages and callbacks run in a scheduler process of their own (`run_scheduler`)
+    rather than in the HTTP workers: with a store the processes share and a real clock, on the
+    built-in server and granian. Why: in a worker, the scheduler's threads share one GIL with an
+    event loop that load keeps busy, and callbacks fell behind by seconds (bench/lateness_http.py
+    --load: p50 12.8 s late, 48 % not arrived 8 s after the last fell due; in a process of their
+    own all arrived, p50 1.3 ms, p99 23 ms late)."""
+    return shared_store(cfg.store) and cfg.clock != "virtual" and server in ("builtin", "granian")
+
+
+def run_scheduler() -> None:
+    """The scheduler process: works the due jobs of the shared store (stage changes, callback
+    deliveries, retries; leases as any worker) and serves no HTTP. Runs until SIGTERM or SIGINT
+    (blocked by its parent, taken here), then stops its scheduler and closes its store."""
+    from .service import Service
+
+    _set_name(SCHEDULER_NAME)
+    cfg: Config = pickle.loads(base64.b64decode(os.environ[ENV_CONFIG]))
+    svc = Service(cfg)
+    heap.settle()
+    svc.scheduler.start()
+    try:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        svc.scheduler.stop()
+        svc.store.close()
 
 
 def default_store_dir() -> str:
@@ -180,11 +215,13 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         os.environ[ENV_SCENARIO] = os.path.abspath(scenario_file)
     else:
         os.environ.pop(ENV_SCENARIO, None)
-    line = banner(cfg, cfg.port, workers, server)
+    scheduler = scheduler_process(cfg, server)
+    os.environ[ENV_CLAIMS] = "0" if scheduler else "1"
+    line = banner(cfg, cfg.port, workers, server, scheduler)
     if server == "builtin":
-        return _run_builtin(cfg, workers, line)
+        return _run_builtin(cfg, workers, line, scheduler)
     if server == "granian":
-        return _run_granian(cfg, workers, line)
+        return _run_granian(cfg, workers, line, scheduler)
     if server.startswith("gunicorn"):
         return _run_gunicorn(cfg, workers, line, server.split("-", 1)[1])
     return _run_werkzeug(cfg, line)
@@ -210,7 +247,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=2048)
 
 
-def _run_builtin(cfg: Config, workers: int, line: str) -> int:
+def _run_builtin(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
     try:
         sock = _listen(cfg.host, cfg.port)
     except OSError as exc:
@@ -221,67 +258,77 @@ def _run_builtin(cfg: Config, workers: int, line: str) -> int:
     # One worker too runs in a process of its own: this one stays free to take signals (a second
     # SIGTERM or Ctrl-C while the worker drains ends it at once), to start a new worker should
     # it die, and to clean up (the default store's directory) however the worker ends.
-    return _supervise(sock, workers)
+    return _supervise(sock, workers, scheduler)
 
 
-def _supervise(sock: socket.socket, workers: int) -> int:
-    """Fork `workers` processes serving on `sock`; start a new one in place of one that dies;
-    on SIGTERM or SIGINT stop them all (SIGTERM, then SIGKILL after WORKER_STOP_TIMEOUT)."""
-    from . import httpd
+def _serve_http(sock: socket.socket):
+    def serve() -> None:
+        from . import httpd
 
+        _set_name(WORKER_NAME)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        httpd.run_worker(sock, worker_on_loop)
+    return serve
+
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+
+def _supervise(sock: socket.socket | None, workers: int, scheduler: bool) -> int:
+    """Fork `workers` processes serving on `sock` and, with `scheduler`, the scheduler process;
+    start a new one in place of one that dies; on SIGTERM or SIGINT stop them all (SIGTERM,
+    then SIGKILL after WORKER_STOP_TIMEOUT)."""
     parent = os.getpid()
-    signals = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+    signals = _SIGNALS
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # taken with sigwait below, never in a handler
-    children: dict[int, float] = {}
+    children: dict[int, tuple] = {}  # pid -> (start time, what it runs)
 
-    def spawn() -> None:
+    def spawn(target) -> None:
         pid = os.fork()
         if pid:
-            children[pid] = time.monotonic()
+            children[pid] = (time.monotonic(), target)
             return
         code = 0
         try:
             _die_with(parent)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-            httpd.run_worker(sock, worker_on_loop)
+            target()
         except KeyboardInterrupt:  # Ctrl-C while it was starting
             pass
         except BaseException:
             traceback.print_exc()
             code = 1
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
-            os._exit(code)
+            _exit(code)
 
     quick_deaths, code = 0, 0
     try:
+        if scheduler:
+            spawn(run_scheduler)
         for _ in range(workers):
-            spawn()
+            spawn(_serve_http(sock))
         while code == 0 and signal.sigwait(signals) == signal.SIGCHLD:
-            for pid, started in _reap(children):
+            for pid, (started, target) in _reap(children):
                 quick_deaths = quick_deaths + 1 if time.monotonic() - started < RESPAWN_QUICK else 0
                 if quick_deaths >= RESPAWN_GIVE_UP:
-                    print(f"kie-mock serve: {quick_deaths} workers in a row died as they started; stopping",
+                    print(f"kie-mock serve: {quick_deaths} processes in a row died as they started; stopping",
                           file=sys.stderr, flush=True)
                     code = 1
                     break
-                print(f"kie-mock serve: worker {pid} died; starting another", file=sys.stderr, flush=True)
-                spawn()
+                what = "scheduler process" if target is run_scheduler else "worker"
+                print(f"kie-mock serve: {what} {pid} died; starting another", file=sys.stderr, flush=True)
+                spawn(target)
     finally:
         _stop_children(children, signals)
-        sock.close()
+        if sock is not None:
+            sock.close()
         while signal.sigtimedwait(signals, 0) is not None:  # nothing left pending to act on
             pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     return code
 
 
-def _reap(children: dict[int, float]) -> list[tuple[int, float]]:
-    """The children that have exited (reaped): (pid, start time)."""
+def _reap(children: dict[int, tuple]) -> list[tuple[int, tuple]]:
+    """The children that have exited (reaped): (pid, what `children` had for it)."""
     gone = []
     while children:
         try:
@@ -295,7 +342,7 @@ def _reap(children: dict[int, float]) -> list[tuple[int, float]]:
     return gone
 
 
-def _signal_all(children: dict[int, float], sig: int) -> None:
+def _signal_all(children: dict, sig: int) -> None:
     for pid in children:
         try:
             os.kill(pid, sig)
@@ -303,7 +350,7 @@ def _signal_all(children: dict[int, float], sig: int) -> None:
             pass
 
 
-def _stop_children(children: dict[int, float], signals: set) -> None:
+def _stop_children(children: dict, signals: set) -> None:
     """SIGTERM to every worker, then wait for them (signals still blocked: taken here); a second
     SIGTERM or SIGINT, or WORKER_STOP_TIMEOUT, and they get SIGKILL."""
     _signal_all(children, signal.SIGTERM)
@@ -325,6 +372,16 @@ def _stop_children(children: dict[int, float], signals: set) -> None:
     children.clear()
 
 
+def _set_name(name: str) -> None:
+    """The process's name as `ps -o comm` and /proc/PID/comm show it (Linux; elsewhere unchanged)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def _die_with(parent: int) -> None:
     """In a worker: be killed when the parent dies, however it dies (Linux; elsewhere the worker
     outlives a parent killed with SIGKILL)."""
@@ -339,7 +396,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _run_granian(cfg: Config, workers: int, line: str) -> int:
+def _run_granian(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
     from granian.constants import Interfaces
     from granian.log import LogLevels
     from granian.server import Server
@@ -356,8 +413,55 @@ def _run_granian(cfg: Config, workers: int, line: str) -> int:
                  workers=workers, factory=True, log_level=LogLevels.warning, log_access=False,
                  respawn_failed_workers=True, workers_kill_timeout=10, **extra)
     srv.on_startup(lambda: print(line, flush=True))  # called once the socket is bound
-    srv.serve()
+    helper = _fork_supervisor(scheduler=True) if scheduler else None  # before granian starts threads
+    try:
+        srv.serve()
+    finally:
+        if helper is not None:
+            _stop_process(helper)
     return 0
+
+
+def _fork_supervisor(scheduler: bool) -> int:
+    """A child that supervises the scheduler process (`_supervise` without HTTP workers), for
+    servers that fork their own workers (granian). It dies with this process, however it dies."""
+    parent = os.getpid()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # no signal before the child blocks them
+    pid = os.fork()
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return pid
+    code = 1
+    try:
+        _die_with(parent)
+        code = _supervise(None, 0, scheduler)
+    finally:
+        _exit(code)
+
+
+def _exit(code: int) -> None:
+    """End a forked child: what it printed is flushed, nothing of the parent's runs (atexit)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _stop_process(pid: int) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after WORKER_STOP_TIMEOUT."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def default_interface(store: str) -> str:

@@ -58,12 +58,12 @@ class CoverDraft:
 
 class Service:
     def __init__(self, cfg: Config, store: Store | None = None, clock=None, deliver=None,
-                 source_checker=None):
+                 source_checker=None, claims: bool = True):
         self.cfg = cfg
         self.store = store or open_store(cfg.store)
         self.clock = clock or make_clock(cfg.clock)
         self.scheduler = Scheduler(self.store, self.clock, cfg, deliver=deliver,
-                                   poll_interval=0.05 if cfg.store == "memory" else 0.02)
+                                   poll_interval=0.05 if cfg.store == "memory" else 0.02, claims=claims)
         self.source_checker = source_checker
         self.journal = RequestJournal(self.store, cfg.journal_limit,  # received API requests
                                       hand_off=self.scheduler.nudge)

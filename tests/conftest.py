@@ -105,3 +105,43 @@ def lenient_client():
     app = create_app(cfg, clock=VirtualClock(start=1_750_000_000.0), deliver=RecordingDelivery())
     yield app.test_client()
     app.extensions["kie_mock"].scheduler.stop()
+
+
+# -- the processes of a `kie-mock serve` ---------------------------------------------------------------
+def child_pids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def descendant_pids(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = child_pids(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def named_pids(pid: int, name: str) -> list[int]:
+    """The processes under `pid` with this name (server.WORKER_NAME, server.SCHEDULER_NAME)."""
+    out = []
+    for p in descendant_pids(pid):
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == name:
+                    out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

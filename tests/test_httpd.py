@@ -21,8 +21,8 @@ import orjson
 import pytest
 import uvloop
 
-from conftest import KEY, body
-from mock_server import httpd
+from conftest import KEY, alive, body, child_pids, named_pids
+from mock_server import httpd, server
 from mock_server.app import create_app
 from mock_server.config import Config
 from mock_server.onloop import OnLoop
@@ -336,20 +336,12 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_time(quick_timeouts):
 
 
 # -- worker processes -------------------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
+def _workers(pid: int) -> list[int]:
+    return named_pids(pid, server.WORKER_NAME)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+def _schedulers(pid: int) -> list[int]:
+    return named_pids(pid, server.SCHEDULER_NAME)
 
 
 def _wait(cond, timeout: float = 15.0) -> bool:
@@ -380,7 +372,8 @@ def two_workers(tmp_path):
                              "--store", f"sqlite:{tmp_path / 'kie.sqlite'}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        assert _wait(lambda: _credit_ok(port) and len(_children(proc.pid)) == 2), proc.stdout.read1(65536)
+        assert _wait(lambda: _credit_ok(port) and len(_workers(proc.pid)) == 2 and len(_schedulers(proc.pid)) == 1
+                     ), proc.stdout.read1(65536)
         yield proc, port
     finally:
         if proc.poll() is None:
@@ -391,25 +384,26 @@ def two_workers(tmp_path):
 
 def test_a_worker_that_dies_is_replaced_and_sigterm_stops_them_all(tmp_path):
     with two_workers(tmp_path) as (proc, port):
-        first, second = _children(proc.pid)
+        first, second = _workers(proc.pid)
         os.kill(first, signal.SIGKILL)
-        assert _wait(lambda: len(_children(proc.pid)) == 2 and first not in _children(proc.pid))
-        assert second in _children(proc.pid)
+        assert _wait(lambda: len(_workers(proc.pid)) == 2 and first not in _workers(proc.pid))
+        assert second in _workers(proc.pid)
         assert all(_credit_ok(port) for _ in range(10))
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)  # the scheduler process too
+        assert len(workers) == 3
         proc.terminate()
         assert proc.wait(20) == 0
-        assert not any(_alive(w) for w in workers)
+        assert not any(alive(w) for w in workers)
 
 
 def test_the_workers_die_with_the_server_even_when_it_is_killed(tmp_path):
     """SIGKILL to the server process alone (not its group): its workers go too, and the port is
     free for a restart."""
     with two_workers(tmp_path) as (proc, port):
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert _wait(lambda: not any(_alive(w) for w in workers), 10)
+        assert _wait(lambda: not any(alive(w) for w in workers), 10)
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server binds
             s.bind(("127.0.0.1", port))  # nobody listens on it any more
@@ -595,7 +589,7 @@ def test_a_second_signal_while_stopping_ends_the_workers_at_once_and_cleans_up(s
     proc = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(port), "--workers", workers],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        assert _wait(lambda: _credit_ok(port) and len(_children(proc.pid)) == int(workers))
+        assert _wait(lambda: _credit_ok(port) and len(_workers(proc.pid)) == int(workers))
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=8"}))
         time.sleep(0.3)

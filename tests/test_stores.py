@@ -280,6 +280,24 @@ def test_jobs_claim_lease_finish(store):
     assert store.list_jobs("t1")[1]["owner"] is None
 
 
+def test_the_jobs_of_a_task_follow_adds_replacements_finishes_and_resets(store):
+    """list_jobs(task) and reschedule_jobs(task) read a per-task index in some stores: it follows
+    every change of the jobs."""
+    store.add_job(job("a", "t1", due=50.0))
+    store.add_job(job("b", "t1", due=60.0))
+    store.add_job(job("a", "t2", due=70.0))  # the same id again, for another task: replaced
+    assert [j["id"] for j in store.list_jobs("t1")] == ["b"]
+    assert [(j["id"], j["due"]) for j in store.list_jobs("t2")] == [("a", 70.0)]
+    assert store.reschedule_jobs("t1", 10.0) == 1 and store.list_jobs("t2")[0]["due"] == 70.0
+    store.finish_job("b")
+    assert store.list_jobs("t1") == [] and store.reschedule_jobs("t1", 1.0) == 0
+    store.put_account("k1", 10)
+    assert store.accept_many([("k1", 1, task("t3"), job("c", "t3", due=80.0))]) == [9]
+    assert [j["id"] for j in store.list_jobs("t3")] == ["c"]
+    store.reset()
+    assert store.list_jobs("t2") == [] and store.list_jobs("t3") == []
+
+
 def test_claim_due_limit_and_order(store):
     for i in range(10):
         store.add_job(job(f"j{i}", due=float(100 - i)))

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from conftest import AUTH, body
+from conftest import AUTH, alive, body, named_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 COVER = "/api/v1/generate/upload-cover"
@@ -299,3 +299,98 @@ print(json.dumps(out))
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout.strip().splitlines()[-1]) == {"frozen": True, "heap_walked": False,
                                                                  "after_reset_walked": False}
+
+
+# -- the scheduler process ----------------------------------------------------------------------------------
+def _cover_called_back(base: str, receiver) -> str:
+    status, env = post_cover(base, body(callBackUrl=receiver.url))
+    assert (status, env["code"]) == (200, 200), env
+    tid = env["data"]["taskId"]
+    wait_for(f"the callbacks of {tid}", lambda: receiver.stages(tid) == ["text", "first", "complete"])
+    return tid
+
+
+def test_the_scheduler_process_makes_the_callbacks_and_one_that_dies_is_replaced(tmp_path, receiver):
+    """On a shared store the callbacks come from a process of their own, not from the HTTP
+    worker: while it is stopped (SIGSTOP) none arrives, however long they are overdue; it is
+    replaced when it dies, and the replacement delivers what fell due meanwhile."""
+    from mock_server import server as serve_mod
+
+    with serve("--store", f"sqlite:{tmp_path / 'kie.sqlite'}", env=FAST) as server:
+        banner = wait_for("the banner", lambda: next((l for l in server.output if "listening on" in l), None))
+        assert "callbacks: a process of their own" in banner
+        assert len(named_pids(server.proc.pid, serve_mod.WORKER_NAME)) == 1
+        (sched,) = wait_for("the scheduler process", lambda: named_pids(server.proc.pid, serve_mod.SCHEDULER_NAME))
+        _cover_called_back(server.base, receiver)
+
+        os.kill(sched, signal.SIGSTOP)
+        try:
+            status, env = post_cover(server.base, body(callBackUrl=receiver.url))
+            tid = env["data"]["taskId"]
+            wait_for("the text stage to be overdue by a second",
+                     lambda: time.time() > get_json(server.base, f"/_mock/tasks/{tid}")["data"]["plan"][0]["at"] + 1)
+            assert receiver.stages(tid) == []  # the worker did not deliver it
+            assert get_json(server.base, f"{RECORD}?taskId={tid}")["data"]["status"] == "PENDING"
+        finally:
+            os.kill(sched, signal.SIGKILL)
+            os.kill(sched, signal.SIGCONT)
+        (again,) = wait_for("another scheduler process",
+                            lambda: [p for p in named_pids(server.proc.pid, serve_mod.SCHEDULER_NAME) if p != sched])
+        wait_for(f"the callbacks of {tid}", lambda: receiver.stages(tid) == ["text", "first", "complete"])
+        _cover_called_back(server.base, receiver)
+        assert any("scheduler process" in line and "died" in line for line in server.output)
+
+
+def test_a_one_process_store_keeps_the_callbacks_in_the_worker(receiver):
+    from mock_server import server as serve_mod
+
+    with serve("--store", "memory", env=FAST) as server:
+        banner = wait_for("the banner", lambda: next((l for l in server.output if "listening on" in l), None))
+        assert "callbacks: the workers" in banner
+        assert named_pids(server.proc.pid, serve_mod.SCHEDULER_NAME) == []
+        _cover_called_back(server.base, receiver)
+
+
+def test_granian_runs_the_scheduler_process_too_and_stops_it(tmp_path, receiver):
+    """granian forks its own workers: the scheduler process hangs off a supervising child,
+    which the server stops when granian returns (SIGTERM to the server process alone)."""
+    from mock_server import server as serve_mod
+
+    with serve("--store", f"sqlite:{tmp_path / 'kie.sqlite'}", env={**FAST, "KIE_MOCK_HTTP_SERVER": "granian"}) as server:
+        (sched,) = wait_for("the scheduler process", lambda: named_pids(server.proc.pid, serve_mod.SCHEDULER_NAME))
+        _cover_called_back(server.base, receiver)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        wait_for("the scheduler process to be gone", lambda: not alive(sched), timeout=20)
+
+
+def test_a_scheduler_that_does_not_claim_runs_its_rounds_and_leaves_the_jobs():
+    """`claims=False` (an HTTP worker next to a scheduler process): its rounds run (the journal
+    rides on them) but it never takes a due job; a claiming scheduler on the same store does."""
+    from conftest import RecordingDelivery
+
+    from mock_server.app import create_app
+    from mock_server.config import Config
+    from mock_server.scheduler import Scheduler
+
+    cfg = Config(store="memory", stage_delays=(0.0, 0.0, 0.0))
+    delivery = RecordingDelivery()
+    app = create_app(cfg, deliver=delivery, claims=False)
+    svc = app.extensions["kie_mock"]
+    rounds = []
+    svc.scheduler.each_round.append(lambda: rounds.append(1))
+    try:
+        r = app.test_client().post(COVER, json=body(callBackUrl="http://127.0.0.1:9/cb"), headers=AUTH)
+        tid = r.get_json()["data"]["taskId"]
+        wait_for("ten rounds", lambda: len(rounds) >= 10)
+        assert delivery.calls == []
+        (job,) = svc.store.list_jobs(tid)
+        assert job["owner"] is None and job["due"] <= time.time()
+    finally:
+        svc.scheduler.stop()
+    worker = Scheduler(svc.store, svc.clock, cfg, deliver=delivery)
+    worker.start()
+    try:
+        wait_for("the callbacks", lambda: delivery.stages(tid) == ["text", "first", "complete"])
+    finally:
+        worker.stop()

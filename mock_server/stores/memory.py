@@ -39,6 +39,9 @@ class MemoryStore(Store):
             self._tasks: dict[str, bytes] = {}
             self._expiry: dict[str, float] = {}
             self._jobs: dict[str, dict] = {}
+            # task id -> its jobs' ids (control reads, fire); tuples of strings, which the cyclic
+            # collector stops tracking, unlike lists
+            self._task_jobs: dict[str, tuple] = {}
             self._heap: list = []  # (due, seq, job_id); stale entries are skipped
             self._seq = itertools.count()
             self._logs: dict[str, deque] = {}
@@ -165,7 +168,11 @@ class MemoryStore(Store):
     def add_job(self, job):
         with self._lock:
             job = dict(job, owner=None, lease_until=None)
+            old = self._jobs.get(job["id"])
+            if old is not None:
+                self._unindex(old)
             self._jobs[job["id"]] = job
+            self._task_jobs[job["task_id"]] = self._task_jobs.get(job["task_id"], ()) + (job["id"],)
             heapq.heappush(self._heap, (job["due"], next(self._seq), job["id"]))
 
     def claim_due(self, now, owner, lease, limit=100):
@@ -186,7 +193,22 @@ class MemoryStore(Store):
 
     def finish_job(self, job_id):
         with self._lock:
-            self._jobs.pop(job_id, None)
+            job = self._jobs.pop(job_id, None)
+            if job is not None:
+                self._unindex(job)
+
+    def _unindex(self, job: dict) -> None:
+        ids = tuple(i for i in self._task_jobs.get(job["task_id"], ()) if i != job["id"])
+        if ids:
+            self._task_jobs[job["task_id"]] = ids
+        else:
+            self._task_jobs.pop(job["task_id"], None)
+
+    def _jobs_of(self, task_id) -> list:
+        """The task's jobs (lock held), or every job for task_id None."""
+        if task_id is None:
+            return list(self._jobs.values())
+        return [self._jobs[i] for i in self._task_jobs.get(task_id, ())]
 
     def next_due(self):
         with self._lock:
@@ -200,14 +222,13 @@ class MemoryStore(Store):
 
     def list_jobs(self, task_id=None):
         with self._lock:
-            return sorted((dict(j) for j in self._jobs.values() if task_id in (None, j["task_id"])),
-                          key=lambda j: j["due"])
+            return sorted((dict(j) for j in self._jobs_of(task_id)), key=lambda j: j["due"])
 
     def reschedule_jobs(self, task_id, due):
         n = 0
         with self._lock:
-            for job in self._jobs.values():
-                if job["task_id"] == task_id and job["owner"] is None and job["due"] > due:
+            for job in self._jobs_of(task_id):
+                if job["owner"] is None and job["due"] > due:
                     job["due"] = due
                     heapq.heappush(self._heap, (due, next(self._seq), job["id"]))
                     n += 1

@@ -65,6 +65,10 @@ end
 """
 _LUA_ADD_JOB = """
 local function add_job(k_job, k_due, k_taskjobs, id, due, task_id, data)
+  local was = redis.call('HGET', k_job, 'task')
+  if was and was ~= task_id then  -- the id moves to another task: out of the old task's set
+    redis.call('SREM', string.sub(k_taskjobs, 1, #k_taskjobs - #task_id) .. was, id)
+  end
   redis.call('DEL', k_job)
   redis.call('HSET', k_job, 'data', data, 'due', due, 'task', task_id)
   redis.call('ZADD', k_due, due, id)

@@ -1,0 +1,135 @@
+"""Callback lateness end to end: `kie-mock serve`, callbacks over HTTP to a receiver process,
+optionally while wrk keeps the API busy.
+
+    python bench/lateness_http.py [--tasks 10000] [--spread 20] [--lead 30] [--load]
+                                  [--store memory|sqlite:PATH|redis://...] [--json FILE]
+
+Starts the fake (default store unless --store) with its first stage `--lead` seconds after
+acceptance, and a receiver (bench/receiver.py). Submits --tasks covers over HTTP, paced evenly
+over --spread seconds, so that their text callbacks fall due evenly over --spread seconds, all
+of them pending when the first falls due. With --load, wrk (-t2 -c32, POST upload-cover, the
+same body as bench/run.py) runs from 2 s before the first falls due until 6 s after the last:
+the API at full speed while the callbacks are due (their own callbacks fall due long after).
+The receiver notes each callback's arrival; lateness is arrival minus the time the task's plan
+had for it (GET /_mock/tasks/ID, read afterwards). Prints delivered/expected, p50/p90/p99/max
+lateness in ms and wrk's requests per second. Callbacks not delivered within 8 s after the last
+one fell due count as not delivered. Numbers, not assertions: see README "Benchmarks".
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench  # noqa: E402  (bench/run.py: process handling, wrk)
+
+GRACE = 8.0  # seconds after the last callback fell due that late ones still count
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return round(sorted_values[k], 2)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--spread", type=float, default=20.0, help="seconds over which the text callbacks fall due")
+    ap.add_argument("--lead", type=float, default=30.0,
+                    help="seconds from a cover's acceptance to its text callback (> spread + 10)")
+    ap.add_argument("--load", action="store_true", help="wrk keeps the API busy while the callbacks fall due")
+    ap.add_argument("--store", help="--store for kie-mock serve (default: its default, a SQLite file)")
+    ap.add_argument("--fake-cmd", default="kie-mock serve --port {port}",
+                    help="command starting the fake ({port} substituted)")
+    ap.add_argument("--json", help="write the figures to this file")
+    args = ap.parse_args(argv)
+    if args.lead < args.spread + 10:
+        ap.error("--lead must be at least --spread + 10 (the load's own callbacks must fall due after the run)")
+
+    run_dir = Path(tempfile.mkdtemp(prefix="kie-mock-lateness-"))
+    try:
+        figures = measure(args, run_dir)
+    except bench.Unavailable as exc:
+        print(f"lateness_http: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        bench.kill_all()
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0 if figures["delivered"] == args.tasks else 1
+
+
+def measure(args, run_dir: Path) -> dict:
+    wrk_path = bench.ensure_wrk(install=True) if args.load else None
+    receiver_port, fake_port = bench.free_port(), bench.free_port()
+    arrivals_file = run_dir / "arrivals.json"
+    receiver = bench.spawn([sys.executable, str(Path(__file__).with_name("receiver.py")), str(receiver_port),
+                            str(arrivals_file)], run_dir / "receiver.log")
+    env = bench.fake_env(argparse.Namespace(fake_env=[]))
+    env["KIE_MOCK_STAGE_DELAYS"] = f"{args.lead:g},3600,3601"
+    argv = shlex.split(args.fake_cmd.format(port=fake_port)) + (["--store", args.store] if args.store else [])
+    fake = bench.spawn(argv, run_dir / "fake.log", env=env, cwd=bench.REPO_ROOT)
+    headers = {"Authorization": "Bearer kie-mock-key", "Content-Type": "application/json"}
+    bench.wait_ready(fake, "fake", f"http://{bench.HOST}:{fake_port}/api/v1/chat/credit", headers,
+                     lambda s: s == 200, 30, run_dir / "fake.log")
+
+    conn = http.client.HTTPConnection(bench.HOST, fake_port, timeout=30)
+    body = json.dumps(dict(bench.VALID_BODY, callBackUrl=f"http://127.0.0.1:{receiver_port}/cb"))
+    ids, start = [], time.time()
+    for i in range(args.tasks):
+        pause = start + i * args.spread / args.tasks - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        conn.request("POST", "/api/v1/generate/upload-cover", body, headers)
+        answer = json.loads(conn.getresponse().read())
+        if answer.get("code") != 200:
+            raise bench.Unavailable(f"the fake refused a cover: {answer}")
+        ids.append(answer["data"]["taskId"])
+    submitted = time.time() - start
+    first_due, last_due = start + args.lead, start + args.lead + args.spread
+
+    load = None
+    if args.load:
+        script = run_dir / "post.lua"
+        script.write_text(bench.lua_script("POST", headers, json.dumps(bench.VALID_BODY), check_body=False))
+        time.sleep(max(0.0, first_due - 2 - time.time()))
+        duration = round(last_due + 6 - time.time())  # whole seconds (wrk -d)
+        load = bench.run_wrk(wrk_path, f"http://{bench.HOST}:{fake_port}/api/v1/generate/upload-cover", script,
+                             duration, argparse.Namespace(threads=2, connections=32, wrk_timeout=5))[0]
+    time.sleep(max(0.0, last_due + GRACE - time.time()))
+    bench.kill(receiver)  # SIGTERM: it writes what arrived
+
+    plan = {}
+    for task_id in ids:
+        conn.request("GET", f"/_mock/tasks/{task_id}", headers=headers)
+        plan[task_id] = json.loads(conn.getresponse().read())["data"]["plan"][0]["at"]
+    conn.close()
+    bench.kill(fake)
+
+    arrivals = json.loads(arrivals_file.read_text())
+    late = sorted((at - plan[task_id]) * 1000 for task_id, kind, at in arrivals
+                  if kind == "text" and task_id in plan)
+    return {
+        "tasks": args.tasks, "delivered": len(late), "store": args.store or "default (SQLite file)",
+        "fake": args.fake_cmd, "spread_s": args.spread, "submit_seconds": round(submitted, 2),
+        "load": None if load is None else {
+            "requests_per_second": round(load["requests"] / (load["duration_us"] / 1e6)),
+            "p99_ms": round(load["latency_us"]["p99"] / 1000, 2)},
+        "lateness_ms": {"p50": percentile(late, 50), "p90": percentile(late, 90), "p99": percentile(late, 99),
+                        "max": round(late[-1], 2) if late else None},
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
