@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,3 +121,143 @@ def test_format_verdicts_are_remembered_up_to_the_length_bound(monkeypatch):
         assert len(value) == length
         assert fastschema.format_ok(value, "uri") is True
         assert (("uri", value) in fastschema._format_memo) is kept, length
+
+
+# -- the applicators and $ref (the callback schema) ------------------------------------------------------
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False)
+                    | st.sampled_from(["", "a", "https://a.example/x.mp3", "not a url", "2025-01-01 00:00:00"]),
+                    lambda children: st.lists(children, max_size=4)
+                    | st.dictionaries(st.sampled_from(["a", "b", "id"]), children, max_size=3),
+                    max_leaves=8)
+APPLICATOR_SCHEMAS = (
+    {"minItems": 2}, {"maxItems": 0}, {"minItems": 1, "maxItems": 2}, {"items": {"type": "string"}},
+    {"items": {"type": "object", "required": ["id"]}}, {"items": False}, {"items": True},
+    {"contains": {"const": 1}}, {"contains": {"type": "array"}}, {"exclusiveMinimum": 0}, {"exclusiveMaximum": 1},
+    {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]},
+    {"oneOf": [{"type": "number"}, {"type": "integer"}]}, {"oneOf": [{"const": ""}, {"format": "uri"}]},
+    {"allOf": [{"type": "string"}, {"minLength": 1}]}, {"anyOf": [{"const": ""}, {"type": "string", "format": "uri"}]},
+    {"type": "object", "properties": {"a": {"items": {"anyOf": [{"type": "null"}, {"minItems": 1}]}}}},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON)
+def test_compiled_applicators_match_jsonschema(x):
+    from mock_server.fastschema import compile_schema
+    from mock_server.spec import validator_for
+
+    for schema in APPLICATOR_SCHEMAS:
+        assert compile_schema(schema)(x) == validator_for(schema).is_valid(x), (schema, x)
+
+
+@pytest.mark.parametrize("schema, cases", [
+    ({"minItems": 2}, [([1], False), ([1, 2], True), ([1, 2, 3], True), ("ab", True)]),
+    ({"maxItems": 2}, [([1], True), ([1, 2], True), ([1, 2, 3], False), ({}, True)]),
+    ({"exclusiveMinimum": 0}, [(-1e-9, False), (0, False), (0.0, False), (1e-9, True), (True, True)]),
+    ({"exclusiveMaximum": 1}, [(0.999, True), (1, False), (1.0, False), (1.001, False), ("2", True)]),
+    ({"oneOf": [{"type": "number"}, {"type": "integer"}]}, [(1.5, True), (1, False), (1.0, False), ("1", False)]),
+])
+def test_compiled_array_and_exclusive_bounds_one_below_at_and_above(schema, cases):
+    """At each bound, compiled and jsonschema agree, and on the verdict written here (booleans
+    are not numbers: a bound says nothing about true)."""
+    from mock_server.fastschema import compile_schema
+    from mock_server.spec import validator_for
+
+    for x, expected in cases:
+        assert compile_schema(schema)(x) is expected, (schema, x)
+        assert validator_for(schema).is_valid(x) is expected, (schema, x)
+
+
+def test_ref_needs_a_registry_and_a_prefix_items_schema_is_refused():
+    from mock_server.fastschema import Unsupported, compile_schema
+
+    with pytest.raises(Unsupported):
+        compile_schema({"$ref": "callback-track.json"})
+    with pytest.raises(Unsupported):
+        compile_schema({"prefixItems": [{"type": "string"}], "items": False})
+    with pytest.raises(Unsupported):
+        compile_schema({"contains": {"const": 1}, "minContains": 2})
+
+
+def _callback_bodies() -> list:
+    """A callback of every stage, of a normal and of a failing task, and one with epoch createTime."""
+    from mock_server import lifecycle
+    from mock_server.config import Config
+    from mock_server.scenarios import Scenario
+
+    out = []
+    for create_time in ("text", "epoch_ms"):
+        cfg = Config(create_time=create_time)
+        body_ = {"uploadUrl": "https://storage.example.com/a.mp3", "prompt": "calm", "customMode": False,
+                 "instrumental": False, "model": "V4_5", "callBackUrl": "http://127.0.0.1:9/cb"}
+        task = lifecycle.new_task(body_, "k", 1_750_000_000.0, cfg, "http://127.0.0.1:8787", Scenario(), 12)
+        for stage in ("text", "first", "complete"):
+            task.update(lifecycle.apply_stage(task, stage))
+            out.append(lifecycle.callback_body(task, stage))
+        failed = lifecycle.new_task(body_, "k", 1_750_000_000.0, cfg, "http://127.0.0.1:8787",
+                                    Scenario.parse("fail-501"), 12)
+        failed.update(lifecycle.apply_stage(failed, "error", 501))
+        out.append(lifecycle.callback_body(failed, "error"))
+    return out
+
+
+def _paths(doc, at=()):
+    yield at
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, (*at, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, (*at, i))
+
+
+def _changed(doc, path, value, delete):
+    import copy
+
+    doc = copy.deepcopy(doc)
+    if not path:
+        return value
+    parent = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return doc
+
+
+def test_every_callback_the_fake_makes_passes_both_checks():
+    from mock_server.fastschema import checker
+    from mock_server.spec import validator
+
+    bodies = _callback_bodies()
+    assert {b["data"]["callbackType"] for b in bodies} == {"text", "first", "complete", "error"}
+    for b in bodies:
+        assert checker("callback.json")(b) and validator("callback.json").is_valid(b), b
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_compiled_callback_check_matches_jsonschema_on_changed_callbacks(data):
+    """A real callback with one value replaced (or one key or item removed) anywhere in it: the
+    compiled check and jsonschema give the same verdict."""
+    from mock_server.fastschema import checker
+    from mock_server.spec import validator
+
+    doc = data.draw(st.sampled_from(_CALLBACKS))
+    path = data.draw(st.sampled_from(list(_paths(doc))))
+    delete = bool(path) and data.draw(st.booleans())
+    value = None if delete else data.draw(JSON)
+    changed = _changed(doc, path, value, delete)
+    verdict = checker("callback.json")(changed)
+    assert verdict == validator("callback.json").is_valid(changed), (path, value, delete)
+    _VERDICTS.add(verdict)
+
+
+def test_the_changed_callbacks_had_both_verdicts():  # runs after the property test (file order)
+    assert _VERDICTS == {True, False}
+
+
+_CALLBACKS = _callback_bodies()
+_VERDICTS: set = set()
