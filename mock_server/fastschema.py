@@ -50,6 +50,14 @@ _INLINE_TYPES = {
     "array": "isinstance({x}, list)",
 }
 
+# Bound keywords: (the values they apply to, what is compared, how); others pass them.
+_BOUNDS = {
+    "minLength": ("isinstance({x}, str)", "len", ">="), "maxLength": ("isinstance({x}, str)", "len", "<="),
+    "minItems": ("isinstance({x}, list)", "len", ">="), "maxItems": ("isinstance({x}, list)", "len", "<="),
+    "minimum": ("_is_number({x})", "", ">="), "maximum": ("_is_number({x})", "", "<="),
+    "exclusiveMinimum": ("_is_number({x})", "", ">"), "exclusiveMaximum": ("_is_number({x})", "", "<"),
+}
+
 FORMAT_MEMO_SIZE = 1024  # verdicts kept per process (clients send the same URLs again and again)
 FORMAT_MEMO_MAX_LEN = 2048  # longer strings are checked every time
 _format_memo: dict = {}
@@ -171,12 +179,10 @@ class _Gen:
                 else:
                     vs = self.const(tuple(value))
                     self.fail_unless(depth, f"not isinstance({x}, (dict, list)) and any(_equal({x}, v) for v in {vs})")
-            elif kw in ("minLength", "maxLength"):
-                op = ">=" if kw == "minLength" else "<="
-                self.fail_unless(depth, f"not isinstance({x}, str) or len({x}) {op} {int(value)}")
-            elif kw in ("minimum", "maximum"):
-                op = ">=" if kw == "minimum" else "<="
-                self.fail_unless(depth, f"not _is_number({x}) or {x} {op} {self.const(value)}")
+            elif kw in _BOUNDS:
+                applies, measure, op = _BOUNDS[kw]
+                bound = int(value) if measure == "len" else self.const(value)
+                self.fail_unless(depth, f"not {applies.format(x=x)} or {measure}({x}) {op} {bound}")
             elif kw == "multipleOf":
                 self.fail_unless(depth, f"not _is_number({x}) or is_multiple({x}, {self.const(value)})")
             elif kw == "pattern":
@@ -188,12 +194,6 @@ class _Gen:
                 if value:
                     self.fail_unless(depth, f"not isinstance({x}, dict) or ("
                                      + " and ".join(f"{k!r} in {x}" for k in value) + ")")
-            elif kw in ("minItems", "maxItems"):
-                op = ">=" if kw == "minItems" else "<="
-                self.fail_unless(depth, f"not isinstance({x}, list) or len({x}) {op} {int(value)}")
-            elif kw in ("exclusiveMinimum", "exclusiveMaximum"):
-                op = ">" if kw == "exclusiveMinimum" else "<"
-                self.fail_unless(depth, f"not _is_number({x}) or {x} {op} {self.const(value)}")
             elif kw == "$ref":
                 self.fail_unless(depth, f"{self.ref(value)}({x})")
             elif kw == "allOf":

@@ -168,6 +168,7 @@ def run_scheduler() -> None:
     finally:
         svc.scheduler.stop()
         svc.store.close()
+    print(f"kie-mock serve: scheduler process {os.getpid()} stopped", flush=True)
 
 
 def default_store_dir() -> str:
@@ -291,6 +292,8 @@ def _supervise(sock: socket.socket | None, workers: int, scheduler: bool) -> int
         code = 0
         try:
             _die_with(parent)
+            if target is run_scheduler and sock is not None:
+                sock.close()  # it serves no HTTP
             target()
         except KeyboardInterrupt:  # Ctrl-C while it was starting
             pass
@@ -300,7 +303,8 @@ def _supervise(sock: socket.socket | None, workers: int, scheduler: bool) -> int
         finally:
             _exit(code)
 
-    quick_deaths, code = 0, 0
+    quick_deaths: dict[str, int] = {}  # per kind of process: deaths in a row right after starting
+    code = 0
     try:
         if scheduler:
             spawn(run_scheduler)
@@ -308,13 +312,15 @@ def _supervise(sock: socket.socket | None, workers: int, scheduler: bool) -> int
             spawn(_serve_http(sock))
         while code == 0 and signal.sigwait(signals) == signal.SIGCHLD:
             for pid, (started, target) in _reap(children):
-                quick_deaths = quick_deaths + 1 if time.monotonic() - started < RESPAWN_QUICK else 0
-                if quick_deaths >= RESPAWN_GIVE_UP:
-                    print(f"kie-mock serve: {quick_deaths} processes in a row died as they started; stopping",
+                what = "scheduler process" if target is run_scheduler else "worker"
+                quick = quick_deaths.get(what, 0) + 1 if time.monotonic() - started < RESPAWN_QUICK else 0
+                quick_deaths[what] = quick
+                if quick >= RESPAWN_GIVE_UP:
+                    plural = "scheduler processes" if target is run_scheduler else "workers"
+                    print(f"kie-mock serve: {quick} {plural} in a row died as they started; stopping",
                           file=sys.stderr, flush=True)
                     code = 1
                     break
-                what = "scheduler process" if target is run_scheduler else "worker"
                 print(f"kie-mock serve: {what} {pid} died; starting another", file=sys.stderr, flush=True)
                 spawn(target)
     finally:
@@ -413,18 +419,31 @@ def _run_granian(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
                  workers=workers, factory=True, log_level=LogLevels.warning, log_access=False,
                  respawn_failed_workers=True, workers_kill_timeout=10, **extra)
     srv.on_startup(lambda: print(line, flush=True))  # called once the socket is bound
-    helper = _fork_supervisor(scheduler=True) if scheduler else None  # before granian starts threads
+    if not scheduler:
+        srv.serve()
+        return 0
+    try:  # granian binds later: no scheduler process for a server that cannot start
+        _listen(cfg.host, cfg.port).close()
+    except OSError as exc:
+        print(f"kie-mock serve: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    helper = _fork_supervisor()  # before granian starts any thread
+    stopping = threading.Event()
+    threading.Thread(target=_stop_when_gone, args=(helper, stopping), daemon=True,
+                     name="kie-mock-scheduler-watch").start()
     try:
         srv.serve()
     finally:
-        if helper is not None:
-            _stop_process(helper)
-    return 0
+        stopping.set()
+        gone_early = _stop_process(helper)
+    return 1 if gone_early else 0
 
 
-def _fork_supervisor(scheduler: bool) -> int:
+def _fork_supervisor() -> int:
     """A child that supervises the scheduler process (`_supervise` without HTTP workers), for
-    servers that fork their own workers (granian). It dies with this process, however it dies."""
+    servers that fork their own workers (granian). It dies with this process, however it dies;
+    in a process group of its own, so that a Ctrl-C reaches it only through this process (one
+    SIGTERM, once the server has stopped), not as a second signal."""
     parent = os.getpid()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # no signal before the child blocks them
     pid = os.fork()
@@ -433,14 +452,32 @@ def _fork_supervisor(scheduler: bool) -> int:
         return pid
     code = 1
     try:
+        os.setpgid(0, 0)
         _die_with(parent)
-        code = _supervise(None, 0, scheduler)
+        code = _supervise(None, 0, True)
     finally:
         _exit(code)
 
 
+def _stop_when_gone(helper: int, stopping: threading.Event) -> None:
+    """In granian's main process: should the scheduler's supervisor end while the server runs (it
+    gave up on a scheduler process that kept dying, or was killed), stop the server, rather than
+    go on accepting covers whose callbacks never come. Waits without reaping (the pid stays
+    taken until `_stop_process` reaps it)."""
+    try:
+        os.waitid(os.P_PID, helper, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        return
+    if not stopping.is_set():
+        print("kie-mock serve: the scheduler process is gone (callbacks would stop); stopping",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _exit(code: int) -> None:
-    """End a forked child: what it printed is flushed, nothing of the parent's runs (atexit)."""
+    """End a forked child: what it printed is flushed, nothing of the parent's runs (atexit), and
+    no signal turns into an exception on the way out."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -449,9 +486,12 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def _stop_process(pid: int) -> None:
-    """SIGTERM, then SIGKILL if it has not exited after WORKER_STOP_TIMEOUT."""
+def _stop_process(pid: int) -> bool:
+    """Stop a child: SIGTERM, then SIGKILL if it has not exited after WORKER_STOP_TIMEOUT.
+    True if it had exited before it was asked to."""
     try:
+        if os.waitpid(pid, os.WNOHANG)[0] != 0:
+            return True
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + WORKER_STOP_TIMEOUT
         while os.waitpid(pid, os.WNOHANG)[0] == 0:
@@ -462,6 +502,7 @@ def _stop_process(pid: int) -> None:
             time.sleep(0.05)
     except (ProcessLookupError, ChildProcessError):
         pass
+    return False
 
 
 def default_interface(store: str) -> str:

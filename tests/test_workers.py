@@ -321,7 +321,11 @@ def test_the_scheduler_process_makes_the_callbacks_and_one_that_dies_is_replaced
         assert "callbacks: a process of their own" in banner
         assert len(named_pids(server.proc.pid, serve_mod.WORKER_NAME)) == 1
         (sched,) = wait_for("the scheduler process", lambda: named_pids(server.proc.pid, serve_mod.SCHEDULER_NAME))
-        _cover_called_back(server.base, receiver)
+        first = _cover_called_back(server.base, receiver)
+        # Its last writes done (stopped inside a write, it would hold the store's lock):
+        wait_for("no job left", lambda: get_json(server.base, f"/_mock/tasks/{first}")["data"]["jobs"] == [])
+        wait_for("the attempts journaled",
+                 lambda: len(get_json(server.base, f"/_mock/callbacks?task_id={first}")["data"]) == 3)
 
         os.kill(sched, signal.SIGSTOP)
         try:
@@ -351,9 +355,9 @@ def test_a_one_process_store_keeps_the_callbacks_in_the_worker(receiver):
         _cover_called_back(server.base, receiver)
 
 
-def test_granian_runs_the_scheduler_process_too_and_stops_it(tmp_path, receiver):
+def test_granian_runs_the_scheduler_process_too_and_stops_it_cleanly(tmp_path, receiver):
     """granian forks its own workers: the scheduler process hangs off a supervising child,
-    which the server stops when granian returns (SIGTERM to the server process alone)."""
+    which the server stops (SIGTERM, once granian has returned) before it exits itself."""
     from mock_server import server as serve_mod
 
     with serve("--store", f"sqlite:{tmp_path / 'kie.sqlite'}", env={**FAST, "KIE_MOCK_HTTP_SERVER": "granian"}) as server:
@@ -361,7 +365,24 @@ def test_granian_runs_the_scheduler_process_too_and_stops_it(tmp_path, receiver)
         _cover_called_back(server.base, receiver)
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(30) == 0
-        wait_for("the scheduler process to be gone", lambda: not alive(sched), timeout=20)
+        assert not alive(sched)
+        wait_for("the output", lambda: any(f"scheduler process {sched} stopped" in line for line in server.output),
+                 timeout=5)
+
+
+def test_granian_stops_when_its_scheduler_process_is_gone(tmp_path):
+    """Rather than accept covers whose callbacks never come: the scheduler's supervisor killed
+    (it also gives up after 5 quick deaths in a row), the server stops, with exit code 1."""
+    from mock_server import server as serve_mod
+
+    with serve("--store", f"sqlite:{tmp_path / 'kie.sqlite'}", env={**FAST, "KIE_MOCK_HTTP_SERVER": "granian"}) as server:
+        (sched,) = wait_for("the scheduler process", lambda: named_pids(server.proc.pid, serve_mod.SCHEDULER_NAME))
+        with open(f"/proc/{sched}/stat") as f:
+            helper = int(f.read().rsplit(") ", 1)[1].split()[1])
+        assert helper != server.proc.pid
+        os.kill(helper, signal.SIGKILL)
+        assert server.proc.wait(30) == 1
+        assert any("the scheduler process is gone" in line for line in server.output), server.output
 
 
 def test_a_scheduler_that_does_not_claim_runs_its_rounds_and_leaves_the_jobs():

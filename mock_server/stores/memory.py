@@ -227,7 +227,7 @@ class MemoryStore(Store):
     def reschedule_jobs(self, task_id, due):
         n = 0
         with self._lock:
-            for job in self._jobs_of(task_id):
+            for job in [self._jobs[i] for i in self._task_jobs.get(task_id, ())]:
                 if job["owner"] is None and job["due"] > due:
                     job["due"] = due
                     heapq.heappush(self._heap, (due, next(self._seq), job["id"]))

@@ -64,15 +64,16 @@ local function put_task(k_task, k_tasks, k_exp, k_seq, id, expires, first)
 end
 """
 _LUA_ADD_JOB = """
+-- k_taskjobs: the prefix of the per-task job sets ('<prefix>taskjobs:'), the task id follows
 local function add_job(k_job, k_due, k_taskjobs, id, due, task_id, data)
   local was = redis.call('HGET', k_job, 'task')
   if was and was ~= task_id then  -- the id moves to another task: out of the old task's set
-    redis.call('SREM', string.sub(k_taskjobs, 1, #k_taskjobs - #task_id) .. was, id)
+    redis.call('SREM', k_taskjobs .. was, id)
   end
   redis.call('DEL', k_job)
   redis.call('HSET', k_job, 'data', data, 'due', due, 'task', task_id)
   redis.call('ZADD', k_due, due, id)
-  redis.call('SADD', k_taskjobs, id)
+  redis.call('SADD', k_taskjobs .. task_id, id)
 end
 """
 
@@ -113,7 +114,7 @@ return 1
 """
 
 # charge + put_task + add_job in one step. KEYS credits hash, task hash, tasks, tasks:exp, task
-# sequence, job hash, due zset, task's job set; ARGV key, amount, job id, job due, job data,
+# sequence, job hash, due zset, the job sets' prefix; ARGV key, amount, job id, job due, job data,
 # task id, expires_at ('' = none), field1, json1, ...
 _ACCEPT = _LUA_CHARGE + _LUA_PUT_TASK + _LUA_ADD_JOB + """
 local left = charge(KEYS[1], ARGV[1], ARGV[2])
@@ -135,7 +136,7 @@ end
 return #ids
 """
 
-# KEYS[1] job hash, KEYS[2] due zset, KEYS[3] task's job set; ARGV id, due, task id, data
+# KEYS[1] job hash, KEYS[2] due zset, KEYS[3] the job sets' prefix; ARGV id, due, task id, data
 _ADD_JOB = _LUA_ADD_JOB + """
 add_job(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
@@ -379,7 +380,7 @@ class RedisStore(Store):
             args += [k, _dumps(v)]
         left = self._run("accept", [self.k_credits, self._task_key(task_id), self.k_tasks, self.k_tasks_exp,
                                     self.k_task_seq, self._job_key(job["id"]), self.k_due,
-                                    self.prefix + "taskjobs:" + (job.get("task_id") or "")], args)
+                                    self.prefix + "taskjobs:"], args)
         return None if left is None else int(left)
 
     def get_task(self, task_id):
@@ -424,7 +425,7 @@ class RedisStore(Store):
     def add_job(self, job):
         job = dict(job, owner=None, lease_until=None)
         task_id = job.get("task_id") or ""
-        self._run("add_job", [self._job_key(job["id"]), self.k_due, self.prefix + "taskjobs:" + task_id],
+        self._run("add_job", [self._job_key(job["id"]), self.k_due, self.prefix + "taskjobs:"],
                   [job["id"], repr(float(job["due"])), task_id, _dumps(job)])
 
     def claim_due(self, now, owner, lease, limit=100):
