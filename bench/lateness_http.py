@@ -1,7 +1,7 @@
 """Callback lateness end to end: `kie-mock serve`, callbacks over HTTP to a receiver process,
 optionally while wrk keeps the API busy.
 
-    python bench/lateness_http.py [--tasks 10000] [--spread 20] [--lead 30] [--load]
+    python bench/lateness_http.py [--tasks 10000] [--spread 20] [--lead 30] [--load] [--all-stages]
                                   [--store memory|sqlite:PATH|redis://...] [--json FILE]
 
 Starts the fake (default store unless --store) with its first stage `--lead` seconds after
@@ -11,8 +11,9 @@ of them pending when the first falls due. With --load, wrk (-t2 -c32, POST uploa
 same body as bench/run.py) runs from 2 s before the first falls due until 6 s after the last:
 the API at full speed while the callbacks are due (their own callbacks fall due long after).
 The receiver notes each callback's arrival; lateness is arrival minus the time the task's plan
-had for it (GET /_mock/tasks/ID, read afterwards). Prints delivered/expected, p50/p90/p99/max
-lateness in ms and wrk's requests per second. Callbacks not delivered within 8 s after the last
+had for it (GET /_mock/tasks/ID, read afterwards). With --all-stages each task's three callbacks
+fall due (the full cost of a task). Prints delivered/expected, p50/p90/p99/max lateness in ms
+and wrk's requests per second. Callbacks not delivered within 8 s after the last
 one fell due count as not delivered. Numbers, not assertions: see README "Benchmarks".
 """
 
@@ -41,6 +42,17 @@ def percentile(sorted_values, p):
     return round(sorted_values[k], 2)
 
 
+def lateness_ms(plan: dict, arrivals: list) -> list:
+    """Sorted lateness in ms of each planned callback that arrived: plan {(task, stage): due},
+    arrivals [(task, stage, time)]; a callback's first arrival counts (a retry or a duplicate
+    once), arrivals not in the plan not at all."""
+    first: dict = {}
+    for task_id, kind, at in arrivals:
+        if (task_id, kind) in plan:
+            first[task_id, kind] = min(at, first.get((task_id, kind), at))
+    return sorted((at - plan[k]) * 1000 for k, at in first.items())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=10_000)
@@ -48,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lead", type=float, default=30.0,
                     help="seconds from a cover's acceptance to its text callback (> spread + 10)")
     ap.add_argument("--load", action="store_true", help="wrk keeps the API busy while the callbacks fall due")
+    ap.add_argument("--all-stages", action="store_true",
+                    help="every task's three callbacks fall due (text, then first 0.5 s and complete 1 s "
+                         "later), not only text: the full cost of a task's callbacks")
     ap.add_argument("--store", help="--store for kie-mock serve (default: its default, a SQLite file)")
     ap.add_argument("--fake-cmd", default="kie-mock serve --port {port}",
                     help="command starting the fake ({port} substituted)")
@@ -67,7 +82,7 @@ def main(argv=None) -> int:
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
-    return 0 if figures["delivered"] == args.tasks else 1
+    return 0 if figures["delivered"] == figures["expected"] else 1
 
 
 def measure(args, run_dir: Path) -> dict:
@@ -77,7 +92,9 @@ def measure(args, run_dir: Path) -> dict:
     receiver = bench.spawn([sys.executable, str(Path(__file__).with_name("receiver.py")), str(receiver_port),
                             str(arrivals_file)], run_dir / "receiver.log")
     env = bench.fake_env(argparse.Namespace(fake_env=[]))
-    env["KIE_MOCK_STAGE_DELAYS"] = f"{args.lead:g},3600,3601"
+    stages = ("text", "first", "complete") if args.all_stages else ("text",)
+    env["KIE_MOCK_STAGE_DELAYS"] = (f"{args.lead:g},{args.lead + 0.5:g},{args.lead + 1:g}" if args.all_stages
+                                    else f"{args.lead:g},3600,3601")
     argv = shlex.split(args.fake_cmd.format(port=fake_port)) + (["--store", args.store] if args.store else [])
     fake = bench.spawn(argv, run_dir / "fake.log", env=env, cwd=bench.REPO_ROOT)
     headers = {"Authorization": "Bearer kie-mock-key", "Content-Type": "application/json"}
@@ -97,7 +114,7 @@ def measure(args, run_dir: Path) -> dict:
             raise bench.Unavailable(f"the fake refused a cover: {answer}")
         ids.append(answer["data"]["taskId"])
     submitted = time.time() - start
-    first_due, last_due = start + args.lead, start + args.lead + args.spread
+    first_due, last_due = start + args.lead, start + args.lead + args.spread + (1 if args.all_stages else 0)
 
     load = None
     if args.load:
@@ -110,20 +127,19 @@ def measure(args, run_dir: Path) -> dict:
     time.sleep(max(0.0, last_due + GRACE - time.time()))
     bench.kill(receiver)  # SIGTERM: it writes what arrived
 
-    plan = {}
+    plan = {}  # (task, stage) -> when its plan has the callback
     for task_id in ids:
         conn.request("GET", f"/_mock/tasks/{task_id}", headers=headers)
-        plan[task_id] = json.loads(conn.getresponse().read())["data"]["plan"][0]["at"]
+        for step in json.loads(conn.getresponse().read())["data"]["plan"]:
+            if step["stage"] in stages:
+                plan[task_id, step["stage"]] = step["at"]
     conn.close()
     bench.kill(fake)
 
-    first: dict = {}  # task -> its text callback's first arrival (a retry or a duplicate counts once)
-    for task_id, kind, at in json.loads(arrivals_file.read_text()):
-        if kind == "text" and task_id in plan:
-            first[task_id] = min(at, first.get(task_id, at))
-    late = sorted((at - plan[task_id]) * 1000 for task_id, at in first.items())
+    late = lateness_ms(plan, json.loads(arrivals_file.read_text()))
     return {
-        "tasks": args.tasks, "delivered": len(late), "store": args.store or "default (SQLite file)",
+        "tasks": args.tasks, "stages": list(stages), "expected": len(plan), "delivered": len(late),
+        "store": args.store or "default (SQLite file)",
         "fake": args.fake_cmd, "spread_s": args.spread, "submit_seconds": round(submitted, 2),
         "load": None if load is None else {
             "requests_per_second": round(load["requests"] / (load["duration_us"] / 1e6)),

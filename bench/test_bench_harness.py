@@ -357,3 +357,51 @@ def test_the_fake_is_warned_about_when_loaded_past_its_first_stage_delay():
     args = run.parse_args(["--duration", "30", "--repeat", "3", "--interleave"])
     # up while every target warms up and runs: 3 fakes (2 s) + 2 peers (30 s), 5 targets x 90 s
     assert run.fake_loaded_seconds(args) == 2 * (3 * 2 + 2 * 30 + 5 * 90) > 600
+
+
+def _lateness_module():
+    spec = importlib.util.spec_from_file_location("bench_lateness_http", Path(__file__).with_name("lateness_http.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lateness_counts_each_planned_callback_once_at_its_first_arrival():
+    lateness_ms = _lateness_module().lateness_ms
+    plan = {("t1", "text"): 100.0, ("t1", "first"): 101.0, ("t2", "text"): 100.5}
+    arrivals = [("t1", "text", 100.25), ("t1", "text", 100.05),  # a duplicate, arrived first
+                ("t1", "first", 101.002), ("t2", "complete", 105.0),  # not planned: not counted
+                ("t3", "text", 100.0), (None, None, 100.0)]
+    assert lateness_ms(plan, arrivals) == pytest.approx([2.0, 50.0])
+    assert lateness_ms(plan, []) == []
+
+
+def test_the_receiver_records_each_callback_and_answers_200(tmp_path):
+    import json
+    import signal
+    import urllib.request
+
+    port, out = run.free_port(), tmp_path / "arrivals.json"
+    proc = run.spawn([sys.executable, str(Path(__file__).with_name("receiver.py")), str(port), str(out)],
+                     tmp_path / "receiver.log")
+    try:
+        def post(body: bytes):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/cb", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, resp.read()
+
+        for _ in range(100):
+            try:
+                assert post(b'{"data": {"task_id": "t1", "callbackType": "text"}}') == (200, b"{}")
+                break
+            except OSError:
+                import time
+                time.sleep(0.05)
+        assert post(b"not json") == (200, b"{}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        run._PROCS.remove(proc)
+    got = json.loads(out.read_text())
+    assert [(t, k) for t, k, _ in got] == [("t1", "text"), (None, None)]

@@ -1,0 +1,176 @@
+"""The callback HTTP client (delivery.HttpDelivery) against real receivers on loopback: raw
+sockets, so that each way a receiver can answer (or not) is written out byte for byte."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from mock_server.delivery import HttpDelivery, _target
+
+BODY = b'{"code":200,"msg":"Text generation completed.","data":{"callbackType":"text","task_id":"t","data":[]}}'
+
+
+class RawReceiver:
+    """Accepts connections; per request, `answer(request bytes, connection number)` gives the
+    bytes to send back and whether to close the connection afterwards (None: never answer)."""
+
+    def __init__(self, answer, tls: ssl.SSLContext | None = None):
+        self.answer, self.tls = answer, tls
+        self.requests: list[tuple[int, bytes]] = []  # (connection number, request)
+        self.connections = 0
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn, n):
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                self.requests.append((n, head + b"\r\n\r\n" + rest[:length]))
+                buf = rest[length:]
+                reply = self.answer(head, n)
+                if reply is None:
+                    time.sleep(30)
+                    return
+                data, close = reply
+                conn.sendall(data)
+                if close:
+                    return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def url(self, path="/cb", scheme="http"):
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.stop = True
+        self.srv.close()
+
+
+def ok(status=200, extra=b""):
+    return b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n%s\r\n{}" % (status, extra)
+
+
+@pytest.fixture
+def receivers():
+    made = []
+    yield lambda *a, **kw: made.append(RawReceiver(*a, **kw)) or made[-1]
+    for r in made:
+        r.close()
+
+
+def test_keeps_the_connection_and_sends_one_well_formed_request(receivers):
+    r = receivers(lambda head, n: (ok(), False))
+    d = HttpDelivery(timeout=5)
+    for _ in range(3):
+        a = d(r.url("/cb?x=1"), BODY, {"X-Webhook-Signature": "abc="})
+        assert (a.status, a.error, a.ok) == (200, None, True)
+    assert r.connections == 1 and [n for n, _ in r.requests] == [1, 1, 1]
+    head, _, body = r.requests[0][1].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /cb?x=1 HTTP/1.1" and body == BODY
+    assert {b"Host: 127.0.0.1:%d" % r.port, b"Content-Type: application/json", b"User-Agent: kie-mock-callback/1",
+            b"Content-Length: %d" % len(BODY), b"X-Webhook-Signature: abc="} == set(lines[1:])
+
+
+@pytest.mark.parametrize("reply, status, reused", [
+    (ok(503), 503, True),
+    (ok(200, b"Connection: close\r\n"), 200, False),
+    (b"HTTP/1.1 201 X\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 201, True),
+    (b"HTTP/1.0 200 X\r\n\r\n{}", 200, False),  # read to the end of the connection
+])
+def test_each_way_of_framing_an_answer(receivers, reply, status, reused):
+    close = b"Content-Length" not in reply and b"chunked" not in reply or b"close" in reply
+    r = receivers(lambda head, n: (reply, close))
+    d = HttpDelivery(timeout=5)
+    assert [d(r.url(), BODY, {}).status for _ in range(2)] == [status, status]
+    assert r.connections == (1 if reused else 2)
+
+
+def test_a_kept_connection_the_receiver_closed_is_replaced_not_failed(receivers):
+    r = receivers(lambda head, n: (ok(), True))  # answers keep-alive, then closes anyway
+    d = HttpDelivery(timeout=5)
+    assert d(r.url(), BODY, {}).status == 200
+    time.sleep(0.2)  # its close has arrived
+    assert d(r.url(), BODY, {}).status == 200
+    assert r.connections == 2
+
+
+def test_refused_unresolvable_timeout_and_bad_urls_are_failed_attempts(receivers):
+    d = HttpDelivery(timeout=0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    assert d(f"http://127.0.0.1:{closed_port}/cb", BODY, {}).error == "connection refused"
+    assert d("http://no-such-host.invalid/cb", BODY, {}).error.startswith("cannot connect: ")
+    silent = receivers(lambda head, n: None)
+    started = time.monotonic()
+    a = d(silent.url(), BODY, {})
+    assert (a.status, a.error) == (None, "timeout after 0.5s") and 0.4 < time.monotonic() - started < 5
+    half = receivers(lambda head, n: (b"HTTP/1.1 200 X\r\nContent-Length: 10\r\n\r\n{}", True))
+    assert d(half.url(), BODY, {}).error.startswith("ConnectionError")  # closed inside the body
+    for url in ("ftp://127.0.0.1/cb", "http:///cb", "http://127.0.0.1/a b"):
+        assert d(url, BODY, {}).error.startswith("ValueError"), url
+    assert d(silent.url(), BODY, {"X-A": "1\r\nX-B: 2"}).error.startswith("ValueError")
+    assert not (a.ok or d(f"http://127.0.0.1:{closed_port}/cb", BODY, {}).ok)
+
+
+def test_garbage_instead_of_an_answer_is_a_failed_attempt(receivers):
+    r = receivers(lambda head, n: (b"SMTP ready\r\n\r\n", True))
+    a = HttpDelivery(timeout=2)(r.url(), BODY, {})
+    assert a.status is None and a.error.startswith("HttpParserError")
+
+
+def test_https_with_the_receiver_s_certificate_verified(receivers, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    r = receivers(lambda head, n: (ok(), False), tls=server_tls)
+    d = HttpDelivery(timeout=5)
+    refused = d(r.url(scheme="https"), BODY, {})  # a self-signed certificate: not trusted
+    assert refused.status is None and "CERTIFICATE_VERIFY_FAILED" in refused.error
+    d._tls = ssl.create_default_context(cafile=str(cert))
+    assert [d(r.url(scheme="https"), BODY, {}).status for _ in range(2)] == [200, 200]
+
+
+@pytest.mark.parametrize("url, target", [
+    ("http://a.example/cb", (("http", "a.example", 80), "/cb", "a.example")),
+    ("https://a.example/cb", (("https", "a.example", 443), "/cb", "a.example")),
+    ("http://a.example:8080", (("http", "a.example", 8080), "/", "a.example:8080")),
+    ("HTTP://[::1]:9000/x?y=1&z", (("http", "::1", 9000), "/x?y=1&z", "[::1]:9000")),
+])
+def test_targets(url, target):
+    assert _target(url) == target
