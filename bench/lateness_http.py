@@ -12,8 +12,8 @@ same body as bench/run.py) runs from 2 s before the first falls due until 6 s af
 the API at full speed while the callbacks are due (their own callbacks fall due long after).
 The receiver notes each callback's arrival; lateness is arrival minus the time the task's plan
 had for it (GET /_mock/tasks/ID, read afterwards). With --all-stages each task's three callbacks
-fall due (the full cost of a task). Prints delivered/expected, p50/p90/p99/max lateness in ms
-and wrk's requests per second. Callbacks not delivered within 8 s after the last
+fall due (the full cost of a task). Prints delivered/expected, p50/p90/p99/max lateness in ms,
+the fake's CPU per callback while they fell due, and wrk's requests per second. Callbacks not delivered within 8 s after the last
 one fell due count as not delivered. Numbers, not assertions: see README "Benchmarks".
 """
 
@@ -116,6 +116,7 @@ def measure(args, run_dir: Path) -> dict:
     submitted = time.time() - start
     first_due, last_due = start + args.lead, start + args.lead + args.spread + (1 if args.all_stages else 0)
 
+    cpu_before = bench.tree_cpu_seconds(fake.pid)
     load = None
     if args.load:
         script = run_dir / "post.lua"
@@ -125,6 +126,7 @@ def measure(args, run_dir: Path) -> dict:
         load = bench.run_wrk(wrk_path, f"http://{bench.HOST}:{fake_port}/api/v1/generate/upload-cover", script,
                              duration, argparse.Namespace(threads=2, connections=32, wrk_timeout=5))[0]
     time.sleep(max(0.0, last_due + GRACE - time.time()))
+    cpu = bench.tree_cpu_seconds(fake.pid) - cpu_before  # from the first due callback to the end
     bench.kill(receiver)  # SIGTERM: it writes what arrived
 
     plan = {}  # (task, stage) -> when its plan has the callback
@@ -141,6 +143,8 @@ def measure(args, run_dir: Path) -> dict:
         "tasks": args.tasks, "stages": list(stages), "expected": len(plan), "delivered": len(late),
         "store": args.store or "default (SQLite file)",
         "fake": args.fake_cmd, "spread_s": args.spread, "submit_seconds": round(submitted, 2),
+        # CPU of the fake's processes while the callbacks fell due, per callback (API load included)
+        "fake_cpu_ms_per_callback": round(1000 * cpu / len(late), 3) if late else None,
         "load": None if load is None else {
             "requests_per_second": round(load["requests"] / (load["duration_us"] / 1e6)),
             "p99_ms": round(load["latency_us"]["p99"] / 1000, 2)},

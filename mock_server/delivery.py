@@ -43,17 +43,30 @@ def signed_headers(hmac_key: str | None, task_id: str, now: float) -> dict:
     return {"X-Webhook-Timestamp": str(ts), "X-Webhook-Signature": sign(hmac_key, task_id, ts)}
 
 
-class _Answer:
-    """httptools callbacks for one response: done once the message is complete."""
+HEAD_MAX = 65536  # bytes of an answer's status line and headers, at most
+IDLE_HOSTS = 256  # receivers (scheme, host, port) with kept connections, at most
+IDLE_MAX_AGE = 60.0  # seconds a kept connection may wait unused
 
-    __slots__ = ("parser", "head", "done", "keep", "framed")
+
+class _Answer:
+    """httptools callbacks for one exchange: the first final (non-1xx) answer's status, whether
+    the connection may be kept, and whether anything came after that answer."""
+
+    __slots__ = ("parser", "head", "done", "keep", "framed", "status", "extra")
 
     def __init__(self):
         self.parser = httptools.HttpResponseParser(self)
-        self.head = self.done = self.keep = self.framed = False
+        self.head = self.done = self.keep = self.framed = self.extra = False
+        self.status = None
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True  # bytes after the answer: the connection is not reused
+        self.head = self.framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        name = name.lower()
+        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
             self.framed = True  # else the body runs to the end of the connection
 
     def on_headers_complete(self) -> None:
@@ -61,7 +74,9 @@ class _Answer:
         self.keep = self.parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
-        self.done = True
+        status = self.parser.get_status_code()
+        if not 100 <= status < 200 and not self.done:  # 1xx (100 Continue, 103) come before the answer
+            self.done, self.status = True, status
 
 
 class HttpDelivery:
@@ -110,7 +125,7 @@ class HttpDelivery:
         except (socket.timeout, TimeoutError):
             sock.close()
             return Attempt(None, f"timeout after {self.timeout:g}s", time.monotonic() - started)
-        except (OSError, ValueError, httptools.HttpParserError) as exc:
+        except Exception as exc:  # whatever the receiver sent, a failed attempt (never the scheduler's error)
             sock.close()
             return Attempt(None, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
         if keep:
@@ -143,7 +158,7 @@ class HttpDelivery:
 
         sock.settimeout(remaining())
         sock.sendall(request)
-        answer = _Answer()
+        answer, head_bytes = _Answer(), 0
         while not answer.done:
             sock.settimeout(remaining())
             data = sock.recv(65536)
@@ -151,25 +166,52 @@ class HttpDelivery:
                 if answer.head and not answer.framed:
                     return answer.parser.get_status_code(), False
                 raise ConnectionError("the receiver closed the connection before its answer was complete")
-            answer.parser.feed_data(data)
-        return answer.parser.get_status_code(), answer.keep
+            if not answer.head:
+                head_bytes += len(data)
+                if head_bytes > HEAD_MAX + 65536:
+                    raise ValueError(f"an answer head over {HEAD_MAX} bytes")
+            try:
+                answer.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:  # 101 Switching Protocols: an answer, not a 2xx
+                return 101, False
+            except httptools.HttpParserError:
+                if answer.done:  # bytes after the answer: it stands, the connection goes
+                    return answer.status, False
+                raise
+        return answer.status, answer.keep and not answer.extra
 
     def _take(self, key: tuple):
         while True:
             with self._lock:
                 idle = self._idle.get(key)
-                sock = idle.pop() if idle else None
-            if sock is None or not _dropped(sock):
+                sock, since = idle.pop() if idle else (None, 0.0)
+            if sock is None or (time.monotonic() - since < IDLE_MAX_AGE and not _dropped(sock)):
                 return sock
             sock.close()
 
     def _give(self, key: tuple, sock) -> None:
+        """Keep it for the next callback to the same receiver: at most `maxsize` per receiver,
+        IDLE_HOSTS receivers (the longest unused go), none unused for IDLE_MAX_AGE."""
+        now, gone = time.monotonic(), []
         with self._lock:
-            idle = self._idle.setdefault(key, [])
+            idle = self._idle.pop(key, [])
+            self._idle[key] = idle  # the most recently used last
             if len(idle) < self.maxsize:
-                idle.append(sock)
-                return
-        sock.close()
+                idle.append((sock, now))
+                sock = None
+            while len(self._idle) > IDLE_HOSTS:
+                gone += self._idle.pop(next(iter(self._idle)))
+            for other in list(self._idle):
+                kept = [(c, t) for c, t in self._idle[other] if now - t < IDLE_MAX_AGE]
+                gone += [(c, t) for c, t in self._idle[other] if now - t >= IDLE_MAX_AGE]
+                if kept:
+                    self._idle[other] = kept
+                else:
+                    del self._idle[other]
+        for c, _ in gone:
+            c.close()
+        if sock is not None:
+            sock.close()
 
 
 def _target(url: str) -> tuple[tuple, str, str]:
@@ -178,7 +220,9 @@ def _target(url: str) -> tuple[tuple, str, str]:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
+    port = parts.port if parts.port is not None else (443 if scheme == "https" else 80)
+    if port == 0:
+        raise ValueError(f"port 0 in {url!r}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if any(c in path or c in parts.netloc for c in " \r\n"):
         raise ValueError(f"a space or line break in {url!r}")

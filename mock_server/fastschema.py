@@ -15,7 +15,9 @@ import re
 from functools import lru_cache
 from typing import Callable
 
-from .spec import BASE, FORMATS, is_multiple, registry, schema
+import referencing.exceptions
+
+from .spec import BASE, FORMATS, is_multiple, registry, schema, validator
 
 ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "examples", "default"}
 Check = Callable[[object], bool]
@@ -51,12 +53,15 @@ _INLINE_TYPES = {
 }
 
 # Bound keywords: (the values they apply to, what is compared, how); others pass them.
+# Bound keywords: (the values they apply to, what is compared, the comparison that fails it).
+# Written as "not (x < bound)" rather than "x >= bound": jsonschema's way, which NaN passes.
 _BOUNDS = {
-    "minLength": ("isinstance({x}, str)", "len", ">="), "maxLength": ("isinstance({x}, str)", "len", "<="),
-    "minItems": ("isinstance({x}, list)", "len", ">="), "maxItems": ("isinstance({x}, list)", "len", "<="),
-    "minimum": ("_is_number({x})", "", ">="), "maximum": ("_is_number({x})", "", "<="),
-    "exclusiveMinimum": ("_is_number({x})", "", ">"), "exclusiveMaximum": ("_is_number({x})", "", "<"),
+    "minLength": ("isinstance({x}, str)", "len", "<"), "maxLength": ("isinstance({x}, str)", "len", ">"),
+    "minItems": ("isinstance({x}, list)", "len", "<"), "maxItems": ("isinstance({x}, list)", "len", ">"),
+    "minimum": ("_is_number({x})", "", "<"), "maximum": ("_is_number({x})", "", ">"),
+    "exclusiveMinimum": ("_is_number({x})", "", "<="), "exclusiveMaximum": ("_is_number({x})", "", ">="),
 }
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 FORMAT_MEMO_SIZE = 1024  # verdicts kept per process (clients send the same URLs again and again)
 FORMAT_MEMO_MAX_LEN = 2048  # longer strings are checked every time
@@ -102,6 +107,7 @@ class _Gen:
         self.n = 0
         self.resolver = resolver  # resolves $ref (referencing.Resolver), None: no $ref
         self.refs: dict[int, str] = {}  # id of a $ref's target schema -> its function's name
+        self.roots: set[int] = set()  # ids of the resources' roots (where $id may be)
 
     def function(self, sch: dict) -> str:
         """The name of a new generated function testing `sch`."""
@@ -124,6 +130,8 @@ class _Gen:
             self.n += 1
             self.refs[key] = name = f"_r{self.n}"  # named first: a recursive $ref calls it
             outer, self.resolver = self.resolver, resolved.resolver
+            if isinstance(resolved.contents, dict) and "$schema" in resolved.contents:
+                self.roots.add(id(resolved.contents))  # a whole file
             try:
                 self.defs.append(f"{name} = {self.function(resolved.contents)}")
             finally:
@@ -155,6 +163,10 @@ class _Gen:
         if not isinstance(sch, dict):
             raise Unsupported(f"a schema that is neither an object nor a boolean: {sch!r}")
         for kw, value in sch.items():
+            if kw == "$id" and id(sch) not in self.roots:
+                raise Unsupported("$id inside a schema (a new base for its $refs)")
+            if kw == "$schema" and value != DRAFT:
+                raise Unsupported(f"$schema {value!r}")
             if kw in ANNOTATIONS or kw.startswith("x-"):
                 continue
             if kw == "type":
@@ -180,9 +192,12 @@ class _Gen:
                     vs = self.const(tuple(value))
                     self.fail_unless(depth, f"not isinstance({x}, (dict, list)) and any(_equal({x}, v) for v in {vs})")
             elif kw in _BOUNDS:
-                applies, measure, op = _BOUNDS[kw]
+                applies, measure, fails = _BOUNDS[kw]
+                if measure == "len" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                         or value != int(value)):
+                    raise Unsupported(f"{kw} {value!r} is not an integer")
                 bound = int(value) if measure == "len" else self.const(value)
-                self.fail_unless(depth, f"not {applies.format(x=x)} or {measure}({x}) {op} {bound}")
+                self.fail_unless(depth, f"not {applies.format(x=x)} or not ({measure}({x}) {fails} {bound})")
             elif kw == "multipleOf":
                 self.fail_unless(depth, f"not _is_number({x}) or is_multiple({x}, {self.const(value)})")
             elif kw == "pattern":
@@ -234,11 +249,19 @@ def compile_schema(schema: dict, resolver=None, memo: bool = True) -> Check:
     format verdicts go through the per-process memo (for values that recur, as clients' URLs
     do; not for values made once each, which would only crowd those out)."""
     gen = _Gen(resolver, memo)
+    gen.roots.add(id(schema))
     gen.emit(0, "def check(x):")
-    gen.schema(schema, "x", 1)
+    try:
+        gen.schema(schema, "x", 1)
+    except referencing.exceptions.Unresolvable as exc:
+        raise Unsupported(f"$ref: {exc}") from None
     gen.emit(1, "return True")
     code = "\n\n".join([*gen.defs, "\n".join(gen.lines)])
-    exec(compile(code, "<fastschema>", "exec"), gen.env)  # noqa: S102 (our own generated source)
+    try:
+        compiled = compile(code, "<fastschema>", "exec")
+    except (SyntaxError, RecursionError, MemoryError) as exc:  # nested deeper than Python's blocks allow
+        raise Unsupported(f"too deep to compile: {exc}") from None
+    exec(compiled, gen.env)  # noqa: S102 (our own generated source)
     check = gen.env["check"]
     check.source = code
     return check
@@ -249,4 +272,7 @@ def checker(name: str) -> Check:
     """schemas/<name> compiled (its $refs to sibling files included): the verdict of
     `spec.validator(name).is_valid`, for documents the fake makes (no format memo)."""
     contents = schema(name)
-    return compile_schema(contents, registry().resolver(contents.get("$id", BASE + name)), memo=False)
+    try:
+        return compile_schema(contents, registry().resolver(contents.get("$id", BASE + name)), memo=False)
+    except Unsupported:  # a keyword not compiled: jsonschema itself, slower
+        return validator(name).is_valid

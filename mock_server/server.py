@@ -147,8 +147,8 @@ def scheduler_process(cfg: Config, server: str) -> bool:
     rather than in the HTTP workers: with a store the processes share and a real clock, on the
     built-in server and granian. Why: in a worker, the scheduler's threads share one GIL with an
     event loop that load keeps busy, and callbacks fell behind by seconds (bench/lateness_http.py
-    --load: p50 12.8 s late, 48 % not arrived 8 s after the last fell due; in a process of their
-    own all arrived, p50 1.3 ms, p99 23 ms late)."""
+    --load: p50 11-14 s late, half not arrived 8 s after the last fell due; in a process of
+    their own all arrived, p50 0.9-1.9 ms, p99 17-48 ms late)."""
     return shared_store(cfg.store) and cfg.clock != "virtual" and server in ("builtin", "granian")
 
 

@@ -174,3 +174,66 @@ def test_https_with_the_receiver_s_certificate_verified(receivers, tmp_path):
 ])
 def test_targets(url, target):
     assert _target(url) == target
+
+
+# -- found in review -------------------------------------------------------------------------------
+def test_switching_protocols_is_an_answer_not_an_error(receivers):
+    r = receivers(lambda head, n: (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+                                   True))
+    a = HttpDelivery(timeout=2)(r.url(), BODY, {})
+    assert (a.status, a.error, a.ok) == (101, None, False)
+
+
+def test_informational_answers_come_before_the_answer(receivers):
+    """100 Continue (or 103) and then the answer: the answer counts, and the next callback on the
+    connection gets its own answer, not the rest of this one."""
+    def answer(head, n):
+        if b"first" in head:
+            return b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(200), False
+        return ok(500), False
+    r = receivers(answer)
+    d = HttpDelivery(timeout=5)
+    assert d(r.url("/first"), BODY, {}).status == 200
+    assert d(r.url("/second"), BODY, {}).status == 500
+    assert r.connections == 1
+
+
+@pytest.mark.parametrize("reply, status", [
+    (b"HTTP/1.1 204 No Content\r\n\r\n{}", 204),  # a body where none may be
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n{}", 200),
+    (ok(200) + ok(500), 200),  # a second answer, unasked
+])
+def test_bytes_after_the_answer_leave_it_standing_and_the_connection_unused(receivers, reply, status):
+    r = receivers(lambda head, n: (reply, False))
+    d = HttpDelivery(timeout=5)
+    assert [d(r.url(), BODY, {}).status for _ in range(2)] == [status, status]
+    assert r.connections == 2
+
+
+def test_a_body_to_the_end_of_the_connection_with_another_transfer_coding(receivers):
+    r = receivers(lambda head, n: (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz", True))
+    assert HttpDelivery(timeout=5)(r.url(), BODY, {}).status == 200
+
+
+def test_an_endless_answer_head_is_refused_early(receivers):
+    r = receivers(lambda head, n: (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2_000_000, True))
+    a = HttpDelivery(timeout=5)(r.url(), BODY, {})
+    assert a.status is None and "answer head over" in a.error
+
+
+def test_kept_connections_are_bounded_in_receivers_and_in_age(receivers, monkeypatch):
+    from mock_server import delivery
+
+    monkeypatch.setattr(delivery, "IDLE_HOSTS", 2)
+    rs = [receivers(lambda head, n: (ok(), False)) for _ in range(3)]
+    d = HttpDelivery(timeout=5)
+    for r in rs:
+        assert d(r.url(), BODY, {}).status == 200
+    assert [k[2] for k in d._idle] == [rs[1].port, rs[2].port]  # the longest unused went
+    monkeypatch.setattr(delivery, "IDLE_MAX_AGE", 0.0)
+    assert d(rs[2].url(), BODY, {}).status == 200 and rs[2].connections == 2  # too old to reuse
+    assert sum(len(v) for v in d._idle.values()) <= 1
+
+
+def test_port_zero_is_refused_not_taken_for_the_default():
+    assert HttpDelivery(timeout=1)("http://127.0.0.1:0/cb", BODY, {}).error.startswith("ValueError: port 0")

@@ -261,3 +261,46 @@ def test_the_changed_callbacks_had_both_verdicts():  # runs after the property t
 
 _CALLBACKS = _callback_bodies()
 _VERDICTS: set = set()
+
+
+# -- found in review ------------------------------------------------------------------------------------
+def test_nan_meets_the_bounds_as_jsonschema_has_it():
+    from mock_server.fastschema import compile_schema
+    from mock_server.spec import validator_for
+
+    for kw in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        schema = {kw: 0}
+        assert compile_schema(schema)(float("nan")) == validator_for(schema).is_valid(float("nan")), kw
+
+
+def test_what_the_compiler_cannot_follow_is_refused_not_guessed():
+    from referencing import Registry, Resource
+
+    from mock_server.fastschema import Unsupported, compile_schema
+
+    nested_id = {"required": ["root_only"], "properties": {
+        "c": {"$id": "https://x.example/child.json", "properties": {"self": {"$ref": "#"}}}}}
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "string"}
+    registry = Registry().with_resource("https://x.example/d7.json", Resource.from_contents(draft7))
+    resolver = registry.resolver("https://x.example/root.json")
+    deep = {"type": "array"}
+    for _ in range(25):
+        deep = {"items": deep}
+    for schema, res in ((nested_id, None), ({"$ref": "d7.json"}, resolver), ({"minItems": 1.5}, None),
+                        ({"maxLength": True}, None), (deep, None), ({"$ref": "missing.json"}, resolver)):
+        with pytest.raises(Unsupported):
+            compile_schema(schema, res)
+    assert compile_schema({"minItems": 2.0})([1, 2]) and not compile_schema({"minItems": 2.0})([1])
+
+
+def test_the_callback_check_falls_back_to_jsonschema(monkeypatch):
+    from mock_server import fastschema
+    from mock_server.spec import validator
+
+    def refuse(*a, **kw):
+        raise fastschema.Unsupported("a keyword added to the schema one day")
+
+    monkeypatch.setattr(fastschema, "compile_schema", refuse)
+    check = fastschema.checker.__wrapped__("callback.json")
+    assert check == validator("callback.json").is_valid
+    assert all(check(b) for b in _CALLBACKS) and not check({"code": 200})
