@@ -33,6 +33,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--outbound-allow", help="comma-separated hosts/networks the fake may call (callbacks, uploadUrl)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (default 1); more than one needs a shared store (sqlite file or redis)")
+    p.add_argument("--schedulers", type=int, default=1,
+                   help="processes making the callbacks on a shared store (default 1, about 900 callbacks/s each)")
 
 
 def build_config(args) -> Config:
@@ -64,7 +66,8 @@ def serve(args) -> int:
         print(f"kie-mock serve: {exc}", file=sys.stderr)
         return 2
     default_store = args.store is None and "KIE_MOCK_STORE" not in os.environ
-    return run(cfg, workers=args.workers, scenario_file=args.scenario_file, default_store=default_store)
+    return run(cfg, workers=args.workers, scenario_file=args.scenario_file, default_store=default_store,
+               schedulers=args.schedulers)
 
 
 def main(argv: list[str] | None = None) -> int:

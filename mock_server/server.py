@@ -135,9 +135,10 @@ def worker_rsgi_app():
     return RsgiApp(app.extensions["kie_mock"], app, multiprocess=os.environ.get(ENV_MULTIPROCESS) == "1")
 
 
-def banner(cfg: Config, port: int, workers: int, server: str, scheduler: bool = False) -> str:
+def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 0) -> str:
     keys = ", ".join(cfg.api_keys)
-    due = "a process of their own" if scheduler else "the workers"
+    due = ("a process of their own" if schedulers == 1 else f"{schedulers} processes of their own") \
+        if schedulers else "the workers"
     return (f"kie-mock listening on http://{cfg.host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
             f"clock: {cfg.clock}; store: {cfg.store}; server: {server}, workers: {workers}; callbacks: {due})")
 
@@ -177,7 +178,7 @@ def default_store_dir() -> str:
 
 
 def run(cfg: Config, workers: int = 1, scenario_file: str | None = None, server: str | None = None,
-        default_store: bool = False) -> int:
+        default_store: bool = False, schedulers: int = 1) -> int:
     """Serve until SIGINT/SIGTERM. `default_store`: the user named no store, so use a fresh sqlite
     file in a temporary directory (shared by the workers, on disk rather than in memory) and
     remove it at a clean exit. After a crash it stays, and the banner names it."""
@@ -186,18 +187,24 @@ def run(cfg: Config, workers: int = 1, scenario_file: str | None = None, server:
         tmpdir = default_store_dir()
         cfg = cfg.with_overrides(store=f"sqlite:{os.path.join(tmpdir, 'kie-mock.sqlite')}")
     try:
-        return _run(cfg, workers, scenario_file, server)
+        return _run(cfg, workers, scenario_file, server, schedulers)
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | None) -> int:
+def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | None, schedulers: int = 1) -> int:
     server = server or os.environ.get("KIE_MOCK_HTTP_SERVER") or default_server(cfg.store)
     try:
         if server not in SERVERS:
             raise ServeError(f"KIE_MOCK_HTTP_SERVER must be one of {', '.join(SERVERS)}, got {server!r}")
         check(cfg, workers)
+        if schedulers < 1:
+            raise ServeError(f"--schedulers must be at least 1, got {schedulers}")
+        if schedulers > 1 and not scheduler_process(cfg, server):
+            raise ServeError("--schedulers runs callbacks in processes of their own, which needs a shared store "
+                             "(--store sqlite:PATH or redis://...), the real clock, and the built-in server or "
+                             "granian")
         if os.environ.get("KIE_MOCK_HTTP_INTERFACE", "rsgi") not in ("rsgi", "wsgi"):
             raise ServeError(f"KIE_MOCK_HTTP_INTERFACE must be rsgi or wsgi, "
                              f"got {os.environ['KIE_MOCK_HTTP_INTERFACE']!r}")
@@ -216,13 +223,13 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         os.environ[ENV_SCENARIO] = os.path.abspath(scenario_file)
     else:
         os.environ.pop(ENV_SCENARIO, None)
-    scheduler = scheduler_process(cfg, server)
-    os.environ[ENV_CLAIMS] = "0" if scheduler else "1"
-    line = banner(cfg, cfg.port, workers, server, scheduler)
+    schedulers = schedulers if scheduler_process(cfg, server) else 0
+    os.environ[ENV_CLAIMS] = "0" if schedulers else "1"
+    line = banner(cfg, cfg.port, workers, server, schedulers)
     if server == "builtin":
-        return _run_builtin(cfg, workers, line, scheduler)
+        return _run_builtin(cfg, workers, line, schedulers)
     if server == "granian":
-        return _run_granian(cfg, workers, line, scheduler)
+        return _run_granian(cfg, workers, line, schedulers)
     if server.startswith("gunicorn"):
         return _run_gunicorn(cfg, workers, line, server.split("-", 1)[1])
     return _run_werkzeug(cfg, line)
@@ -248,7 +255,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=2048)
 
 
-def _run_builtin(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
+def _run_builtin(cfg: Config, workers: int, line: str, schedulers: int) -> int:
     try:
         sock = _listen(cfg.host, cfg.port)
     except OSError as exc:
@@ -259,7 +266,7 @@ def _run_builtin(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
     # One worker too runs in a process of its own: this one stays free to take signals (a second
     # SIGTERM or Ctrl-C while the worker drains ends it at once), to start a new worker should
     # it die, and to clean up (the default store's directory) however the worker ends.
-    return _supervise(sock, workers, scheduler)
+    return _supervise(sock, workers, schedulers)
 
 
 def _serve_http(sock: socket.socket):
@@ -275,8 +282,8 @@ def _serve_http(sock: socket.socket):
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 
 
-def _supervise(sock: socket.socket | None, workers: int, scheduler: bool) -> int:
-    """Fork `workers` processes serving on `sock` and, with `scheduler`, the scheduler process;
+def _supervise(sock: socket.socket | None, workers: int, schedulers: int) -> int:
+    """Fork `workers` processes serving on `sock` and `schedulers` scheduler processes;
     start a new one in place of one that dies; on SIGTERM or SIGINT stop them all (SIGTERM,
     then SIGKILL after WORKER_STOP_TIMEOUT)."""
     parent = os.getpid()
@@ -306,7 +313,7 @@ def _supervise(sock: socket.socket | None, workers: int, scheduler: bool) -> int
     quick_deaths: dict[str, int] = {}  # per kind of process: deaths in a row right after starting
     code = 0
     try:
-        if scheduler:
+        for _ in range(schedulers):
             spawn(run_scheduler)
         for _ in range(workers):
             spawn(_serve_http(sock))
@@ -402,7 +409,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _run_granian(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
+def _run_granian(cfg: Config, workers: int, line: str, schedulers: int) -> int:
     from granian.constants import Interfaces
     from granian.log import LogLevels
     from granian.server import Server
@@ -419,7 +426,7 @@ def _run_granian(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
                  workers=workers, factory=True, log_level=LogLevels.warning, log_access=False,
                  respawn_failed_workers=True, workers_kill_timeout=10, **extra)
     srv.on_startup(lambda: print(line, flush=True))  # called once the socket is bound
-    if not scheduler:
+    if not schedulers:
         srv.serve()
         return 0
     try:  # granian binds later: no scheduler process for a server that cannot start
@@ -427,7 +434,7 @@ def _run_granian(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
     except OSError as exc:
         print(f"kie-mock serve: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    helper = _fork_supervisor()  # before granian starts any thread
+    helper = _fork_supervisor(schedulers)  # before granian starts any thread
     stopping = threading.Event()
     threading.Thread(target=_stop_when_gone, args=(helper, stopping), daemon=True,
                      name="kie-mock-scheduler-watch").start()
@@ -439,8 +446,8 @@ def _run_granian(cfg: Config, workers: int, line: str, scheduler: bool) -> int:
     return 1 if gone_early else 0
 
 
-def _fork_supervisor() -> int:
-    """A child that supervises the scheduler process (`_supervise` without HTTP workers), for
+def _fork_supervisor(schedulers: int) -> int:
+    """A child that supervises the scheduler processes (`_supervise` without HTTP workers), for
     servers that fork their own workers (granian). It dies with this process, however it dies;
     in a process group of its own, so that a Ctrl-C reaches it only through this process (one
     SIGTERM, once the server has stopped), not as a second signal."""
@@ -454,7 +461,7 @@ def _fork_supervisor() -> int:
     try:
         os.setpgid(0, 0)
         _die_with(parent)
-        code = _supervise(None, 0, True)
+        code = _supervise(None, 0, schedulers)
     finally:
         _exit(code)
 

@@ -415,3 +415,35 @@ def test_a_scheduler_that_does_not_claim_runs_its_rounds_and_leaves_the_jobs():
         wait_for("the callbacks", lambda: delivery.stages(tid) == ["text", "first", "complete"])
     finally:
         worker.stop()
+
+
+def test_two_scheduler_processes_share_the_callbacks_each_made_once(tmp_path, receiver):
+    from mock_server import server as serve_mod
+
+    with serve("--store", f"sqlite:{tmp_path / 'kie.sqlite'}", "--schedulers", "2", env=FAST) as server:
+        banner = wait_for("the banner", lambda: next((l for l in server.output if "listening on" in l), None))
+        assert "callbacks: 2 processes of their own" in banner
+        assert len(wait_for("two scheduler processes",
+                            lambda: (lambda p: p if len(p) == 2 else None)(
+                                named_pids(server.proc.pid, serve_mod.SCHEDULER_NAME)))) == 2
+        tids = []
+        for _ in range(12):
+            status, env = post_cover(server.base, body(callBackUrl=receiver.url))
+            tids.append(env["data"]["taskId"])
+        for tid in tids:
+            wait_for(f"the callbacks of {tid}", lambda: len(receiver.stages(tid)) >= 3)
+            wait_for(f"no pending job for {tid}",
+                     lambda: get_json(server.base, f"/_mock/tasks/{tid}")["data"]["jobs"] == [])
+        assert all(receiver.stages(tid) == ["text", "first", "complete"] for tid in tids)
+        attempts = get_json(server.base, "/_mock/callbacks?limit=1000")["data"]
+        assert len([a for a in attempts if a["task_id"] in tids]) == 3 * len(tids)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--schedulers", "0"], "--schedulers must be at least 1"),
+    (["--schedulers", "2", "--store", "memory"], "--schedulers runs callbacks in processes of their own"),
+])
+def test_schedulers_refused_where_they_cannot_work(args, message):
+    r = subprocess.run([sys.executable, "-m", "mock_server", "serve", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
