@@ -31,15 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench  # noqa: E402  (bench/run.py: process handling, wrk)
+from lateness import percentile  # noqa: E402  (bench/lateness.py)
 
 GRACE = 8.0  # seconds after the last callback fell due that late ones still count
-
-
-def percentile(sorted_values, p):
-    if not sorted_values:
-        return None
-    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
-    return round(sorted_values[k], 2)
 
 
 def lateness_ms(plan: dict, arrivals: list) -> list:
@@ -148,8 +142,8 @@ def measure(args, run_dir: Path) -> dict:
         "load": None if load is None else {
             "requests_per_second": round(load["requests"] / (load["duration_us"] / 1e6)),
             "p99_ms": round(load["latency_us"]["p99"] / 1000, 2)},
-        "lateness_ms": {"p50": percentile(late, 50), "p90": percentile(late, 90), "p99": percentile(late, 99),
-                        "max": round(late[-1], 2) if late else None},
+        "lateness_ms": {p: round(percentile(late, int(p[1:])), 2) if late else None for p in ("p50", "p90", "p99")}
+        | {"max": round(late[-1], 2) if late else None},
     }
 
 

@@ -43,7 +43,7 @@ import httptools
 import orjson
 
 from . import api
-from .onloop import WAITING, OnLoop, wsgi_environ
+from .onloop import WAITING, LoopRequest, OnLoop, wsgi_environ
 
 HEAD_MAX = 64 * 1024  # request line + headers, bytes
 HEADERS_MAX = 100  # header fields
@@ -80,10 +80,8 @@ def _envelope_bytes(code: int, msg: str) -> bytes:
     return orjson.dumps({"code": code, "msg": msg, "data": None})
 
 
-class HttpRequest(api.ApiRequest):
+class HttpRequest(LoopRequest):
     """One parsed request: what the handlers read, and what the WSGI environ is built from."""
-
-    inline = True
 
     def __init__(self, method: str, raw_path: bytes, query: bytes, headers: dict, body: bytes,
                  version: str, keep_alive: bool, conn: "Connection"):
@@ -94,23 +92,11 @@ class HttpRequest(api.ApiRequest):
         self.key_masked = None
         self.view = None
 
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
     def query_string(self) -> str:
         return self.raw_query.decode("latin-1")
 
     def scheme(self) -> str:
         return "http"
-
-    def content_type(self) -> str:
-        return self.headers.get("content-type") or ""
-
-    def content_length(self) -> str | None:
-        return self.headers.get("content-length")
-
-    def raw_body(self, max_bytes: int) -> bytes:
-        return self.body[:max_bytes + 1]
 
     def environ(self, multiprocess: bool) -> dict:
         conn = self.conn

@@ -27,6 +27,27 @@ WAITING = object()  # OnLoop.api: the answer comes later
 _monotonic = time.monotonic  # (tests replace it)
 
 
+class LoopRequest(api.ApiRequest):
+    """An API request an event-loop server has read whole: its headers as a mapping of lowercase
+    names, and its body. The server's subclass adds where the path, query and scheme come from."""
+
+    inline = True
+    headers: dict
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def content_type(self) -> str:
+        return self.headers.get("content-type") or ""
+
+    def content_length(self) -> str | None:
+        return self.headers.get("content-length")
+
+    def raw_body(self, max_bytes: int) -> bytes:
+        return self.body[:max_bytes + 1]
+
+
 class OnLoop:
     """One worker's API on its event loop, and its thread pool for everything else."""
 

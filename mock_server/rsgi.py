@@ -20,14 +20,12 @@ import traceback
 import orjson
 
 from . import api
-from .onloop import WAITING, OnLoop, resolve, wsgi_environ
+from .onloop import WAITING, LoopRequest, OnLoop, resolve, wsgi_environ
 
 
 
-class ScopeRequest(api.ApiRequest):
+class ScopeRequest(LoopRequest):
     """An API request read straight from the RSGI scope and body (no WSGI environ is built)."""
-
-    inline = True
 
     def __init__(self, scope, body: bytes):
         self.scope, self.body = scope, body
@@ -36,23 +34,11 @@ class ScopeRequest(api.ApiRequest):
         self.key_masked = None
         self.view = None
 
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
     def query_string(self) -> str:
         return self.scope.query_string
 
     def scheme(self) -> str:
         return self.scope.scheme
-
-    def content_type(self) -> str:
-        return self.headers.get("content-type") or ""
-
-    def content_length(self) -> str | None:
-        return self.headers.get("content-length")
-
-    def raw_body(self, max_bytes: int) -> bytes:
-        return self.body[:max_bytes + 1]
 
 
 def _environ(scope, body: bytes, multiprocess: bool) -> dict:

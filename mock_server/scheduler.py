@@ -165,13 +165,10 @@ class Scheduler:
                     self._pool.submit(self._run_pooled, job)
                 for work in self.each_round:
                     work()
-                if not self.claims:
-                    nxt = None
-                else:
-                    if now - self._last_purge > PURGE_EVERY:
-                        self._last_purge = now
-                        self.store.purge_tasks(now)
-                    nxt = self.store.next_due()
+                if self.claims and now - self._last_purge > PURGE_EVERY:
+                    self._last_purge = now
+                    self.store.purge_tasks(now)
+                nxt = self.store.next_due() if self.claims else None
             except Exception:  # a store hiccup must not kill the scheduler
                 traceback.print_exc()
                 nxt = None

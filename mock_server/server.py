@@ -201,7 +201,8 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         check(cfg, workers)
         if schedulers < 1:
             raise ServeError(f"--schedulers must be at least 1, got {schedulers}")
-        if schedulers > 1 and not scheduler_process(cfg, server):
+        own_process = scheduler_process(cfg, server)
+        if schedulers > 1 and not own_process:
             raise ServeError("--schedulers runs callbacks in processes of their own, which needs a shared store "
                              "(--store sqlite:PATH or redis://...), the real clock, and the built-in server or "
                              "granian")
@@ -223,7 +224,7 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         os.environ[ENV_SCENARIO] = os.path.abspath(scenario_file)
     else:
         os.environ.pop(ENV_SCENARIO, None)
-    schedulers = schedulers if scheduler_process(cfg, server) else 0
+    schedulers = schedulers if own_process else 0
     os.environ[ENV_CLAIMS] = "0" if schedulers else "1"
     line = banner(cfg, cfg.port, workers, server, schedulers)
     if server == "builtin":
@@ -319,11 +320,11 @@ def _supervise(sock: socket.socket | None, workers: int, schedulers: int) -> int
             spawn(_serve_http(sock))
         while code == 0 and signal.sigwait(signals) == signal.SIGCHLD:
             for pid, (started, target) in _reap(children):
-                what = "scheduler process" if target is run_scheduler else "worker"
+                what, plural = ("scheduler process", "scheduler processes") if target is run_scheduler \
+                    else ("worker", "workers")
                 quick = quick_deaths.get(what, 0) + 1 if time.monotonic() - started < RESPAWN_QUICK else 0
                 quick_deaths[what] = quick
                 if quick >= RESPAWN_GIVE_UP:
-                    plural = "scheduler processes" if target is run_scheduler else "workers"
                     print(f"kie-mock serve: {quick} {plural} in a row died as they started; stopping",
                           file=sys.stderr, flush=True)
                     code = 1
@@ -385,27 +386,26 @@ def _stop_children(children: dict, signals: set) -> None:
     children.clear()
 
 
-def _set_name(name: str) -> None:
-    """The process's name as `ps -o comm` and /proc/PID/comm show it (Linux; elsewhere unchanged)."""
+def _prctl(option: int, arg) -> bool:
+    """prctl(2) on this process; False where there is none (not Linux)."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        return False
+    return True
+
+
+def _set_name(name: str) -> None:
+    """The process's name as `ps -o comm` and /proc/PID/comm show it (Linux; elsewhere unchanged)."""
+    _prctl(15, name.encode()[:15])  # PR_SET_NAME
 
 
 def _die_with(parent: int) -> None:
     """In a worker: be killed when the parent dies, however it dies (Linux; elsewhere the worker
     outlives a parent killed with SIGKILL)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the prctl
+    if _prctl(1, int(signal.SIGKILL)) and os.getppid() != parent:  # PR_SET_PDEATHSIG; it died before
         os._exit(1)
 
 

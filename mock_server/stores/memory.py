@@ -205,9 +205,7 @@ class MemoryStore(Store):
             self._task_jobs.pop(job["task_id"], None)
 
     def _jobs_of(self, task_id) -> list:
-        """The task's jobs (lock held), or every job for task_id None."""
-        if task_id is None:
-            return list(self._jobs.values())
+        """The task's jobs (lock held)."""
         return [self._jobs[i] for i in self._task_jobs.get(task_id, ())]
 
     def next_due(self):
@@ -222,12 +220,13 @@ class MemoryStore(Store):
 
     def list_jobs(self, task_id=None):
         with self._lock:
-            return sorted((dict(j) for j in self._jobs_of(task_id)), key=lambda j: j["due"])
+            jobs = self._jobs.values() if task_id is None else self._jobs_of(task_id)
+            return sorted((dict(j) for j in jobs), key=lambda j: j["due"])
 
     def reschedule_jobs(self, task_id, due):
         n = 0
         with self._lock:
-            for job in [self._jobs[i] for i in self._task_jobs.get(task_id, ())]:
+            for job in self._jobs_of(task_id):
                 if job["owner"] is None and job["due"] > due:
                     job["due"] = due
                     heapq.heappush(self._heap, (due, next(self._seq), job["id"]))
