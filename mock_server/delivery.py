@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import select
 import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -41,6 +44,41 @@ def signed_headers(hmac_key: str | None, task_id: str, now: float) -> dict:
         return {}
     ts = int(now)
     return {"X-Webhook-Timestamp": str(ts), "X-Webhook-Signature": sign(hmac_key, task_id, ts)}
+
+
+RESOLVERS = 4  # threads resolving receivers' names (each waits for at most one name at a time)
+_resolver: ThreadPoolExecutor | None = None
+_resolver_lock = threading.Lock()
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("deadline")
+    return left
+
+
+def _resolve(host: str, port: int, deadline: float) -> list:
+    """getaddrinfo for a TCP connection, given up at the deadline (socket.timeout). A literal
+    address is not looked up. A resolution that outlives its deadline keeps its thread until the
+    resolver answers; with every resolver thread so held, later names wait for one and time out
+    the same way."""
+    global _resolver
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    with _resolver_lock:
+        if _resolver is None:
+            _resolver = ThreadPoolExecutor(RESOLVERS, thread_name_prefix="kie-mock-resolve")
+    future = _resolver.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    try:
+        return future.result(timeout=_left(deadline))
+    except FutureTimeout:
+        future.cancel()
+        raise socket.timeout("resolving the name") from None
 
 
 HEAD_MAX = 65536  # bytes of an answer's status line and headers, at most
@@ -135,13 +173,30 @@ class HttpDelivery:
         return Attempt(status, None, time.monotonic() - started)
 
     def _connect(self, key: tuple, deadline: float):
+        """A connection to the receiver, made within the deadline: the name's resolution included
+        (in a resolver thread: getaddrinfo has no timeout of its own), then each of its addresses
+        in turn."""
         scheme, host, port = key
-        sock = socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 0.001))
+        error: OSError = OSError(f"{host} has no address")
+        for family, kind, proto, _, addr in _resolve(host, port, deadline):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(_left(deadline))
+                sock.connect(addr)
+                break
+            except OSError as exc:
+                sock.close()
+                if isinstance(exc, (socket.timeout, TimeoutError)):
+                    raise
+                error = exc
+        else:
+            raise error
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 if self._tls is None:
                     self._tls = ssl.create_default_context()
+                sock.settimeout(_left(deadline))  # the handshake's share of the deadline
                 sock = self._tls.wrap_socket(sock, server_hostname=host)
         except BaseException:
             sock.close()
@@ -150,17 +205,11 @@ class HttpDelivery:
 
     def _exchange(self, sock, request: bytes, deadline: float) -> tuple[int, bool]:
         """Send the request, read the whole answer: (status, whether the connection may be kept)."""
-        def remaining() -> float:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("deadline")
-            return left
-
-        sock.settimeout(remaining())
+        sock.settimeout(_left(deadline))
         sock.sendall(request)
         answer, head_bytes = _Answer(), 0
         while not answer.done:
-            sock.settimeout(remaining())
+            sock.settimeout(_left(deadline))
             data = sock.recv(65536)
             if not data:  # closed: complete only if its body runs to the end of the connection
                 if answer.head and not answer.framed:

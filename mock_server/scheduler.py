@@ -240,7 +240,7 @@ class Scheduler:
         now = self.clock.now()
         headers = signed_headers(account.get("hmac_key"), task["taskId"], now)
         if allowed(task["callBackUrl"], self.cfg.outbound_allow):
-            result = self.deliver(task["callBackUrl"], json.dumps(body).encode(), headers)
+            result = self.deliver(task["callBackUrl"], json.dumps(body, allow_nan=False).encode(), headers)
         else:
             result = Attempt(None, "blocked: callBackUrl host is not in the fake's outbound allowlist", 0.0)
         self.store.log("attempts", {

@@ -237,3 +237,28 @@ def test_kept_connections_are_bounded_in_receivers_and_in_age(receivers, monkeyp
 
 def test_port_zero_is_refused_not_taken_for_the_default():
     assert HttpDelivery(timeout=1)("http://127.0.0.1:0/cb", BODY, {}).error.startswith("ValueError: port 0")
+
+
+def test_a_name_that_resolves_slowly_times_out_within_the_callback_timeout(receivers, monkeypatch):
+    """getaddrinfo has no timeout: a resolver that never answers must not hold the callback
+    past its timeout (offline, an unreachable nameserver takes 5 s and more per try)."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def slow(host, *args, **kwargs):
+        if host == "slow.example":
+            release.wait(10)
+        return real("127.0.0.1" if host in ("slow.example", "fast.example") else host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    r = receivers(lambda head, n: (ok(), False))
+    d = HttpDelivery(timeout=0.3)
+    try:
+        for _ in range(2):  # the second waits for a resolver thread of its own, not behind the first
+            started = time.monotonic()
+            a = d(f"http://slow.example:{r.port}/cb", BODY, {})
+            assert (a.status, a.error) == (None, "timeout after 0.3s")
+            assert time.monotonic() - started < 1.5
+        a = d(f"http://fast.example:{r.port}/cb", BODY, {})  # resolved in time: delivered
+        assert (a.status, a.error) == (200, None)
+    finally:
+        release.set()

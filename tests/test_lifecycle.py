@@ -343,3 +343,21 @@ def test_create_time_is_the_utc_second_of_each_moment_also_going_back_in_time():
         assert _create_time(t, Config()) == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
     assert _create_time(-0.5, Config()) == "1969-12-31 23:59:59"
     assert _create_time(1764096001.2, Config(create_time="epoch_ms")) == 1764096001200
+
+
+def test_a_callback_that_would_not_be_json_is_never_sent(client, clock, delivery, monkeypatch):
+    """json.dumps writes Infinity and NaN, which are not JSON: such a body is the fake's bug,
+    refused before it is sent (and journaled), like a body the schema forbids."""
+    real = lifecycle.callback_body
+
+    def infinite(task, stage):
+        out = real(task, stage)
+        if stage == "complete":
+            for track in out["data"]["data"]:
+                track["duration"] = float("inf")
+        return out
+    monkeypatch.setattr(lifecycle, "callback_body", infinite)
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    clock.advance(10)
+    assert delivery.stages(task_id) == ["text", "first"]  # complete: refused, never sent
