@@ -130,7 +130,7 @@ class _Gen:
             self.n += 1
             self.refs[key] = name = f"_r{self.n}"  # named first: a recursive $ref calls it
             outer, self.resolver = self.resolver, resolved.resolver
-            if isinstance(resolved.contents, dict) and "$schema" in resolved.contents:
+            if id(resolved.contents) in _file_roots():
                 self.roots.add(id(resolved.contents))  # a whole file
             try:
                 self.defs.append(f"{name} = {self.function(resolved.contents)}")
@@ -265,6 +265,13 @@ def compile_schema(schema: dict, resolver=None, memo: bool = True) -> Check:
     check = gen.env["check"]
     check.source = code
     return check
+
+
+@lru_cache(maxsize=1)
+def _file_roots() -> frozenset:
+    """The ids of the registry's whole files (where $id may be)."""
+    reg = registry()
+    return frozenset(id(reg[uri].contents) for uri in reg)
 
 
 @lru_cache(maxsize=None)

@@ -19,10 +19,12 @@ import jsonschema
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import extend
 from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from .paths import SCHEMAS
 
 BASE = "https://kie-mock.local/schemas/"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def _decimal(x) -> Decimal | None:
@@ -54,18 +56,34 @@ FORMATS = Draft202012Validator.FORMAT_CHECKER
 
 
 @lru_cache(maxsize=1)
-def registry() -> Registry:
-    resources = []
+def _files() -> dict:
+    """The schema files (those that declare "$schema"), by name, as written."""
+    out = {}
     for path in sorted(SCHEMAS.glob("*.json")):
         contents = json.loads(path.read_text())
         if "$schema" in contents:
-            resources.append((BASE + path.name, Resource.from_contents(contents)))
-    return Registry().with_resources(resources)
+            out[path.name] = contents
+    return out
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The files as resources for $ref, without their "$schema": jsonschema picks the validator
+    class anew from "$schema" wherever a $ref enters a resource that declares one (the stock
+    2020-12 class, whose float multipleOf is the trap above). Every file is 2020-12."""
+    for name, contents in _files().items():
+        if contents["$schema"].rstrip("#") != DIALECT:
+            raise ValueError(f"schemas/{name}: only JSON Schema 2020-12 is supported, not {contents['$schema']}")
+    return Registry().with_resources(
+        (BASE + name, Resource(contents={k: v for k, v in contents.items() if k != "$schema"},
+                               specification=DRAFT202012))
+        for name, contents in _files().items())
 
 
 @lru_cache(maxsize=None)
 def schema(name: str) -> dict:
-    return registry().contents(BASE + name)
+    """schemas/<name> as written (KeyError: no such file)."""
+    return _files()[name]
 
 
 @lru_cache(maxsize=None)

@@ -304,3 +304,17 @@ def test_the_callback_check_falls_back_to_jsonschema(monkeypatch):
     check = fastschema.checker.__wrapped__("callback.json")
     assert check == validator("callback.json").is_valid
     assert all(check(b) for b in _CALLBACKS) and not check({"code": 200})
+
+
+def test_every_schema_file_compiles_its_refs_into_sibling_files_included():
+    """The compiled check is what the scheduler uses on every callback: no file may fall back
+    to jsonschema unnoticed (a $ref into a whole file, with its $id, is compiled)."""
+    import json
+
+    from mock_server import fastschema
+    from mock_server.paths import SCHEMAS
+
+    names = [p.name for p in sorted(SCHEMAS.glob("*.json")) if "$schema" in json.loads(p.read_text())]
+    assert "callback.json" in names
+    for name in names:
+        assert hasattr(fastschema.checker.__wrapped__(name), "source"), f"{name} is not compiled"

@@ -13,10 +13,10 @@ import yaml
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 
-from conftest import body
+from conftest import body, custom_body
 from mock_server.paths import OPENAPI, SCHEMAS
 from mock_server.rules import check_upload_cover
-from mock_server.spec import FORMATS, Validator, check_uri_format_available, schema, validator
+from mock_server.spec import BASE, FORMATS, Validator, check_uri_format_available, schema, validator, validator_for
 
 SPEC = yaml.safe_load(OPENAPI.read_text())
 SCHEMA_FILES = sorted(SCHEMAS.glob("*.json"))
@@ -195,3 +195,14 @@ def _patterns(node, where=""):
     elif isinstance(node, list):
         for i, v in enumerate(node):
             yield from _patterns(v, f"{where}/{i}")
+
+
+def test_trap_multipleof_stays_ours_through_a_ref_into_a_file_with_its_own_schema_keyword():
+    """jsonschema picks the validator class anew from "$schema" when a $ref enters a resource
+    that declares one: the stock 2020-12 class, whose multipleOf refuses 0.29. Every file in
+    schemas/ declares it, so a schema that refers to another must still be checked by ours."""
+    via_ref = validator_for({"$ref": BASE + "upload-cover-request.json"})
+    assert via_ref.is_valid(custom_body(styleWeight=0.29, audioWeight=0.57))
+    assert not via_ref.is_valid(custom_body(styleWeight=0.295))
+    assert not via_ref.is_valid(custom_body(styleWeight=True))
+    assert schema("upload-cover-request.json")["$schema"].endswith("2020-12/schema")  # the file, as written
