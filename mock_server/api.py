@@ -9,6 +9,7 @@ when the fast path is off (`create_app(..., fast_path=False)`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import traceback
@@ -29,6 +30,14 @@ bp = Blueprint("api", __name__)
 
 JSON_TYPES = ("application/json",)
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -73,7 +82,7 @@ class ApiRequest:
     def host_url(self, fallback: str) -> str:
         """scheme://host/ of this request; a Host header that is not a plain host[:port] is not trusted."""
         host = self.header("Host") or ""
-        if not _HOST.match(host):
+        if not _HOST.match(host) or (host.startswith("[") and not _ipv6(host[1:host.index("]")])):
             return fallback
         return f"{self.scheme()}://{host}/"
 
@@ -102,10 +111,31 @@ class ApiRequest:
         if not raw.strip():
             return Rejection(422, "request body is empty: send a JSON object", None, "json")
         try:
-            return orjson.loads(raw)
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             # orjson rejects NaN/Infinity, invalid UTF-8, > 64-bit integers and nesting over 1024 levels.
             return Rejection(422, f"request body is not valid JSON: {exc}", None, "json")
+        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth(body) > MAX_DEPTH:
+            return Rejection(422, f"request body is nested too deep: at most {MAX_DEPTH} levels of objects "
+                                  f"and arrays", None, "json")
+        return body
+
+
+MAX_DEPTH = 200  # levels of objects and arrays in a request body (the task keeps the body as JSON text)
+
+
+def depth(value) -> int:
+    """Levels of objects and arrays in a parsed JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, level)
+        stack.extend((v, level + 1) for v in value if isinstance(v, (dict, list)))
+    return deepest
 
 
 def envelope(code: int, msg: str, data, transport: str, headers: list | None = None) -> ApiResponse:

@@ -16,6 +16,7 @@ so callbacks arrive in order and record-info never runs ahead of them; the
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import traceback
@@ -231,16 +232,15 @@ class Scheduler:
             self._delivery(task, step["stage"], 0, True, index)
 
     def _send(self, task: dict, stage: str, attempt: int, duplicate: bool = False) -> Attempt:
-        body = lifecycle.callback_body(task, stage)
-        if not checker("callback.json")(body):  # a payload the contract forbids is a bug of the fake: never send it
-            errors = sorted(validator("callback.json").iter_errors(body), key=str)
-            raise AssertionError(f"{stage} callback for {task['taskId']} breaks schemas/callback.json: "
-                                 f"{errors[0].message if errors else 'the compiled check refused it'}")
         account = self.store.get_account(task["key"]) or {}
         now = self.clock.now()
         headers = signed_headers(account.get("hmac_key"), task["taskId"], now)
-        if allowed(task["callBackUrl"], self.cfg.outbound_allow):
-            result = self.deliver(task["callBackUrl"], json.dumps(body, allow_nan=False).encode(), headers)
+        data, refusal = self._payload(task, stage)
+        if refusal is not None:  # the fake's bug: never sent, and the task goes on as after a failed attempt
+            print(f"kie-mock: {refusal}", file=sys.stderr, flush=True)
+            result = Attempt(None, f"internal: {refusal}", 0.0)
+        elif allowed(task["callBackUrl"], self.cfg.outbound_allow):
+            result = self.deliver(task["callBackUrl"], data, headers)
         else:
             result = Attempt(None, "blocked: callBackUrl host is not in the fake's outbound allowlist", 0.0)
         self.store.log("attempts", {
@@ -250,6 +250,20 @@ class Scheduler:
             "signed": bool(headers),
         }, self.cfg.journal_limit)
         return result
+
+    @staticmethod
+    def _payload(task: dict, stage: str) -> tuple[bytes | None, str | None]:
+        """The callback's body as sent, or why the fake must not send it (a body the contract
+        forbids, or one that is not JSON: Infinity, NaN)."""
+        body = lifecycle.callback_body(task, stage)
+        if not checker("callback.json")(body):
+            errors = sorted(validator("callback.json").iter_errors(body), key=str)
+            return None, (f"{stage} callback for {task['taskId']} breaks schemas/callback.json: "
+                          f"{errors[0].message if errors else 'the compiled check refused it'}")
+        try:
+            return json.dumps(body, allow_nan=False).encode(), None
+        except ValueError as exc:
+            return None, f"{stage} callback for {task['taskId']} is not JSON: {exc}"
 
     def _delivery(self, task: dict, stage: str, attempt: int, chain: bool, index: int) -> None:
         if task["delivery"] == "abandoned":

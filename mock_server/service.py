@@ -164,20 +164,25 @@ class Service:
                 return Rejection(429, f"Rate limited: at most {limit} new tasks per {settings['rate_window']:g} s "
                                       f"per account; retry after {retry_after:.1f} s", None, "rate",
                                  retry_after=max(1, int(retry_after + 0.999)))
-        verdict = check_upload_cover(body) or self._check_source(body)
-        if verdict is not None:
-            if token:
-                self.store.rate_release("cover:" + key, token)
-            return verdict
-        scenario, fault = prefer.scenario, None
-        if scenario is None:
-            if armed is None or "scenario" in armed:
-                fault = self.store.take_fault(key, "scenario")
-            scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
-                else self._default_scenario(settings["default_scenario"])
-        cost = settings["cover_cost"]
-        task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
-        return CoverDraft(key, cost, task, self.scheduler.first_job(task), token, fault)
+        fault = None
+        try:
+            verdict = check_upload_cover(body) or self._check_source(body)
+            if verdict is not None:
+                if token:
+                    self.store.rate_release("cover:" + key, token)
+                return verdict
+            scenario = prefer.scenario
+            if scenario is None:
+                if armed is None or "scenario" in armed:
+                    fault = self.store.take_fault(key, "scenario")
+                scenario = Scenario.parse(fault["scenario"], fault.get("params")) if fault \
+                    else self._default_scenario(settings["default_scenario"])
+            cost = settings["cover_cost"]
+            task = lifecycle.new_task(body, key, now, self.cfg, self.cfg.public_url or base_url, scenario, cost)
+            return CoverDraft(key, cost, task, self.scheduler.first_job(task), token, fault)
+        except BaseException:  # a bug of the fake (a 500): what the draft took is given back
+            self.abandon_cover(CoverDraft(key, 0, None, None, token, fault))
+            raise
 
     def _default_scenario(self, name: str) -> Scenario:
         """The parsed default scenario (asked for by every cover; settings change it rarely)."""

@@ -130,6 +130,43 @@ def test_unknown_fields_are_accepted_and_kept_in_param(client):
     assert param["clientRef"] == "abc-123" and param["extra"] == {"nested": [1, 2]} and param["model"] == "V3_5"
 
 
+@pytest.mark.parametrize("levels, accepted", [(199, True), (200, True), (201, False), (300, False), (1023, False)])
+def test_nesting_is_accepted_up_to_200_levels_and_refused_clearly_beyond(client, levels, accepted):
+    """The body itself is one level: an unknown field nested `levels - 1` deep makes `levels`.
+    Beyond what the task's copy of the body can be written with (254 levels), this was a 500."""
+    raw = VALID[:-1] + b',"extra":' + deep(levels - 1) + b"}"
+    r = client.post(URL, data=raw, headers=JSON_HEADERS)
+    if not accepted:
+        rejected(r, "nested too deep: at most 200 levels")
+        return
+    env = envelope(r)
+    assert env["code"] == 200, env
+    info = client.get(f"/api/v1/generate/record-info?taskId={env['data']['taskId']}", headers=AUTH).get_json()
+    assert json.loads(info["data"]["param"])["extra"] == json.loads(deep(levels - 1))
+
+
+def test_a_cover_that_fails_with_a_500_gives_its_rate_slot_back(monkeypatch):
+    """A bug of the fake while a cover is drafted (after it took its slot in the rate window)
+    must not use the window up: the slots are given back, and the next cover is accepted."""
+    from mock_server import lifecycle
+
+    cfg = Config(clock="virtual", rate_limit=2, rate_window=60, api_keys={KEY: 10**6})
+    app = create_app(cfg, clock=VirtualClock(start=1_750_000_000.0), deliver=RecordingDelivery())
+    try:
+        client = app.test_client()
+        real = lifecycle.new_task
+
+        def broken(*a, **kw):
+            raise RuntimeError("a bug")
+        monkeypatch.setattr(lifecycle, "new_task", broken)
+        for _ in range(3):
+            assert submit(client)[0] == 500
+        monkeypatch.setattr(lifecycle, "new_task", real)
+        assert [submit(client)[1]["code"] for _ in range(3)] == [200, 200, 429]  # the window holds exactly 2
+    finally:
+        app.extensions["kie_mock"].scheduler.stop()
+
+
 # -- paths and methods ----------------------------------------------------------------------------
 @pytest.mark.parametrize("method, path", [
     ("GET", "/"), ("GET", "/nope"), ("POST", "/api/v1/generate/upload"), ("POST", "/api/v2/generate/upload-cover"),

@@ -345,19 +345,43 @@ def test_create_time_is_the_utc_second_of_each_moment_also_going_back_in_time():
     assert _create_time(1764096001.2, Config(create_time="epoch_ms")) == 1764096001200
 
 
-def test_a_callback_that_would_not_be_json_is_never_sent(client, clock, delivery, monkeypatch):
-    """json.dumps writes Infinity and NaN, which are not JSON: such a body is the fake's bug,
-    refused before it is sent (and journaled), like a body the schema forbids."""
+@pytest.mark.parametrize("stage, spoil, says", [
+    ("complete", lambda b: [t.update(duration=float("inf")) for t in b["data"]["data"]], "is not JSON"),
+    ("first", lambda b: b["data"].pop("task_id"), "breaks schemas/callback.json"),
+])
+def test_a_callback_the_fake_must_not_send_is_a_failed_attempt_and_the_task_goes_on(
+        client, clock, delivery, service, monkeypatch, stage, spoil, says):
+    """A body that is not JSON (json.dumps writes Infinity and NaN) or that the contract forbids
+    is the fake's bug: never sent, journaled, and counted as a failed attempt, so the task ends
+    (CALLBACK_EXCEPTION after the retries) instead of waiting for good at that stage."""
     real = lifecycle.callback_body
 
-    def infinite(task, stage):
-        out = real(task, stage)
-        if stage == "complete":
-            for track in out["data"]["data"]:
-                track["duration"] = float("inf")
+    def spoiled(task, at):
+        out = real(task, at)
+        if at == stage:
+            spoil(out)
         return out
-    monkeypatch.setattr(lifecycle, "callback_body", infinite)
+    monkeypatch.setattr(lifecycle, "callback_body", spoiled)
     _, env = submit(client)
     task_id = env["data"]["taskId"]
-    clock.advance(10)
-    assert delivery.stages(task_id) == ["text", "first"]  # complete: refused, never sent
+    clock.advance(60)
+    assert delivery.stages(task_id) == {"complete": ["text", "first"], "first": ["text"]}[stage]
+    journal = [e for e in service.store.read_log("attempts", task_id=task_id) if e["stage"] == stage]
+    assert len(journal) == 4 and all(e["error"].startswith("internal: ") and says in e["error"] for e in journal)
+    info = client.get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()["data"]
+    assert info["status"] == "CALLBACK_EXCEPTION"
+    assert len(info["response"]["sunoData"]) == 2, "generation itself still completed"
+
+
+@pytest.mark.parametrize("host, base", [
+    ("[1.2.3]", None), ("[::1]:8080", "http://[::1]:8080/"), ("[zz]", None), ("fake.local:9000", "http://fake.local:9000/")])
+def test_file_urls_use_the_host_header_only_when_it_is_a_valid_host(client, clock, delivery, service, host, base):
+    """A bracketed Host that is no IPv6 address made file URLs the callback contract refuses
+    (and left the task waiting at its first stage): the configured address is used instead."""
+    base = base or f"http://{service.cfg.host}:{service.cfg.port}/"
+    _, env = submit(client, headers={"Host": host})
+    task_id = env["data"]["taskId"]
+    clock.advance(60)
+    assert delivery.stages(task_id) == ["text", "first", "complete"]
+    audio = delivery.calls[-1]["body"]["data"]["data"][0]["audio_url"]
+    assert audio.startswith(base + "files/"), audio
