@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import uuid
 
+from .envelope import TRANSPORTS
 from .faults import ERROR_CODES
 from .scenarios import Scenario
 
@@ -91,10 +92,10 @@ def arm(svc, body: dict) -> dict:
     if not isinstance(key, str) or not key:
         raise BadRequest("key: an API key, or \"*\" for every key")
     fault = {"id": uuid.uuid4().hex[:12], "key": key, "count": count}
-    unknown = sorted(str(k) for k in set(body) - {"code", "msg", "scenario", "params", "count", "key"})
+    unknown = sorted(str(k) for k in set(body) - {"code", "msg", "transport", "scenario", "params", "count", "key"})
     if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a fault has code or scenario (+ params), "
-                         "count, key")
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a fault has code (+ msg, transport) or "
+                         "scenario (+ params), count, key")
     if "code" in body and "scenario" in body:
         raise BadRequest("give code or scenario, not both (arm two faults for both)")
     if "code" in body:
@@ -105,6 +106,10 @@ def arm(svc, body: dict) -> dict:
             if not isinstance(body["msg"], str) or not body["msg"].strip():
                 raise BadRequest("msg: the message to answer with, a non-empty string")
             fault["msg"] = body["msg"]
+        if "transport" in body:  # e.g. an HTTP 500, whatever the server's transport
+            if body["transport"] not in TRANSPORTS:
+                raise BadRequest(f"transport: one of {', '.join(TRANSPORTS)} (got {body['transport']!r})")
+            fault["transport"] = body["transport"]
     elif "scenario" in body:
         try:
             scn = Scenario.parse(body["scenario"], body.get("params"))
@@ -113,8 +118,9 @@ def arm(svc, body: dict) -> dict:
         fault.update(kind="scenario", scenario=scn.name, params=scn.params)
     else:
         raise BadRequest("give either code (the next requests answer it) or scenario (the next tasks play it)")
-    if "msg" in body and fault["kind"] != "code":
-        raise BadRequest("msg goes with code (the message of the forced answer)")
+    for name in ("msg", "transport"):
+        if name in body and fault["kind"] != "code":
+            raise BadRequest(f"{name} goes with code (how the forced code is answered)")
     svc.store.arm_fault(fault)
     return fault
 

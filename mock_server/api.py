@@ -145,7 +145,7 @@ def envelope(code: int, msg: str, data, transport: str, headers: list | None = N
 
 def reject(svc: Service, rej: Rejection) -> ApiResponse:
     headers = [("Retry-After", str(rej.retry_after))] if rej.retry_after else []
-    return envelope(rej.code, rej.msg, None, svc.cfg.transport, headers)
+    return envelope(rej.code, rej.msg, None, rej.transport or svc.cfg.transport, headers)
 
 
 def success(data) -> ApiResponse:

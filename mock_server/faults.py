@@ -2,7 +2,8 @@
 
 1. a request header in the style of Prism: `Prefer: code=402`, `Prefer: scenario=fail-501`
    (several: `Prefer: code=500, latency=2`; a scenario's parameter rides along:
-   `Prefer: scenario=delayed-callbacks, delay=5`);
+   `Prefer: scenario=delayed-callbacks, delay=5`; a forced code's transport too:
+   `Prefer: code=500, transport=status` is an HTTP 500, whatever the server's transport);
 2. faults armed through the control API or a scenario file: "the next N requests of this
    key answer CODE" (kind "code") or "the next N tasks of this key play SCENARIO"
    (kind "scenario");
@@ -14,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .envelope import TRANSPORTS
 from .scenarios import Scenario
 
 # The codes the endpoint page documents for errors; Prefer: code= accepts these.
@@ -40,12 +42,13 @@ class Prefer:
     code: int | None = None
     scenario: Scenario | None = None
     latency: float | None = None
+    transport: str | None = None  # of the forced code (None: the server's)
 
     @classmethod
     def parse(cls, header: str | None) -> "Prefer":
         if not header:
             return cls()
-        code = scenario = latency = None
+        code = scenario = latency = transport = None
         params: dict = {}
         for part in header.split(","):
             name, _, value = part.strip().partition("=")
@@ -54,6 +57,10 @@ class Prefer:
                 if not value.isdigit() or int(value) not in ERROR_CODES:
                     raise PreferError(f"Prefer: code must be one of {', '.join(map(str, ERROR_CODES))} (got {value!r})")
                 code = int(value)
+            elif name == "transport":
+                if value not in TRANSPORTS:
+                    raise PreferError(f"Prefer: transport must be one of {', '.join(TRANSPORTS)} (got {value!r})")
+                transport = value
             elif name == "scenario":
                 scenario = value
             elif name in ("delay", "seconds"):  # the scenario's parameter: scenario=empty-files, seconds=5
@@ -69,6 +76,8 @@ class Prefer:
                 if not 0 <= latency <= 60:
                     raise PreferError("Prefer: latency must be from 0 to 60 seconds")
             # other preferences (e.g. Prism's example=, dynamic=) are ignored, as RFC 7240 says
+        if transport is not None and code is None:
+            raise PreferError("Prefer: transport is how a forced code is answered: add code=N")
         if params and scenario is None:
             raise PreferError(f"Prefer: {', '.join(params)} is a parameter of a scenario: "
                               f"add scenario=delayed-callbacks (delay) or scenario=empty-files (seconds)")
@@ -77,7 +86,7 @@ class Prefer:
                 scenario = Scenario.parse(scenario, params)
             except ValueError as exc:
                 raise PreferError(f"Prefer: {exc}") from None
-        return cls(code, scenario, latency)
+        return cls(code, scenario, latency, transport)
 
 
 def maintenance_on(settings: dict, now: float) -> bool:

@@ -34,6 +34,7 @@ class Rejection:
     rule: str | None = None  # the JSON Schema keyword (or transport rule) that failed
     details: tuple[str, ...] = ()
     retry_after: int | None = None  # seconds, for 429 (sent as Retry-After)
+    transport: str | None = None  # how it is answered, when not the server's (a forced code's own)
 
 
 def json_type(value) -> str:

@@ -131,13 +131,13 @@ class Service:
         `armed`: the fault kinds armed for the key when the request's prelude looked (None: unknown)."""
         if faults.maintenance_on(settings, self.clock.now()):
             return Rejection(455, faults.MESSAGES[455], None, "maintenance")
-        code, msg = prefer.code, None
+        code, msg, transport = prefer.code, None, prefer.transport
         if code is None and (armed is None or "code" in armed):
-            fault = self.store.take_fault(key, "code")
-            code, msg = (fault["code"], fault.get("msg")) if fault else (None, None)
+            fault = self.store.take_fault(key, "code") or {}
+            code, msg, transport = fault.get("code"), fault.get("msg"), fault.get("transport")
         if code is not None:  # a forced 429 looks like a real one: Retry-After included
             return Rejection(code, msg or faults.MESSAGES[code], None, "forced",
-                             retry_after=1 if code == 429 else None)
+                             retry_after=1 if code == 429 else None, transport=transport)
         return None
 
     def _rate_acquire(self, bucket: str, now: float, limit: int, window: float, nowait: bool):
