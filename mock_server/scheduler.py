@@ -8,9 +8,11 @@ A process whose scheduler does not claim (`claims=False`: an HTTP worker of `kie
 on a shared store, whose due work a scheduler process of its own does, see server.py) still
 runs the rounds, for the work that rides on them (the request journal), and adds jobs.
 
-Per task, a stage's callback is delivered (or given up) before the next stage happens,
-so callbacks arrive in order and record-info never runs ahead of them; the
-`delayed-callbacks` scenario breaks that on purpose.
+Per task, the stages happen at their planned times whatever the receiver does (record-info
+follows the plan, as generation does on the real service), and the callbacks go out in stage
+order: a stage's callback is made once its stage has happened and the previous stage's callback
+was delivered. While a receiver fails or is slow (retries), polling runs ahead of the callbacks;
+after the last retry fails, no more callbacks (CALLBACK_EXCEPTION).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .fastschema import checker
 from .spec import validator
 
 PURGE_EVERY = 60.0
+FLOW = 2  # a job's "flow": stages on their own time, callbacks in order (jobs stored before 2026-11 have none)
 
 
 class Scheduler:
@@ -61,7 +64,7 @@ class Scheduler:
 
     def first_job(self, task: dict) -> dict:
         """The job of a newly accepted task's first stage (the store adds it with the task)."""
-        return self.job(task["taskId"], "stage", task["plan"][0]["at"], index=0)
+        return self.job(task["taskId"], "stage", task["plan"][0]["at"], index=0, flow=FLOW)
 
     def nudge(self) -> bool:
         """Ask for a round now (its journal flush included); False if no scheduler thread runs."""
@@ -195,8 +198,10 @@ class Scheduler:
             if task is not None:
                 if job["kind"] == "stage":
                     self._stage(task, job)
-                else:
-                    self._delivery(task, job["stage"], job["attempt"], job.get("chain", True), job["index"])
+                elif job.get("flow") == FLOW:
+                    self._delivery(task, job["stage"], job["attempt"], job["index"])
+                else:  # stored by an older kie-mock
+                    self._legacy_delivery(task, job["stage"], job["attempt"], job.get("chain", True), job["index"])
         except Exception as exc:  # journal it; never lose the scheduler thread
             self.store.log("attempts", {"task_id": job["task_id"], "stage": job.get("stage"),
                                         "error": f"internal: {exc!r}", "at": self.clock.now()},
@@ -205,10 +210,11 @@ class Scheduler:
         finally:
             self.store.finish_job(job["id"])
 
-    def _next_stage(self, task: dict, index: int) -> None:
+    def _next_stage(self, task: dict, index: int, flow: int | None) -> None:
         if index + 1 < len(task["plan"]):
             step = task["plan"][index + 1]
-            self._add(task["taskId"], "stage", max(step["at"], self.clock.now()), index=index + 1)
+            extra = {"flow": flow} if flow else {}
+            self._add(task["taskId"], "stage", max(step["at"], self.clock.now()), index=index + 1, **extra)
 
     def _stage(self, task: dict, job: dict) -> None:
         index = job["index"]
@@ -220,16 +226,52 @@ class Scheduler:
         if step.get("code") in lifecycle.REFUNDING_CODES and not task.get("refunded"):
             self.store.refund(task["key"], task.get("charged", 0))
             changes["refunded"] = True
+        if job.get("flow") != FLOW:  # stored by an older kie-mock: the next stage waits for this callback
+            self._legacy_stage(self.store.update_task(task["taskId"], changes), index, now)
+            return
+        changes["stage_index"] = index
+        # One atomic update each, this one and the previous callback's "delivered_through": whichever
+        # comes second sees both, and makes this stage's callback (exactly one of them does).
         task = self.store.update_task(task["taskId"], changes)
+        if task["delivery"] == "abandoned" and task["status"] != lifecycle.CALLBACK_EXCEPTION:
+            # given up while this stage was being applied (its status was read before): polling says so
+            task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION})
+        self._next_stage(task, index, flow=FLOW)
+        if task.get("delivered_through", -1) >= index - 1:
+            self._callback(task, index)
+
+    def _callback(self, task: dict, index: int) -> None:
+        """Make the callback of stage `index` (whose stage has happened, and whose predecessor's
+        callback was delivered): now, or when a delayed-callbacks task wants it."""
         scenario = Scenario.from_dict(task["scenario"])
         if not scenario.sends_callbacks or task["delivery"] == "abandoned":
-            self._next_stage(task, index)
+            return
+        now = self.clock.now()
+        step = task["plan"][index]
+        due = step["at"] + self.cfg.delay(scenario.callback_delay) if scenario.callback_delay else now
+        if due > now:
+            self._add(task["taskId"], "deliver", due, stage=step["stage"], attempt=0, index=index, flow=FLOW)
+        else:
+            self._delivery(task, step["stage"], 0, index)
+
+    def _delivered(self, task: dict, index: int) -> None:
+        """Stage `index`'s callback was delivered: the next one, if its stage has happened."""
+        task = self.store.update_task(task["taskId"], {"delivered_through": index})
+        if task is not None and index + 1 < len(task["plan"]) and task.get("stage_index", -1) >= index + 1:
+            self._callback(task, index + 1)
+
+    def _legacy_stage(self, task: dict, index: int, now: float) -> None:
+        """A stage job stored by an older kie-mock: the next stage is planned once this stage's
+        callback is delivered or given up (`chain`)."""
+        scenario = Scenario.from_dict(task["scenario"])
+        if not scenario.sends_callbacks or task["delivery"] == "abandoned":
+            self._next_stage(task, index, flow=None)
         elif scenario.callback_delay:
             self._add(task["taskId"], "deliver", now + self.cfg.delay(scenario.callback_delay),
-                      stage=step["stage"], attempt=0, chain=False, index=index)
-            self._next_stage(task, index)
+                      stage=task["plan"][index]["stage"], attempt=0, chain=False, index=index)
+            self._next_stage(task, index, flow=None)
         else:
-            self._delivery(task, step["stage"], 0, True, index)
+            self._legacy_delivery(task, task["plan"][index]["stage"], 0, True, index)
 
     def _send(self, task: dict, stage: str, attempt: int, duplicate: bool = False) -> Attempt:
         account = self.store.get_account(task["key"]) or {}
@@ -265,7 +307,24 @@ class Scheduler:
         except ValueError as exc:
             return None, f"{stage} callback for {task['taskId']} is not JSON: {exc}"
 
-    def _delivery(self, task: dict, stage: str, attempt: int, chain: bool, index: int) -> None:
+    def _delivery(self, task: dict, stage: str, attempt: int, index: int) -> None:
+        """One attempt at a stage's callback; then the next callback, or a retry, or no more."""
+        if task["delivery"] == "abandoned":
+            return
+        result = self._send(task, stage, attempt)
+        if result.ok:
+            if Scenario.from_dict(task["scenario"]).duplicates:
+                self._send(task, stage, attempt, duplicate=True)
+            self._delivered(task, index)
+        elif attempt < len(self.cfg.retry_delays):
+            due = self.clock.now() + self.cfg.delay(self.cfg.retry_delays[attempt])
+            self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, index=index, flow=FLOW)
+        else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
+            self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION, "delivery": "abandoned"})
+
+    def _legacy_delivery(self, task: dict, stage: str, attempt: int, chain: bool, index: int) -> None:
+        """A delivery job stored by an older kie-mock. `chain`: plan the next stage once this
+        callback is delivered or given up."""
         if task["delivery"] == "abandoned":
             return
         result = self._send(task, stage, attempt)
@@ -273,12 +332,12 @@ class Scheduler:
             if Scenario.from_dict(task["scenario"]).duplicates:
                 self._send(task, stage, attempt, duplicate=True)
             if chain:
-                self._next_stage(task, index)
+                self._next_stage(task, index, flow=None)
         elif attempt < len(self.cfg.retry_delays):
             due = self.clock.now() + self.cfg.delay(self.cfg.retry_delays[attempt])
             self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, chain=chain, index=index)
-        else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
+        else:
             task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION,
                                                            "delivery": "abandoned"})
             if chain:
-                self._next_stage(task, index)
+                self._next_stage(task, index, flow=None)

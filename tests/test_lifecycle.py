@@ -165,7 +165,7 @@ def test_failed_deliveries_are_retried_with_backoff_then_stop_with_callback_exce
     assert len(info["response"]["sunoData"]) == 2, "generation itself still completed"
 
 
-def test_a_retry_that_succeeds_resumes_the_stages(client, clock, delivery):
+def test_a_retry_that_succeeds_is_followed_by_the_next_callback_at_once(client, clock, delivery):
     delivery.answers = [503, 503]
     _, env = submit(client)
     clock.advance(2 + 1 + 1.99)  # text fails twice; the third attempt comes 1 s + 2 s later
@@ -174,6 +174,86 @@ def test_a_retry_that_succeeds_resumes_the_stages(client, clock, delivery):
     assert delivery.stages() == ["text"] * 3 + ["first"]
     clock.advance(3)
     assert delivery.stages() == ["text"] * 3 + ["first", "complete"]
+
+
+def _status(client, task_id):
+    return client.get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()["data"]["status"]
+
+
+def test_a_failing_receiver_holds_up_the_callbacks_not_the_stages(client, clock, delivery):
+    """Generation keeps its own time (stages at 2, 5, 8 s): while text is retried (1, 2, 4 s),
+    polling runs ahead of the callbacks, which still come in order, as soon as one gets through."""
+    delivery.answers = [500, 500, 500]  # text at 2, 3, 5 fails; its last retry at 9 succeeds
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    for t, status, stages in [(2.5, "TEXT_SUCCESS", ["text"]), (5.5, "FIRST_SUCCESS", ["text"] * 3),
+                              (8.5, "SUCCESS", ["text"] * 3)]:
+        clock.advance(t - (clock.now() - 1_750_000_000.0))
+        assert (_status(client, task_id), delivery.stages(task_id)) == (status, stages), t
+    clock.advance(0.5)  # t=9: text gets through, and first and complete (both happened) follow it at once
+    assert delivery.stages(task_id) == ["text"] * 4 + ["first", "complete"]
+    assert _status(client, task_id) == "SUCCESS"
+    clock.advance(60)
+    assert len(delivery.calls) == 6
+
+
+def test_a_receiver_that_never_answers_2xx_gets_no_later_callbacks_and_polling_ends_in_callback_exception(
+        client, clock, delivery):
+    delivery.default = 500
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    clock.advance(8.5)  # every stage has happened; text is still being retried
+    assert _status(client, task_id) == "SUCCESS" and delivery.stages(task_id) == ["text"] * 3
+    clock.advance(0.5)  # t=9: the third retry fails: given up
+    assert _status(client, task_id) == "CALLBACK_EXCEPTION"
+    clock.advance(60)
+    assert delivery.stages(task_id) == ["text"] * 4
+
+
+def test_callbacks_in_order_and_each_once_when_stages_and_slow_answers_overlap():
+    """Real clock, a pool of delivery threads, a receiver that answers late or fails at random:
+    a stage and the previous callback's delivery finish at the same moment again and again, and
+    exactly one of them makes the stage's callback."""
+    import random
+
+    rng = random.Random(7)
+    lock = threading.Lock()
+    tried: dict = {}
+
+    def on_post(payload):
+        time.sleep(rng.uniform(0, 0.03))
+        with lock:
+            key = (payload["data"]["task_id"], payload["data"]["callbackType"])
+            tried[key] = tried.get(key, 0) + 1
+            return 500 if tried[key] == 1 and rng.random() < 0.3 else 200
+
+    recv = Receiver(on_post)
+    cfg = Config(stage_delays=(0.02, 0.04, 0.06), retry_delays=(0.01, 0.01, 0.01), rate_limit=0,
+                 api_keys={"kie-mock-key": 10**6})
+    app = create_app(cfg)
+    client = app.test_client()
+    try:
+        ids = [submit(client, body(callBackUrl=recv.url))[1]["data"]["taskId"] for _ in range(40)]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with recv.event:
+                got = [b for b in recv.bodies]
+            if all(sum(1 for b in got if b["data"]["task_id"] == t and b["data"]["callbackType"] == "complete") for t in ids):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # nothing more may come
+        with recv.event:
+            bodies = list(recv.bodies)
+        for t in ids:
+            stages = [b["data"]["callbackType"] for b in bodies if b["data"]["task_id"] == t]
+            delivered = [s for i, s in enumerate(stages) if s not in stages[i + 1:]]  # a failed try is tried again
+            assert delivered == ["text", "first", "complete"], (t, stages)
+            assert all(stages.count(s) == tried[(t, s)] for s in set(stages)), (t, stages)
+            assert all(tried[(t, s)] <= 2 for s in set(stages)), (t, stages)  # each delivered once, after one failure at most
+            assert _status(client, t) == "SUCCESS"
+    finally:
+        recv.close()
+        app.extensions["kie_mock"].scheduler.stop()
 
 
 @pytest.mark.parametrize("answer", [199, 300, 302, 400, 500])
@@ -385,3 +465,26 @@ def test_file_urls_use_the_host_header_only_when_it_is_a_valid_host(client, cloc
     assert delivery.stages(task_id) == ["text", "first", "complete"]
     audio = delivery.calls[-1]["body"]["data"]["data"][0]["audio_url"]
     assert audio.startswith(base + "files/"), audio
+
+
+def test_jobs_stored_by_an_older_kie_mock_still_run_their_way(client, clock, delivery, service):
+    """A store written before stages kept their own time holds stage jobs without "flow" (whose
+    next stage waits for the callback) and retries with "chain": after an upgrade they run to the
+    end as they were planned, callbacks included."""
+    from mock_server.scenarios import Scenario
+
+    now = clock.now()
+    task = lifecycle.new_task(body(), "kie-mock-key", now, service.cfg, "http://127.0.0.1:8787/", Scenario(), 12)
+    service.store.put_task(task)
+    service.store.add_job({"id": lifecycle.new_id(), "task_id": task["taskId"], "kind": "stage",
+                           "due": task["plan"][0]["at"], "index": 0})
+    delivery.answers = [500]  # text fails once: its retry (chain) plans `first`, 1 s late
+    clock.advance(2)
+    assert delivery.stages(task["taskId"]) == ["text"]
+    clock.advance(1)
+    assert delivery.stages(task["taskId"]) == ["text", "text"]
+    clock.advance(2)  # first was planned at 5, after the retry at 3
+    assert delivery.stages(task["taskId"]) == ["text", "text", "first"]
+    clock.advance(3)
+    assert delivery.stages(task["taskId"]) == ["text", "text", "first", "complete"]
+    assert _status(client, task["taskId"]) == "SUCCESS"
