@@ -201,7 +201,7 @@ class Scheduler:
                 elif job.get("flow") == FLOW:
                     self._delivery(task, job["stage"], job["attempt"], job["index"])
                 else:  # stored by an older kie-mock
-                    self._legacy_delivery(task, job["stage"], job["attempt"], job.get("chain", True), job["index"])
+                    self._delivery(task, job["stage"], job["attempt"], job["index"], job.get("chain", True))
         except Exception as exc:  # journal it; never lose the scheduler thread
             self.store.log("attempts", {"task_id": job["task_id"], "stage": job.get("stage"),
                                         "error": f"internal: {exc!r}", "at": self.clock.now()},
@@ -271,7 +271,7 @@ class Scheduler:
                       stage=task["plan"][index]["stage"], attempt=0, chain=False, index=index)
             self._next_stage(task, index, flow=None)
         else:
-            self._legacy_delivery(task, task["plan"][index]["stage"], 0, True, index)
+            self._delivery(task, task["plan"][index]["stage"], 0, index, chain=True)
 
     def _send(self, task: dict, stage: str, attempt: int, duplicate: bool = False) -> Attempt:
         account = self.store.get_account(task["key"]) or {}
@@ -307,36 +307,25 @@ class Scheduler:
         except ValueError as exc:
             return None, f"{stage} callback for {task['taskId']} is not JSON: {exc}"
 
-    def _delivery(self, task: dict, stage: str, attempt: int, index: int) -> None:
-        """One attempt at a stage's callback; then the next callback, or a retry, or no more."""
+    def _delivery(self, task: dict, stage: str, attempt: int, index: int, chain: bool | None = None) -> None:
+        """One attempt at a stage's callback; then the next callback, or a retry, or no more.
+        `chain` is for delivery jobs stored by an older kie-mock (None for the others): True, plan
+        the next stage once this callback is delivered or given up."""
         if task["delivery"] == "abandoned":
             return
         result = self._send(task, stage, attempt)
         if result.ok:
             if Scenario.from_dict(task["scenario"]).duplicates:
                 self._send(task, stage, attempt, duplicate=True)
-            self._delivered(task, index)
-        elif attempt < len(self.cfg.retry_delays):
-            due = self.clock.now() + self.cfg.delay(self.cfg.retry_delays[attempt])
-            self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, index=index, flow=FLOW)
-        else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
-            self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION, "delivery": "abandoned"})
-
-    def _legacy_delivery(self, task: dict, stage: str, attempt: int, chain: bool, index: int) -> None:
-        """A delivery job stored by an older kie-mock. `chain`: plan the next stage once this
-        callback is delivered or given up."""
-        if task["delivery"] == "abandoned":
-            return
-        result = self._send(task, stage, attempt)
-        if result.ok:
-            if Scenario.from_dict(task["scenario"]).duplicates:
-                self._send(task, stage, attempt, duplicate=True)
-            if chain:
+            if chain is None:
+                self._delivered(task, index)
+            elif chain:
                 self._next_stage(task, index, flow=None)
         elif attempt < len(self.cfg.retry_delays):
             due = self.clock.now() + self.cfg.delay(self.cfg.retry_delays[attempt])
-            self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, chain=chain, index=index)
-        else:
+            how = {"flow": FLOW} if chain is None else {"chain": chain}
+            self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, index=index, **how)
+        else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
             task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION,
                                                            "delivery": "abandoned"})
             if chain:
