@@ -6,6 +6,10 @@ what the contract is about: the HTTP status, the envelope code, and the *shape* 
 body (keys and JSON types, not values: ids, messages and times differ by design). The
 callbacks each recorded task received must match too: the same stages, in the same order,
 with payloads of the same shape.
+
+Checks of the control tier are not replayed: their answers came from the state a fake was put
+in (forced codes, maintenance, balances, a temporary account), which a recording does not
+hold. A recording of the real service has none of them (they are skipped there).
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from .runner import Context, Result
+from .runner import Context, Result, all_checks
 from .target import REDACTED
 
 
@@ -67,19 +72,28 @@ def _kind(s) -> str:
     return "object" if isinstance(s, dict) else "array" if isinstance(s, list) else s
 
 
-def _subst(value, key: str, ids: dict, urls: dict):
+def _subst(value, key: str, ids: dict):
+    """The recorded taskIds mapped to the fake's, the redacted key put back."""
     if isinstance(value, str):
         for old, new in ids.items():
             value = value.replace(old, new)
-        for old, new in urls.items():
-            if value == old:
-                value = new
         return value.replace(REDACTED, key)
     if isinstance(value, dict):
-        return {k: _subst(v, key, ids, urls) for k, v in value.items()}
+        return {k: _subst(v, key, ids) for k, v in value.items()}
     if isinstance(value, list):
-        return [_subst(v, key, ids, urls) for v in value]
+        return [_subst(v, key, ids) for v in value]
     return value
+
+
+def _receivable(url) -> bool:
+    """A callBackUrl the recorded target delivered to (and so the replay's receiver stands in
+    for); a case's deliberately bad one ("", ftp://, no host) is replayed as it was."""
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return False
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:
+        return False
 
 
 def replay(ctx: Context, directory, progress=None) -> list[Result]:
@@ -87,7 +101,6 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
     target = ctx.target
     key = target.api_key
     ids: dict[str, str] = {}  # recorded taskId -> the fake's
-    urls: dict[str, str] = {}  # recorded callBackUrl -> our receiver's
     tokens: dict[str, tuple[str, str]] = {}  # receiver token -> (recorded task id, check)
     by_check: dict[str, Result] = {}
     finals = {}  # recorded task id -> the last stage its callbacks reached
@@ -97,12 +110,18 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
             finals[c["task_id"]] = stage
     state = {"finals": finals, "tokens_by_task": {}}
     order = list(dict.fromkeys(e.get("check") or "?" for e in exchanges))
+    tiers = {c.name: c.tier for c in all_checks()}
     for i, name in enumerate(order, 1):
-        r = by_check[name] = Result(f"replay:{name}", "replay", "free")
+        r = by_check[name] = Result(f"replay:{name}", "replay", "control" if tiers.get(name) == "control" else "free")
         ctx.result = r
         started = time.monotonic()
+        if r.tier == "control":
+            r.status, r.reason = "skipped", "a control-tier check: its answers came from the recorded fake's state"
+            if progress:
+                progress.stream.write(f"[{i:>2}/{len(order)}] {r.check:<40} SKIPPED ({r.reason})\n")
+            continue
         for rec in (e for e in exchanges if (e.get("check") or "?") == name):
-            _one(ctx, rec, key, ids, urls, tokens, state)
+            _one(ctx, rec, key, ids, tokens, state)
         r.duration = time.monotonic() - started
         r.status = "failed" if r.disagreements else "passed"
         if progress:
@@ -116,7 +135,7 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
     return list(by_check.values())
 
 
-def _one(ctx, rec: dict, key: str, ids: dict, urls: dict, tokens: dict, state: dict) -> None:
+def _one(ctx, rec: dict, key: str, ids: dict, tokens: dict, state: dict) -> None:
     path = rec["path"]
     if path.startswith(("http://", "https://")):
         ctx.note(f"not replayed (a file download from the recorded target): {path[:60]}")
@@ -126,14 +145,12 @@ def _one(ctx, rec: dict, key: str, ids: dict, urls: dict, tokens: dict, state: d
     if token and ctx.receiver and old_task in state["finals"]:
         # Recorded after that task's callbacks: replay it at the same point of the task's life.
         ctx.receiver.wait_for_stage(token, state["finals"][old_task], timeout=ctx.callback_timeout)
-    body = rec.get("body")
-    if isinstance(body, dict) and isinstance(body.get("callBackUrl"), str) and ctx.receiver:
-        old = body["callBackUrl"]
-        token = old.rstrip("/").rsplit("/", 1)[-1]
-        urls.setdefault(old, ctx.receiver.url(token))
-    body = _subst(body, key, ids, urls)
-    headers = _subst(rec.get("headers") or {}, key, ids, urls)
-    query = _subst(rec.get("query") or {}, key, ids, urls)
+    body = _subst(rec.get("body"), key, ids)
+    if isinstance(body, dict) and _receivable(body.get("callBackUrl")) and ctx.receiver:
+        token = body["callBackUrl"].rstrip("/").rsplit("/", 1)[-1]
+        body = dict(body, callBackUrl=ctx.receiver.url(token))
+    headers = _subst(rec.get("headers") or {}, key, ids)
+    query = _subst(rec.get("query") or {}, key, ids)
     call = {"json": body} if isinstance(body, (dict, list)) or (body is None and "content-type" in
                                                                   {h.lower() for h in headers}) else {"data": body}
     if isinstance(body, str):

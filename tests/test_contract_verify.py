@@ -109,6 +109,22 @@ def test_record_redacts_the_key_and_replay_holds_the_fake_to_it(capsys, tmp_path
     assert code == 1 and "replay.shape" in out, out
 
 
+def test_a_whole_recording_of_a_fake_replays_against_a_fake_without_disagreement(capsys, tmp_path):
+    """Every suite recorded (negative cases with callBackUrl "" or ftp://... among them): the
+    callback URLs of the cases that had one are replaced, nothing else (an "" prompt stays "");
+    the control-tier checks, whose answers came from the recorded fake's state, are skipped."""
+    rec = tmp_path / "rec"
+    code, out, _ = verify(capsys, "--record", str(rec))
+    assert code == 0, out
+    bodies = [json.loads(x).get("body") for x in (rec / "exchanges.jsonl").read_text().splitlines()]
+    assert any(isinstance(b, dict) and b.get("callBackUrl") == "" for b in bodies)
+    assert any(isinstance(b, dict) and b.get("callBackUrl") not in (None, "") for b in bodies)
+    code, out, _ = verify(capsys, "--replay", str(rec))
+    assert code == 0, out
+    assert "0 disagreement(s)" in out and "replay:failures.maintenance [control]: a control-tier check" in out
+    assert re.search(r"\b\d+ passed, 0 failed, 9 skipped, 0 errors", out), out  # the 9 control checks
+
+
 def test_replay_names_a_transport_difference(capsys, other, tmp_path):
     """The other server mirrors codes as HTTP statuses; the default fake does not: replay says so."""
     url, _ = other
@@ -213,3 +229,19 @@ def test_kie_mock_verify_against_a_running_fake(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "the target AGREES with the contract" in run.stdout
     assert "0 skipped" in run.stdout
+
+
+def test_a_fake_that_wants_an_admin_token_is_named_as_such_not_taken_for_the_real_service(capsys):
+    from contract.servers import fake_config
+
+    app = make_fake(fake_config().with_overrides(admin_token="s3cret"))
+    try:
+        with ServerThread(app) as url:
+            code, out, err = verify(capsys, "--base-url", url, "--suite", "credit.balance")
+            assert code == 2 and "needs its admin token: pass --admin-token" in out + err, out + err
+            code, out, err = verify(capsys, "--base-url", url, "--admin-token", "wrong", "--suite", "credit.balance")
+            assert code == 2, out + err
+            code, out, _ = verify(capsys, "--base-url", url, "--admin-token", "s3cret", "--suite", "credit.balance")
+            assert code == 0 and "fake detected" in out, out
+    finally:
+        stop_app(app)
