@@ -5,12 +5,17 @@
 #   bash .ci/services.sh       # prints "export KIE_MOCK_TEST_REDIS_URL=..." for eval
 #   bash .ci/services.sh stop  # stops the redis-server this script started
 #
-# Idempotent and fast once installed: a server this script already started (and that still
-# answers) is reused; the package is installed from Debian only when redis-server is missing.
-# The server keeps nothing on disk and listens on 127.0.0.1 only.
+# Idempotent and fast once installed: a server this script already started for this checkout
+# (and that still answers) is reused; the package is installed from Debian only when
+# redis-server is missing. Each checkout has its own server (its state directory is named after
+# the checkout's path; KIE_MOCK_SERVICES_DIR overrides), so two runs in two clones never share
+# a database. The server keeps nothing on disk and listens on 127.0.0.1 only.
 
 _kie_services() {
-  local state="${KIE_MOCK_SERVICES_DIR:-${TMPDIR:-/tmp}/kie-mock-ci-services}"
+  local root tag
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  tag="$(printf %s "$root" | cksum | cut -d' ' -f1)"
+  local state="${KIE_MOCK_SERVICES_DIR:-${TMPDIR:-/tmp}/kie-mock-ci-services-$tag}"
   local pidfile="$state/redis.pid" portfile="$state/redis.port"
   mkdir -p "$state"
 
