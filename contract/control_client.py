@@ -37,6 +37,17 @@ class ControlClient(_Base):
         except Exception:
             return False
 
+    def token_refused(self) -> bool:
+        """True when the target is a kie-mock fake whose control API refuses this client's admin
+        token (none, or another one than it was started with)."""
+        try:
+            self.health()
+        except ControlError as exc:
+            return exc.status == 401 and "X-Admin-Token" in str(exc.msg)
+        except Exception:  # not a fake at all
+            return False
+        return False
+
     def patch_settings(self, **changes) -> dict:
         return self.update_settings(**changes)
 

@@ -11,7 +11,8 @@ Fixtures
 - `kie_fake_config` session-scoped Config of that fake; override it in your conftest.py
 
 Options: `--kie-base-url URL --kie-api-key KEY` run the same tests against a running fake or
-the real service (env: KIE_BASE_URL, KIE_API_KEY); `--kie-callback-url URL` is the public
+the real service (env: KIE_BASE_URL, KIE_API_KEY); `--kie-admin-token T` for a running fake
+started with an admin token (env: KIE_MOCK_ADMIN_TOKEN); `--kie-callback-url URL` is the public
 address (a tunnel) of the callback receiver, whose port `--kie-callback-port` fixes.
 Marker: `@pytest.mark.kie_fake_only` skips a test when the target is not a fake.
 """
@@ -37,6 +38,8 @@ def pytest_addoption(parser):
     group.addoption("--kie-base-url", default=os.environ.get("KIE_BASE_URL"),
                     help="run kie fixtures against this target instead of a fake started for the session")
     group.addoption("--kie-api-key", default=os.environ.get("KIE_API_KEY"), help="API key for --kie-base-url")
+    group.addoption("--kie-admin-token", default=os.environ.get("KIE_MOCK_ADMIN_TOKEN"),
+                    help="the admin token of a --kie-base-url fake started with one (its control API)")
     group.addoption("--kie-callback-url", default=os.environ.get("KIE_CALLBACK_URL"),
                     help="public URL forwarding to the callback receiver (a remote target needs it)")
     group.addoption("--kie-callback-port", type=int, default=int(os.environ.get("KIE_CALLBACK_PORT") or 0),
@@ -100,8 +103,11 @@ def _kie_session_target(request, kie_server, kie_fake_config):
     remote = bool(request.config.getoption("--kie-base-url"))
     key = request.config.getoption("--kie-api-key") if remote else None
     key = key or next(iter(kie_fake_config.api_keys))
-    control = ControlClient.for_url(kie_server)
+    control = ControlClient.for_url(kie_server, request.config.getoption("--kie-admin-token"))
     is_fake = control.available()
+    if not is_fake and control.token_refused():  # a fake after all: its tests must not be skipped in silence
+        pytest.fail(f"{kie_server} is a kie-mock fake whose control API needs its admin token: pass "
+                    f"--kie-admin-token (or set KIE_MOCK_ADMIN_TOKEN)", pytrace=False)
     return KieTarget(kie_server, key, is_fake, control if is_fake else None,
                      Target(HttpTransport(kie_server), key))
 

@@ -245,3 +245,25 @@ def test_a_fake_that_wants_an_admin_token_is_named_as_such_not_taken_for_the_rea
             assert code == 0 and "fake detected" in out, out
     finally:
         stop_app(app)
+
+
+def test_the_pytest_plugin_reaches_a_token_protected_fake_with_its_admin_token(tmp_path):
+    """The how-to examples, against a running fake started with an admin token: with
+    --kie-admin-token they pass (control tests included); without it they fail with a sentence
+    rather than skip their control tests as if it were the real service."""
+    from contract.servers import fake_config
+
+    app = make_fake(fake_config().with_overrides(admin_token="s3cret"))
+    try:
+        with ServerThread(app) as url:
+            def run(*extra):
+                return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                       "tests/examples", "--kie-base-url", url, "--kie-api-key", "kie-mock-key",
+                                       *extra], capture_output=True, text=True, timeout=300)
+            ok = run("--kie-admin-token", "s3cret")
+            assert ok.returncode == 0 and "skipped" not in ok.stdout.splitlines()[-1], ok.stdout[-2000:]
+            refused = run()
+            assert refused.returncode == 1 and "needs its admin token: pass --kie-admin-token" in refused.stdout, \
+                refused.stdout[-2000:]
+    finally:
+        stop_app(app)
