@@ -14,8 +14,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -46,9 +44,8 @@ def signed_headers(hmac_key: str | None, task_id: str, now: float) -> dict:
     return {"X-Webhook-Timestamp": str(ts), "X-Webhook-Signature": sign(hmac_key, task_id, ts)}
 
 
-RESOLVERS = 4  # threads resolving receivers' names (each waits for at most one name at a time)
-_resolver: ThreadPoolExecutor | None = None
-_resolver_lock = threading.Lock()
+RESOLVERS = 4  # names being resolved at once, at most (each in a daemon thread of its own)
+_resolving = threading.BoundedSemaphore(RESOLVERS)
 
 
 def _left(deadline: float) -> float:
@@ -60,25 +57,39 @@ def _left(deadline: float) -> float:
 
 def _resolve(host: str, port: int, deadline: float) -> list:
     """getaddrinfo for a TCP connection, given up at the deadline (socket.timeout). A literal
-    address is not looked up. A resolution that outlives its deadline keeps its thread until the
-    resolver answers; with every resolver thread so held, later names wait for one and time out
-    the same way."""
-    global _resolver
+    address is not looked up. A lookup that outlives its deadline keeps its thread until the
+    resolver answers; with RESOLVERS so held, later names wait for one and time out the same
+    way. The threads are daemons: a lookup stuck on an unreachable nameserver never holds up
+    the process's exit."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
-    with _resolver_lock:
-        if _resolver is None:
-            _resolver = ThreadPoolExecutor(RESOLVERS, thread_name_prefix="kie-mock-resolve")
-    future = _resolver.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    if not _resolving.acquire(timeout=_left(deadline)):
+        raise socket.timeout("waiting for a resolver thread")
+    answer: list = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller
+            answer.append(exc)
+        finally:
+            _resolving.release()
+            done.set()
     try:
-        return future.result(timeout=_left(deadline))
-    except FutureTimeout:
-        future.cancel()
-        raise socket.timeout("resolving the name") from None
+        threading.Thread(target=lookup, name="kie-mock-resolve", daemon=True).start()
+    except BaseException:
+        _resolving.release()
+        raise
+    if not done.wait(_left(deadline)):
+        raise socket.timeout("resolving the name")
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
 
 
 HEAD_MAX = 65536  # bytes of an answer's status line and headers, at most

@@ -238,21 +238,24 @@ class Scheduler:
             task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION})
         self._next_stage(task, index, flow=FLOW)
         if task.get("delivered_through", -1) >= index - 1:
-            self._callback(task, index)
+            self._callback(task, index, inline=True)
 
-    def _callback(self, task: dict, index: int) -> None:
+    def _callback(self, task: dict, index: int, inline: bool) -> None:
         """Make the callback of stage `index` (whose stage has happened, and whose predecessor's
-        callback was delivered): now, or when a delayed-callbacks task wants it."""
+        callback was delivered): in this job (`inline`: the stage job's own callback), or in a job
+        of its own, now or when a delayed-callbacks task wants it. A job makes one callback (and
+        its duplicate) at most: its lease is sized for that."""
         scenario = Scenario.from_dict(task["scenario"])
         if not scenario.sends_callbacks or task["delivery"] == "abandoned":
             return
         now = self.clock.now()
         step = task["plan"][index]
         due = step["at"] + self.cfg.delay(scenario.callback_delay) if scenario.callback_delay else now
-        if due > now:
-            self._add(task["taskId"], "deliver", due, stage=step["stage"], attempt=0, index=index, flow=FLOW)
-        else:
+        if inline and due <= now:
             self._delivery(task, step["stage"], 0, index)
+        else:  # chain=False: an older kie-mock sharing the store plans no second stage from it
+            self._add(task["taskId"], "deliver", max(due, now), stage=step["stage"], attempt=0, index=index,
+                      flow=FLOW, chain=False)
 
     def _delivered(self, task: dict, index: int) -> None:
         """Stage `index`'s callback was delivered: the next one, if its stage has happened."""
@@ -260,7 +263,7 @@ class Scheduler:
             return  # the last: nothing waits for it (one store write less per task)
         task = self.store.update_task(task["taskId"], {"delivered_through": index})
         if task is not None and task.get("stage_index", -1) >= index + 1:
-            self._callback(task, index + 1)
+            self._callback(task, index + 1, inline=False)
 
     def _legacy_stage(self, task: dict, index: int, now: float) -> None:
         """A stage job stored by an older kie-mock: the next stage is planned once this stage's
@@ -325,7 +328,7 @@ class Scheduler:
                 self._next_stage(task, index, flow=None)
         elif attempt < len(self.cfg.retry_delays):
             due = self.clock.now() + self.cfg.delay(self.cfg.retry_delays[attempt])
-            how = {"flow": FLOW} if chain is None else {"chain": chain}
+            how = {"flow": FLOW, "chain": False} if chain is None else {"chain": chain}
             self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, index=index, **how)
         else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
             task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
@@ -262,3 +263,17 @@ def test_a_name_that_resolves_slowly_times_out_within_the_callback_timeout(recei
         assert (a.status, a.error) == (200, None)
     finally:
         release.set()
+
+
+def test_a_lookup_stuck_past_its_deadline_does_not_hold_up_the_process_exit():
+    script = (
+        "import socket, time\n"
+        "real = socket.getaddrinfo\n"
+        "socket.getaddrinfo = lambda *a, **k: time.sleep(20) or real('127.0.0.1', *a[1:], **k)\n"
+        "from mock_server.delivery import HttpDelivery\n"
+        "a = HttpDelivery(timeout=0.3)('http://stuck.example:9/cb', b'{}', {})\n"
+        "print(a.error)\n")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "timeout after 0.3s", out.stdout + out.stderr
+    assert time.monotonic() - started < 10, "the interpreter waited for the stuck lookup"

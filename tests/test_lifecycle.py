@@ -488,3 +488,27 @@ def test_jobs_stored_by_an_older_kie_mock_still_run_their_way(client, clock, del
     clock.advance(3)
     assert delivery.stages(task["taskId"]) == ["text", "text", "first", "complete"]
     assert _status(client, task["taskId"]) == "SUCCESS"
+
+
+def test_a_job_makes_one_callback_so_slow_receivers_never_outlive_its_lease():
+    """When polling ran ahead (stages 0.05 s apart, a receiver taking 0.4 s), the callbacks that
+    follow a late one are jobs of their own: one job sending the whole chain outlived its lease
+    (sized for one callback and its duplicate), was claimed again, and stages and callbacks
+    happened twice, out of order."""
+    recv = Receiver(lambda payload: time.sleep(0.4) or 200)
+    cfg = Config(stage_delays=(0.0, 0.05, 0.1), callback_timeout=1.0, rate_limit=0, api_keys={"kie-mock-key": 10**6})
+    app = create_app(cfg)
+    svc = app.extensions["kie_mock"]
+    svc.scheduler.lease = 1.0  # one callback and its duplicate take 0.8 s
+    client = app.test_client()
+    try:
+        _, env = submit(client, body(callBackUrl=recv.url), headers={"Prefer": "scenario=duplicate-callbacks"})
+        task_id = env["data"]["taskId"]
+        recv.wait_for(6)
+        time.sleep(1.5)  # a job claimed again would send more by now
+        assert [b["data"]["callbackType"] for b in recv.bodies] == ["text", "text", "first", "first",
+                                                                    "complete", "complete"]
+        assert _status(client, task_id) == "SUCCESS"
+    finally:
+        recv.close()
+        svc.scheduler.stop()
