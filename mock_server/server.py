@@ -135,12 +135,30 @@ def worker_rsgi_app():
     return RsgiApp(app.extensions["kie_mock"], app, multiprocess=os.environ.get(ENV_MULTIPROCESS) == "1")
 
 
-def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 0) -> str:
-    keys = ", ".join(cfg.api_keys)
+def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 0,
+           scenario_keys: tuple = ()) -> str:
+    keys = ", ".join(dict.fromkeys([*cfg.api_keys, *scenario_keys]))
     due = ("a process of their own" if schedulers == 1 else f"{schedulers} processes of their own") \
         if schedulers else "the workers"
+    stages = "instant" if cfg.instant else "/".join(f"{d * cfg.time_scale:g}" for d in cfg.stage_delays) + " s"
+    extra = "; uploadUrl fetched (--source-check)" if cfg.source_check else ""
     return (f"kie-mock listening on http://{cfg.host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
-            f"clock: {cfg.clock}; store: {cfg.store}; server: {server}, workers: {workers}; callbacks: {due})")
+            f"clock: {cfg.clock}; stages: {stages}{extra}; store: {cfg.store}; server: {server}, "
+            f"workers: {workers}; callbacks: {due})")
+
+
+def _scenario_keys(path: str | None) -> tuple:
+    """The keys a scenario file's accounts add (for the banner); () when it cannot be read (the
+    server says why when it loads it)."""
+    if not path:
+        return ()
+    try:
+        from .scenario_file import load
+
+        accounts = load(path).get("accounts") or {}
+    except Exception:
+        return ()
+    return tuple(str(k) for k in accounts) if isinstance(accounts, dict) else ()
 
 
 def scheduler_process(cfg: Config, server: str) -> bool:
@@ -216,6 +234,7 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         return 2
     if cfg.port == 0:
         cfg = cfg.with_overrides(port=_free_port(cfg.host))
+    scenario_keys = _scenario_keys(scenario_file)
     if shared_store(cfg.store):
         _prepare_shared_store(cfg, scenario_file)
         scenario_file = None
@@ -226,7 +245,7 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         os.environ.pop(ENV_SCENARIO, None)
     schedulers = schedulers if own_process else 0
     os.environ[ENV_CLAIMS] = "0" if schedulers else "1"
-    line = banner(cfg, cfg.port, workers, server, schedulers)
+    line = banner(cfg, cfg.port, workers, server, schedulers, scenario_keys)
     if server == "builtin":
         return _run_builtin(cfg, workers, line, schedulers)
     if server == "granian":

@@ -70,3 +70,16 @@ def test_callbacks_outside_the_allowlist_are_not_sent_and_journaled_as_blocked()
     assert delivery.calls == []
     entry = app.extensions["kie_mock"].store.read_log("attempts")[0]
     assert entry["error"].startswith("blocked") and entry["ok"] is False
+
+
+def test_the_banner_names_the_scenario_file_keys_and_how_stages_are_timed(tmp_path):
+    from mock_server.server import _scenario_keys, banner
+
+    f = tmp_path / "s.yaml"
+    f.write_text("accounts:\n  team-key: {credits: 50}\n  kie-mock-key: {credits: 5}\n")
+    keys = _scenario_keys(str(f))
+    line = banner(Config(time_scale=0.5), 8787, 1, "builtin", 1, keys)
+    assert "keys: kie-mock-key, team-key;" in line and "stages: 1/2.5/4 s;" in line and "source-check" not in line
+    line = banner(Config(instant=True, source_check=True), 8787, 2, "builtin")
+    assert "keys: kie-mock-key;" in line and "stages: instant; uploadUrl fetched (--source-check)" in line
+    assert _scenario_keys(str(tmp_path / "missing.yaml")) == () and _scenario_keys(None) == ()
