@@ -11,6 +11,7 @@ import uuid
 
 from .envelope import TRANSPORTS
 from .faults import ERROR_CODES
+from .scenarios import NAMES as SCENARIO_NAMES
 from .scenarios import Scenario
 
 
@@ -41,6 +42,25 @@ def whole(body: dict, name: str, default=None, lo: int = 0, hi: int = 10**12) ->
     return int(value)
 
 
+def _finite(value) -> bool:
+    """A number that is a finite double (a YAML integer with 400 digits is not: no OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def scenario_name(value, what: str) -> str:
+    """A scenario's name exactly as documented (not null, "", or padded)."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{what}: a scenario name is required (got {value!r}); known: {', '.join(SCENARIO_NAMES)}")
+    if value not in SCENARIO_NAMES:
+        raise BadRequest(f"{what}: unknown scenario {value!r}; known: {', '.join(SCENARIO_NAMES)}")
+    return value
+
+
 def mapping(value, what: str) -> dict:
     if not isinstance(value, dict):
         raise BadRequest(f"{what}: a JSON object (mapping) is required (got {value!r})")
@@ -63,8 +83,7 @@ def check_setting(svc, name: str, value):
                 raise BadRequest(f"maintenance_window: {{start_in, duration}} seconds (got {value!r})")
             start = now + number(value, "start_in", 0, 0, 10**9)
             return [start, start + number(value, "duration", None, 0, 10**9)]
-        if isinstance(value, list) and len(value) == 2 \
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value) \
+        if isinstance(value, list) and len(value) == 2 and all(_finite(v) for v in value) \
                 and value[0] <= value[1]:
             return [float(value[0]), float(value[1])]
         raise BadRequest("maintenance_window: [start, end] epoch seconds with start <= end, "
@@ -76,7 +95,7 @@ def check_setting(svc, name: str, value):
         return {"min": lo, "max": number(value, "max", lo, lo, 60)}
     if name == "default_scenario":
         try:
-            return Scenario.parse(value).name
+            return Scenario.parse(scenario_name(value, "default_scenario")).name
         except (ValueError, AttributeError) as exc:
             raise BadRequest(str(exc)) from None
     if SETTING_TYPES[name] is int:  # counts and prices: never silently rounded
@@ -112,7 +131,7 @@ def arm(svc, body: dict) -> dict:
             fault["transport"] = body["transport"]
     elif "scenario" in body:
         try:
-            scn = Scenario.parse(body["scenario"], body.get("params"))
+            scn = Scenario.parse(scenario_name(body["scenario"], "scenario"), body.get("params"))
         except (ValueError, AttributeError, TypeError) as exc:
             raise BadRequest(str(exc)) from None
         fault.update(kind="scenario", scenario=scn.name, params=scn.params)
@@ -121,6 +140,8 @@ def arm(svc, body: dict) -> dict:
     for name in ("msg", "transport"):
         if name in body and fault["kind"] != "code":
             raise BadRequest(f"{name} goes with code (how the forced code is answered)")
+    if "params" in body and fault["kind"] != "scenario":
+        raise BadRequest("params goes with scenario (delay, seconds)")
     svc.store.arm_fault(fault)
     return fault
 

@@ -26,6 +26,9 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
     service = Service(cfg, store=store, clock=clock, deliver=deliver, source_checker=source_checker,
                       claims=claims)
     app = Flask("kie_mock")
+    # "//" in a path is not merged into "/" by a redirect: /_mock/accounts/%2Fabc (a key "/abc")
+    # was redirected to the account "abc", which a client that follows redirects then changed.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes + 1024
     app.json.sort_keys = False
     app.extensions["kie_mock"] = service
@@ -50,7 +53,9 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
             return respond(404, f"Not Found: no endpoint {request.method} {request.path}", status=404)
         if exc.code == 405:
             allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
-            return respond(404, f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
+            mirrored = request.path.startswith(control.PREFIX + "/")  # the control API's statuses mirror the code
+            return respond(405 if mirrored else 404,
+                           f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
                            status=405, headers={"Allow": allowed})
         if exc.code == 413:
             return respond(422, f"request body too large: the limit is {cfg.max_body_bytes} bytes",

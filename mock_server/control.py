@@ -8,6 +8,8 @@ When an admin token is configured, every call needs `X-Admin-Token: <token>`.
 from __future__ import annotations
 
 import hmac
+
+import orjson
 from flask import Blueprint, Response, current_app, request
 
 from . import lifecycle
@@ -21,6 +23,7 @@ PREFIX = "/_mock"
 TASK_STATUSES = ("PENDING", "TEXT_SUCCESS", "FIRST_SUCCESS", "SUCCESS", "CREATE_TASK_FAILED",
                  "GENERATE_AUDIO_FAILED", "CALLBACK_EXCEPTION", "SENSITIVE_WORD_ERROR")
 CALLBACK_STAGES = ("text", "first", "complete", "error")
+LIMIT_MAX = 2**31 - 1  # a ?limit= beyond this is taken as this (SQLite's integers end at 2**63)
 bp = Blueprint("control", __name__, url_prefix=PREFIX)
 
 def _svc() -> Service:
@@ -51,10 +54,15 @@ def _bad(exc):
 
 
 def _json() -> dict:
-    # the raw body, whatever its Content-Type (a form-encoded body must not read as "no change")
-    if not request.get_data(cache=True).strip():
+    # the raw body, whatever its Content-Type (a form-encoded body must not read as "no change");
+    # parsed as the API parses: nesting, lone surrogates and numbers past a double are refused
+    raw = request.get_data(cache=True)
+    if not raw.strip():
         return {}
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"control API: the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("control API: send a JSON object")
     return body
@@ -66,7 +74,7 @@ def _int_arg(name: str, default: int | None) -> int | None:
         return default
     if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"{name}: a whole number is required (got {raw!r})")
-    return int(raw)
+    return min(int(raw), LIMIT_MAX)  # "at most N": a bigger N than any store holds means all
 
 
 def _choice_arg(name: str, choices) -> str | None:
@@ -173,7 +181,11 @@ def advance():
     svc = _svc()
     if not svc.clock.virtual:
         return fail(409, "the clock is real: start the fake with --clock virtual to advance it")
-    seconds = number(_json(), "seconds", None, 0, 10**9)
+    body = _json()
+    if set(body) - {"seconds"}:
+        raise BadRequest(f"unknown field(s) {', '.join(sorted(map(str, set(body) - {'seconds'})))}; "
+                         "advance takes seconds")
+    seconds = number(body, "seconds", None, 0, 10**9)
     return ok({"now": svc.clock.advance(seconds), "virtual": True})
 
 

@@ -177,7 +177,10 @@ def wsgi_environ(method: str, path_info: str, query: str, server: tuple[str, str
         else:
             key = "HTTP_" + name.upper().replace("-", "_")
             env[key] = f"{env[key]},{value}" if key in env else value
-    if "CONTENT_LENGTH" not in env and body:  # a chunked body: WSGI apps read by length
+    if "HTTP_TRANSFER_ENCODING" in env:  # the server took the chunks off: the app reads the body by length
+        del env["HTTP_TRANSFER_ENCODING"]  # (Werkzeug reads no body at all from a "chunked" environ)
+        env["CONTENT_LENGTH"] = str(len(body))
+    elif "CONTENT_LENGTH" not in env and body:
         env["CONTENT_LENGTH"] = str(len(body))
     return env
 

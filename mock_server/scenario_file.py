@@ -33,6 +33,8 @@ def load(path: str | Path) -> dict:
         data = json.loads(text) if path.suffix.lower() == ".json" and text.strip() else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise BadRequest(f"scenario file {path}: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"scenario file {path}: nested too deep") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or set(data) - set(SECTIONS):

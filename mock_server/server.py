@@ -57,6 +57,7 @@ from .config import Config
 
 ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
 ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
+ENV_SCENARIO_APPLIED = "KIE_MOCK__WORKER_SCENARIO_APPLIED"  # "1": the parent applied it (workers remember it for reset)
 ENV_MULTIPROCESS = "KIE_MOCK__WORKER_MULTIPROCESS"
 ENV_CLAIMS = "KIE_MOCK__WORKER_CLAIMS"  # "0": the workers leave the due jobs to the scheduler process
 SERVERS = ("builtin", "granian", "gunicorn-gthread", "gunicorn-sync", "werkzeug")
@@ -97,9 +98,15 @@ def _free_port(host: str) -> int:
 
 
 def _prepare_shared_store(cfg: Config, scenario_file: str | None) -> None:
-    """Seed the shared store once, before the workers start (they then find the keys there)."""
+    """Seed the shared store once, before the workers start (they then find the keys there).
+    With a one-process store, check the scenario file on a throwaway one: a bad file stops
+    `serve` with its sentence before any worker starts (instead of killing each worker)."""
     from .service import Service
 
+    if not shared_store(cfg.store):
+        cfg = cfg.with_overrides(store="memory")
+        if not scenario_file:
+            return
     svc = Service(cfg)  # seeds the configured keys the store does not know yet
     try:
         if scenario_file:
@@ -117,10 +124,11 @@ def worker_app():
     cfg: Config = pickle.loads(base64.b64decode(os.environ[ENV_CONFIG]))
     app = create_app(cfg, claims=os.environ.get(ENV_CLAIMS) != "0")
     scenario_file = os.environ.get(ENV_SCENARIO)
-    if scenario_file:  # only set for a one-process store: this worker is the only one
+    if scenario_file:  # a shared store has it from the parent; a one-process store is this worker's own
         from .scenario_file import apply_file
 
-        apply_file(app.extensions["kie_mock"], scenario_file)
+        apply_file(app.extensions["kie_mock"], scenario_file,
+                   remember_only=os.environ.get(ENV_SCENARIO_APPLIED) == "1")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app.extensions["kie_mock"].after_reset.append(heap.settle)
     heap.settle()  # what this process built so far lives as long as it does
@@ -235,12 +243,11 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
     if cfg.port == 0:
         cfg = cfg.with_overrides(port=_free_port(cfg.host))
     scenario_keys = _scenario_keys(scenario_file)
-    if shared_store(cfg.store):
-        _prepare_shared_store(cfg, scenario_file)
-        scenario_file = None
+    _prepare_shared_store(cfg, scenario_file)
     os.environ[ENV_CONFIG] = base64.b64encode(pickle.dumps(cfg)).decode()
-    if scenario_file:
+    if scenario_file:  # each worker remembers it (POST /_mock/reset comes back to it); one applies it
         os.environ[ENV_SCENARIO] = os.path.abspath(scenario_file)
+        os.environ[ENV_SCENARIO_APPLIED] = "1" if shared_store(cfg.store) else "0"
     else:
         os.environ.pop(ENV_SCENARIO, None)
     schedulers = schedulers if own_process else 0

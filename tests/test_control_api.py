@@ -246,7 +246,13 @@ def test_fire_a_fresh_task_runs_every_stage_now_in_order(client, mock, delivery,
 BAD = [
     # settings
     ("PATCH", "/_mock/settings", "[1, 2]", "JSON object"),
-    ("PATCH", "/_mock/settings", "{not json", "JSON object"),
+    ("PATCH", "/_mock/settings", "{not json", "not JSON"),
+    ("PATCH", "/_mock/settings", "[" * 1100 + "]" * 1100, "not JSON: depth limit"),  # was a RecursionError (500)
+    ("PATCH", "/_mock/settings", '{"maintenance_window": [0, 1' + "0" * 400 + "]}", "not JSON"),  # OverflowError
+    ("PATCH", "/_mock/settings", '{"default_scenario": "\\ud800"}', "not JSON: no low surrogate"),
+    ("PATCH", "/_mock/settings", {"default_scenario": None}, "a scenario name is required"),
+    ("PATCH", "/_mock/settings", {"default_scenario": ""}, "unknown scenario ''"),
+    ("PATCH", "/_mock/settings", {"default_scenario": " fail-400 "}, "unknown scenario ' fail-400 '"),
     ("PATCH", "/_mock/settings", {"rate_limt": 5}, "unknown setting 'rate_limt'"),
     ("PATCH", "/_mock/settings", {"rate_limit": "5"}, "rate_limit"),
     ("PATCH", "/_mock/settings", {"rate_limit": 1.5}, "whole number"),
@@ -261,12 +267,12 @@ BAD = [
     ("PATCH", "/_mock/settings", {"maintenance_window": {"start_in": 1}}, "duration"),
     ("PATCH", "/_mock/settings", {"maintenance_window": {"start": 1, "duration": 5}}, "start_in, duration"),
     ("PATCH", "/_mock/settings", {"maintenance_window": "soon"}, "maintenance_window"),
-    ("PATCH", "/_mock/settings", '{"maintenance_window": [0, Infinity]}', "maintenance_window"),
+    ("PATCH", "/_mock/settings", '{"maintenance_window": [0, Infinity]}', "not JSON"),
     ("PATCH", "/_mock/settings", {"latency": "fast"}, "latency"),
     ("PATCH", "/_mock/settings", {"latency": {"min": 61}}, "min"),
     ("PATCH", "/_mock/settings", {"latency": {"min": 2, "max": 1}}, "max"),
     ("PATCH", "/_mock/settings", {"latency": {"mn": 1}}, "latency"),
-    ("PATCH", "/_mock/settings", '{"latency": {"min": NaN}}', "min"),
+    ("PATCH", "/_mock/settings", '{"latency": {"min": NaN}}', "not JSON"),
     ("PATCH", "/_mock/settings", {"default_scenario": "explode"}, "unknown scenario 'explode'"),
     ("PATCH", "/_mock/settings", {"default_scenario": 5}, "scenario"),
     # faults
@@ -283,6 +289,11 @@ BAD = [
     ("POST", "/_mock/faults", {"code": 402, "scenario": "fail-501"}, "not both"),
     ("POST", "/_mock/faults", {"cod": 402}, "unknown field(s) cod"),
     ("POST", "/_mock/faults", {"scenario": "explode"}, "unknown scenario"),
+    ("POST", "/_mock/faults", {"scenario": None}, "a scenario name is required"),
+    ("POST", "/_mock/faults", {"scenario": ""}, "unknown scenario ''"),
+    ("POST", "/_mock/faults", {"code": 409, "params": {"delay": 5}}, "params goes with scenario"),
+    ("POST", "/_mock/faults", {"code": 409, "params": "junk"}, "params goes with scenario"),
+    ("POST", "/_mock/faults", '{"code": 409, "msg": "\\ud800"}', "not JSON"),
     ("POST", "/_mock/faults", {"scenario": 5}, "scenario"),
     ("POST", "/_mock/faults", {"scenario": ["fail-501"]}, "scenario"),
     ("POST", "/_mock/faults", {"scenario": "fail-501", "params": {"delay": 5}}, "takes no parameters"),
@@ -304,7 +315,9 @@ BAD = [
     ("POST", "/_mock/clock/advance", {}, "seconds"),
     ("POST", "/_mock/clock/advance", {"seconds": -1}, "seconds"),
     ("POST", "/_mock/clock/advance", {"seconds": "1"}, "seconds"),
-    ("POST", "/_mock/clock/advance", '{"seconds": NaN}', "seconds"),
+    ("POST", "/_mock/clock/advance", '{"seconds": NaN}', "not JSON"),
+    ("POST", "/_mock/clock/advance", {"seconds": 1, "x": 2}, "unknown field(s) x"),
+    ("PUT", "/_mock/accounts/k", "[" * 1100 + "]" * 1100, "not JSON"),
     ("POST", "/_mock/clock/advance", {"seconds": 10**10}, "seconds"),
     # filters
     ("GET", "/_mock/tasks?status=DONE", None, "status: one of"),
@@ -549,3 +562,23 @@ def test_control_client_says_when_the_answer_is_not_the_fake():
 def test_control_client_needs_exactly_one_target():
     with pytest.raises(ValueError):
         ControlClient()
+
+
+def test_odd_paths_limits_and_methods_on_the_control_api(client, mock):
+    """A ?limit= past SQLite's integers is "all" (it was an OverflowError, a 500); a key with "/"
+    (sent as %2F) at its start is refused, not taken for another account ("//" was merged into
+    "/" by a 308 to /_mock/accounts/abc); a wrong method answers 405 with code 405 (the control API's statuses
+    mirror its codes)."""
+    assert ok(mock("PUT", "/_mock/accounts/abc", {"credits": 7}))["credits"] == 7
+    for path in ("/_mock/tasks?limit=9223372036854775808", "/_mock/requests?limit=" + "9" * 30,
+                 "/_mock/callbacks?limit=" + "9" * 30):
+        assert isinstance(ok(mock("GET", path)), list), path
+    for method in ("PUT", "DELETE"):  # a key that begins with "/" matches no route: 404, and no redirect
+        r = client.open("/_mock/accounts/%2Fabc", method=method, json={"credits": 1})
+        assert (r.status_code, r.get_json()["code"]) == (404, 404) and "Location" not in r.headers
+    assert client.get("/api/v1/chat/credit", headers={"Authorization": "Bearer abc"}).get_json()["data"] == 7
+    assert ok(mock("PUT", "/_mock/accounts/a%2Fb", {"credits": 3}))["credits"] == 3  # "/" inside a key is fine
+    r = client.delete("/_mock/health")
+    assert (r.status_code, r.get_json()["code"], r.headers["Allow"]) == (405, 405, "GET")
+    r = client.delete("/api/v1/chat/credit", headers=AUTH)  # the faked API keeps its own way
+    assert (r.status_code, r.get_json()["code"]) == (405, 404)

@@ -802,3 +802,21 @@ def test_nothing_is_queued_on_a_connection_that_an_answer_closed():
         assert all(not c.queue for c in svc.httpd.connections)
         assert f.read() == b""
         svc.httpd.stopping = False
+
+
+def test_a_chunked_body_reaches_the_control_api_whole():
+    """The server takes the chunks off; the Flask routes (control API) must then read the body by
+    its length: with Transfer-Encoding left in their environ they read nothing, and a chunked
+    PUT of an account was answered 200 without changing it."""
+    with running() as (port, svc), connect(port) as (s, f):
+        put = orjson.dumps({"credits": 5})
+        s.sendall(request("PUT", f"/_mock/accounts/{KEY}", b"", {"Transfer-Encoding": "chunked",
+                                                                 "Content-Type": "application/json"})
+                  + _chunked(put, 3))
+        status, _, payload = read_response(f)
+        assert (status, envelope(payload)["code"]) == (200, 200) and credits(svc) == 5
+        s.sendall(request("PUT", f"/_mock/accounts/{KEY}", b"", {"Transfer-Encoding": "chunked",
+                                                                 "Content-Type": "application/json"})
+                  + _chunked(b'{"credits": "bad"}', 4))
+        status, _, payload = read_response(f)
+        assert (status, envelope(payload)["code"]) == (400, 400) and credits(svc) == 5

@@ -179,10 +179,31 @@ def test_serve_applies_the_file_at_start(scenario_path):
         assert [t["scenario"]["name"] for t in ctl.tasks()] == ["fail-501"]
 
 
+def test_reset_on_a_shared_store_comes_back_to_the_scenario_file(tmp_path):
+    """The parent applies the file to a shared store; every worker must still remember it, or
+    POST /_mock/reset (served by any worker) wiped the file's accounts, settings and faults."""
+    path = tmp_path / "failures.yaml"
+    path.write_text(YAML)
+    with serve("--store", f"sqlite:{tmp_path / 's.sqlite'}", "--workers", "2", "--clock", "real",
+               "--scenario-file", str(path)) as base:
+        ctl = ControlClient(base)
+
+        def now():  # the file's maintenance window starts "in N s": from the reset on
+            settings, accounts, faults = state(ctl)
+            return {k: v for k, v in settings.items() if k != "maintenance_window"}, accounts, faults
+        before = now()
+        assert before[0]["default_scenario"] == "duplicate-callbacks" and before[2]
+        for _ in range(4):  # whichever worker takes it
+            ctl.reset()
+            assert now() == before
+
+
 @pytest.mark.parametrize("text, reason", [
     ("faults: [{code: 418}]\n", "code: one of"),
     ("setings: {}\n", "a mapping with only settings, accounts, faults"),
-])
+    ("settings: {maintenance_window: [0, 1" + "0" * 400 + "]}\n", "maintenance_window"),  # was an OverflowError
+    ("accounts: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deep"),  # was a RecursionError
+], ids=["code-418", "misspelt-section", "400-digit-integer", "100000-levels"])
 def test_serve_with_a_bad_file_exits_non_zero_with_the_reason(tmp_path, text, reason):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -194,6 +215,7 @@ def test_serve_with_a_bad_file_exits_non_zero_with_the_reason(tmp_path, text, re
         raise AssertionError("kie-mock serve kept running with a bad scenario file") from None
     assert proc.returncode != 0
     assert "kie-mock: " in output and reason in output, output
+    assert "Traceback" not in output and "died" not in output, output  # stopped before any worker started
 
 
 def test_serve_with_a_missing_file_exits_non_zero(tmp_path):
