@@ -57,6 +57,10 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
             return respond(405 if mirrored else 404,
                            f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
                            status=405, headers={"Allow": allowed})
+        if request.path.startswith(control.PREFIX + "/"):  # the control API: 400, as its own refusals
+            what = f"request body too large: the limit is {cfg.max_body_bytes} bytes" if exc.code == 413 \
+                else f"bad request: {exc.description}"
+            return respond(400, what, transport="status")
         if exc.code == 413:
             return respond(422, f"request body too large: the limit is {cfg.max_body_bytes} bytes",
                            transport=cfg.transport)

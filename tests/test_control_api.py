@@ -582,3 +582,8 @@ def test_odd_paths_limits_and_methods_on_the_control_api(client, mock):
     assert (r.status_code, r.get_json()["code"], r.headers["Allow"]) == (405, 405, "GET")
     r = client.delete("/api/v1/chat/credit", headers=AUTH)  # the faked API keeps its own way
     assert (r.status_code, r.get_json()["code"]) == (405, 404)
+
+
+def test_a_body_over_the_limit_on_the_control_api_is_a_400_like_its_other_refusals(mock):
+    status, envelope = mock("PUT", "/_mock/accounts/k", raw='{"credits": 1, "pad": "' + "x" * (2 << 20) + '"}')
+    assert (status, envelope["code"]) == (400, 400) and "too large" in envelope["msg"]
