@@ -50,6 +50,9 @@ class Config:
         """Refuse settings that are unsafe or meaningless, with a sentence saying why."""
         from .netpolicy import is_loopback_host
 
+        if self.admin_token and self.admin_token != self.admin_token.strip():
+            # an HTTP header's value arrives without its surrounding spaces: such a token never matches
+            raise ValueError("the admin token must not start or end with a space (none: no token)")
         if not is_loopback_host(self.host) and not self.admin_token:
             raise ValueError(f"binding to {self.host} exposes the control API beyond this machine: "
                              "set --admin-token (KIE_MOCK_ADMIN_TOKEN) too")

@@ -34,6 +34,7 @@ from .fastschema import checker
 from .spec import validator
 
 PURGE_EVERY = 60.0
+STOP_WAIT = 12.0  # seconds a stopping scheduler waits for its jobs in progress (the supervisor allows 15)
 FLOW = 2  # a job's "flow": stages on their own time, callbacks in order (jobs stored before 2026-11 have none)
 
 
@@ -147,6 +148,11 @@ class Scheduler:
         if self._thread:
             self._thread.join(timeout=5)
             self._thread = None
+            # The jobs in progress are finished, not left claimed: after a clean stop no callback
+            # waits out a lease (35 s by default) to be made again by the next process.
+            deadline = time.monotonic() + min(self.cfg.callback_timeout + 1.0, STOP_WAIT)
+            while self._busy and time.monotonic() < deadline:
+                time.sleep(0.01)
             for work in self.each_round:  # a last round of the buffered work (the journal)
                 try:
                     work()
@@ -229,6 +235,9 @@ class Scheduler:
         if job.get("flow") != FLOW:  # stored by an older kie-mock: the next stage waits for this callback
             self._legacy_stage(self.store.update_task(task["taskId"], changes), index, now)
             return
+        if task.get("stage_index", -1) >= index:
+            self._rerun(task, index)
+            return
         changes["stage_index"] = index
         # One atomic update each, this one and the previous callback's "delivered_through": whichever
         # comes second sees both, and makes this stage's callback (exactly one of them does).
@@ -238,6 +247,17 @@ class Scheduler:
             task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION})
         self._next_stage(task, index, flow=FLOW)
         if task.get("delivered_through", -1) >= index - 1:
+            self._callback(task, index, inline=True)
+
+    def _rerun(self, task: dict, index: int) -> None:
+        """A stage job run again after the process that ran it died (its lease ran out): the
+        stage happened already and is not applied again (polling went backwards, and the stages
+        after it were planned twice); what may not have happened after it is done: planning the
+        next stage, and this stage's callback (at least once)."""
+        if task["stage_index"] == index and index + 1 < len(task["plan"]) and not any(
+                j["kind"] == "stage" and j.get("index") == index + 1 for j in self.store.list_jobs(task["taskId"])):
+            self._next_stage(task, index, flow=FLOW)
+        if task.get("delivered_through", -1) == index - 1:
             self._callback(task, index, inline=True)
 
     def _callback(self, task: dict, index: int, inline: bool) -> None:

@@ -59,6 +59,7 @@ ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (
 ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
 ENV_SCENARIO_APPLIED = "KIE_MOCK__WORKER_SCENARIO_APPLIED"  # "1": the parent applied it (workers remember it for reset)
 ENV_MULTIPROCESS = "KIE_MOCK__WORKER_MULTIPROCESS"
+ENV_SERVE_PID = "KIE_MOCK__SERVE_PID"  # the `serve` process, which the workers it forks die with
 ENV_CLAIMS = "KIE_MOCK__WORKER_CLAIMS"  # "0": the workers leave the due jobs to the scheduler process
 SERVERS = ("builtin", "granian", "gunicorn-gthread", "gunicorn-sync", "werkzeug")
 WORKER_STOP_TIMEOUT = 15.0  # seconds a worker gets to stop after SIGTERM (httpd.DRAIN_TIMEOUT + its scheduler)
@@ -121,6 +122,10 @@ def worker_app():
     """The app of one worker process (the factory the WSGI server calls after forking)."""
     from .app import create_app
 
+    serve_pid = int(os.environ.get(ENV_SERVE_PID) or 0)
+    if serve_pid and os.getpid() != serve_pid:  # a worker granian or gunicorn forked: named, and it dies with serve
+        _set_name(WORKER_NAME)
+        _die_with(serve_pid)
     cfg: Config = pickle.loads(base64.b64decode(os.environ[ENV_CONFIG]))
     app = create_app(cfg, claims=os.environ.get(ENV_CLAIMS) != "0")
     scenario_file = os.environ.get(ENV_SCENARIO)
@@ -145,12 +150,17 @@ def worker_rsgi_app():
 
 def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 0,
            scenario_keys: tuple = ()) -> str:
-    keys = ", ".join(dict.fromkeys([*cfg.api_keys, *scenario_keys]))
+    from .config import DEFAULT_API_KEY
+    from .service import mask_key
+
+    # masked, as in every log and journal; the documented default key is public anyway
+    keys = ", ".join(k if k == DEFAULT_API_KEY else mask_key(k) for k in dict.fromkeys([*cfg.api_keys, *scenario_keys]))
     due = ("a process of their own" if schedulers == 1 else f"{schedulers} processes of their own") \
         if schedulers else "the workers"
     stages = "instant" if cfg.instant else "/".join(f"{d * cfg.time_scale:g}" for d in cfg.stage_delays) + " s"
     extra = "; uploadUrl fetched (--source-check)" if cfg.source_check else ""
-    return (f"kie-mock listening on http://{cfg.host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host  # an IPv6 address, as a URL writes it
+    return (f"kie-mock listening on http://{host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
             f"clock: {cfg.clock}; stages: {stages}{extra}; store: {cfg.store}; server: {server}, "
             f"workers: {workers}; callbacks: {due})")
 
@@ -245,6 +255,7 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
     scenario_keys = _scenario_keys(scenario_file)
     _prepare_shared_store(cfg, scenario_file)
     os.environ[ENV_CONFIG] = base64.b64encode(pickle.dumps(cfg)).decode()
+    os.environ[ENV_SERVE_PID] = str(os.getpid())
     if scenario_file:  # each worker remembers it (POST /_mock/reset comes back to it); one applies it
         os.environ[ENV_SCENARIO] = os.path.abspath(scenario_file)
         os.environ[ENV_SCENARIO_APPLIED] = "1" if shared_store(cfg.store) else "0"

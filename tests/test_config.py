@@ -76,10 +76,24 @@ def test_the_banner_names_the_scenario_file_keys_and_how_stages_are_timed(tmp_pa
     from mock_server.server import _scenario_keys, banner
 
     f = tmp_path / "s.yaml"
-    f.write_text("accounts:\n  team-key: {credits: 50}\n  kie-mock-key: {credits: 5}\n")
+    f.write_text("accounts:\n  team-key-secret: {credits: 50}\n  kie-mock-key: {credits: 5}\n")
     keys = _scenario_keys(str(f))
     line = banner(Config(time_scale=0.5), 8787, 1, "builtin", 1, keys)
-    assert "keys: kie-mock-key, team-key;" in line and "stages: 1/2.5/4 s;" in line and "source-check" not in line
+    assert "keys: kie-mock-key, tea…et;" in line and "stages: 1/2.5/4 s;" in line and "source-check" not in line
+    assert "team-key-secret" not in banner(Config(api_keys={"team-key-secret": 5}), 8787, 1, "builtin")  # masked
     line = banner(Config(instant=True, source_check=True), 8787, 2, "builtin")
     assert "keys: kie-mock-key;" in line and "stages: instant; uploadUrl fetched (--source-check)" in line
     assert _scenario_keys(str(tmp_path / "missing.yaml")) == () and _scenario_keys(None) == ()
+    assert banner(Config(host="::1"), 8787, 1, "builtin").startswith("kie-mock listening on http://[::1]:8787 ")
+
+
+@pytest.mark.parametrize("token, ok", [(" ", False), (" t", False), ("t ", False), ("t", True), ("a b", True),
+                                       ("", True)])
+def test_an_admin_token_no_header_can_carry_is_refused_at_start(token, ok):
+    """A header's value arrives without its surrounding spaces: `--admin-token ' '` locked the
+    control API for good."""
+    if ok:
+        assert Config(admin_token=token).check().admin_token == token
+    else:
+        with pytest.raises(ValueError, match="must not start or end with a space"):
+            Config(admin_token=token).check()

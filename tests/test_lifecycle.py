@@ -512,3 +512,62 @@ def test_a_job_makes_one_callback_so_slow_receivers_never_outlive_its_lease():
     finally:
         recv.close()
         svc.scheduler.stop()
+
+
+def test_a_clean_stop_finishes_the_callbacks_in_progress_instead_of_leaving_them_claimed(tmp_path):
+    """Stopped (SIGTERM) while a receiver takes its time, the scheduler waits for the attempt:
+    its job is finished, the next stage planned, and nothing waits out a lease to be sent again."""
+    started = threading.Event()
+
+    def slow(url, data, headers):
+        started.set()
+        time.sleep(0.5)
+        return lifecycle_attempt(200)
+
+    cfg = Config(stage_delays=(0.0, 60, 120), store=f"sqlite:{tmp_path / 's.sqlite'}", rate_limit=0)
+    app = create_app(cfg, deliver=slow)
+    svc = app.extensions["kie_mock"]
+    _, env = submit(app.test_client())
+    assert started.wait(10)
+    svc.scheduler.stop()
+    jobs = svc.store.list_jobs(env["data"]["taskId"])
+    assert [(j["kind"], j["index"], j.get("owner")) for j in jobs] == [("stage", 1, None)], jobs
+    svc.store.close()
+
+
+def lifecycle_attempt(status):
+    from mock_server.delivery import Attempt
+
+    return Attempt(status, None, 0.5)
+
+
+def test_a_stage_job_run_again_after_its_process_died_neither_rewinds_nor_plans_twice(client, clock, delivery, service):
+    """A job whose process died is claimed again once its lease runs out. A stage that happened
+    already is not applied again (record-info went from SUCCESS back to FIRST_SUCCESS, and the
+    stages after it were planned, and called back, twice); what its first run may not have
+    done yet is done: the next stage planned, its callback made."""
+    from mock_server.scheduler import FLOW
+
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    clock.advance(8.5)  # every stage happened, every callback delivered
+    assert delivery.stages(task_id) == ["text", "first", "complete"]
+    for index in (1, 0):  # the jobs of earlier stages, run again
+        service.scheduler.process({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage",
+                                   "due": clock.now(), "index": index, "flow": FLOW})
+    assert _status(client, task_id) == "SUCCESS" and service.store.list_jobs(task_id) == []
+    clock.advance(60)
+    assert delivery.stages(task_id) == ["text", "first", "complete"]
+
+    # a run that died right after applying text (nothing planned, no callback made)
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    for job in service.store.list_jobs(task_id):
+        service.store.finish_job(job["id"])
+    service.store.update_task(task_id, {**lifecycle.apply_stage(service.store.get_task(task_id), "text"),
+                                        "stage_index": 0})
+    service.scheduler.process({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage",
+                               "due": clock.now(), "index": 0, "flow": FLOW})
+    assert [(j["kind"], j["index"]) for j in service.store.list_jobs(task_id)] == [("stage", 1)]
+    clock.advance(60)
+    assert delivery.stages(task_id) == ["text", "first", "complete"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from conftest import AUTH, alive, body, named_pids
+from conftest import AUTH, alive, body, descendant_pids, named_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 COVER = "/api/v1/generate/upload-cover"
@@ -383,6 +383,23 @@ def test_granian_stops_when_its_scheduler_process_is_gone(tmp_path):
         os.kill(helper, signal.SIGKILL)
         assert server.proc.wait(30) == 1
         assert any("the scheduler process is gone" in line for line in server.output), server.output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_granian_workers_are_named_and_die_with_a_server_killed_with_sigkill(tmp_path, workers):
+    """granian forks its workers itself: they must not outlive `serve` (they went on answering
+    on the port, and a restart found it taken)."""
+    from mock_server import server as serve_mod
+
+    with serve("--store", f"sqlite:{tmp_path / 'kie.sqlite'}", "--workers", workers,
+               env={**FAST, "KIE_MOCK_HTTP_SERVER": "granian"}) as server:
+        http = wait_for("the named workers", lambda: named_pids(server.proc.pid, serve_mod.WORKER_NAME)
+                        if len(named_pids(server.proc.pid, serve_mod.WORKER_NAME)) == int(workers) else None)
+        everyone = descendant_pids(server.proc.pid)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        wait_for("every process of the server gone", lambda: not any(alive(p) for p in everyone), timeout=10)
+        assert http
 
 
 def test_a_scheduler_that_does_not_claim_runs_its_rounds_and_leaves_the_jobs():
