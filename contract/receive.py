@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 
 from .receiver import Callback, CallbackReceiver
@@ -47,10 +48,13 @@ def receive(args) -> int:
     rx = CallbackReceiver(host=args.host, port=args.port, prefix="/")
     rx.fail_first = args.fail
 
-    def on_call(call: Callback):
-        print(describe(call), flush=True)
-        if args.json:
-            print(json.dumps(call.json, indent=2), flush=True)
+    printing = threading.Lock()
+
+    def on_call(call: Callback):  # callbacks arrive on several threads: one whole block at a time
+        text = describe(call) + ("\n" + json.dumps(call.json, indent=2) if args.json else "")
+        with printing:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
 
     rx.on_call = on_call
     try:

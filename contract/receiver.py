@@ -22,6 +22,13 @@ from typing import Callable
 FINAL = ("complete", "error")
 
 
+class _Server(ThreadingHTTPServer):
+    # The fake delivers with 8 threads, and a test may fire many covers at once: the default
+    # listen backlog (5) reset connections beyond it.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class Callback:
     token: str  # the last path segment of the URL it was posted to
@@ -109,8 +116,7 @@ class CallbackReceiver:
             def log_message(self, *args):  # quiet
                 pass
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="callback-receiver", daemon=True)
         self._thread.start()

@@ -52,3 +52,28 @@ def test_receive_reports_a_busy_port_as_a_usage_error():
         r = subprocess.run([sys.executable, "-m", "mock_server", "receive", "--port", str(s.getsockname()[1])],
                            capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "cannot listen" in r.stderr
+
+
+def test_callbacks_arriving_together_are_printed_one_whole_block_each():
+    """print() writes a line and its newline apart: threads interleaved them ("...completed.'04:07:16  text")."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "receive", "--port", str(port), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "receiving callbacks" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}/callback"
+        payloads = [{"code": 200, "msg": "Text generation completed.",
+                     "data": {"callbackType": "text", "task_id": f"t{i:03d}", "data": []}} for i in range(200)]
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(lambda p: _post(url, p), payloads)) == {200}
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    heads = [line for line in out.splitlines() if "task t" in line]
+    assert len(heads) == 200 and all(re.fullmatch(r"\d\d:\d\d:\d\d(\.\d+)?\s+text\s+task t\d{3}\s+code 200.*", h)
+                                     for h in heads), [h for h in heads][:5]
+    assert out.count('"callbackType": "text"') == 200
