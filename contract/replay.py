@@ -85,6 +85,11 @@ def _subst(value, key: str, ids: dict):
     return value
 
 
+def _token(url: str) -> str:
+    """The receiver token a callBackUrl ends with (its last path segment)."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _receivable(url) -> bool:
     """A callBackUrl the recorded target delivered to (and so the replay's receiver stands in
     for); a case's deliberately bad one ("", ftp://, no host) is replayed as it was."""
@@ -147,8 +152,7 @@ def _one(ctx, rec: dict, key: str, ids: dict, tokens: dict, state: dict) -> None
         ctx.receiver.wait_for_stage(token, state["finals"][old_task], timeout=ctx.callback_timeout)
     body = _subst(rec.get("body"), key, ids)
     if isinstance(body, dict) and _receivable(body.get("callBackUrl")) and ctx.receiver:
-        token = body["callBackUrl"].rstrip("/").rsplit("/", 1)[-1]
-        body = dict(body, callBackUrl=ctx.receiver.url(token))
+        body = dict(body, callBackUrl=ctx.receiver.url(_token(body["callBackUrl"])))
     headers = _subst(rec.get("headers") or {}, key, ids)
     query = _subst(rec.get("query") or {}, key, ids)
     call = {"json": body} if isinstance(body, (dict, list)) or (body is None and "content-type" in
@@ -168,7 +172,7 @@ def _one(ctx, rec: dict, key: str, ids: dict, tokens: dict, state: dict) -> None
         if old_id and new_id:
             ids[old_id] = new_id
             if isinstance(body, dict) and isinstance(body.get("callBackUrl"), str):
-                token = body["callBackUrl"].rstrip("/").rsplit("/", 1)[-1]
+                token = _token(body["callBackUrl"])
                 tokens[token] = (old_id, ctx.result.check)
                 state["tokens_by_task"][old_id] = token
     said = f"recorded: HTTP {want['status']}" + (f", code {rj.get('code')}" if isinstance(rj, dict) else "")

@@ -51,13 +51,13 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
         # Routing and protocol errors still answer in the envelope, with the HTTP status kept.
         if exc.code == 404:
             return respond(404, f"Not Found: no endpoint {request.method} {request.path}", status=404)
+        mirrored = request.path.startswith(control.PREFIX + "/")  # the control API's statuses mirror the code
         if exc.code == 405:
             allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
-            mirrored = request.path.startswith(control.PREFIX + "/")  # the control API's statuses mirror the code
             return respond(405 if mirrored else 404,
                            f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
                            status=405, headers={"Allow": allowed})
-        if request.path.startswith(control.PREFIX + "/"):  # the control API: 400, as its own refusals
+        if mirrored:  # the control API: 400, as its own refusals
             what = f"request body too large: the limit is {cfg.max_body_bytes} bytes" if exc.code == 413 \
                 else f"bad request: {exc.description}"
             return respond(400, what, transport="status")

@@ -182,9 +182,9 @@ def advance():
     if not svc.clock.virtual:
         return fail(409, "the clock is real: start the fake with --clock virtual to advance it")
     body = _json()
-    if set(body) - {"seconds"}:
-        raise BadRequest(f"unknown field(s) {', '.join(sorted(map(str, set(body) - {'seconds'})))}; "
-                         "advance takes seconds")
+    unknown = sorted(map(str, set(body) - {"seconds"}))
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; advance takes seconds")
     seconds = number(body, "seconds", None, 0, 10**9)
     return ok({"now": svc.clock.advance(seconds), "virtual": True})
 

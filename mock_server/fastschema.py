@@ -52,7 +52,6 @@ _INLINE_TYPES = {
     "array": "isinstance({x}, list)",
 }
 
-# Bound keywords: (the values they apply to, what is compared, how); others pass them.
 # Bound keywords: (the values they apply to, what is compared, the comparison that fails it).
 # Written as "not (x < bound)" rather than "x >= bound": jsonschema's way, which NaN passes.
 _BOUNDS = {

@@ -57,7 +57,6 @@ from .config import Config
 
 ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
 ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
-ENV_SCENARIO_APPLIED = "KIE_MOCK__WORKER_SCENARIO_APPLIED"  # "1": the parent applied it (workers remember it for reset)
 ENV_MULTIPROCESS = "KIE_MOCK__WORKER_MULTIPROCESS"
 ENV_SERVE_PID = "KIE_MOCK__SERVE_PID"  # the `serve` process, which the workers it forks die with
 ENV_CLAIMS = "KIE_MOCK__WORKER_CLAIMS"  # "0": the workers leave the due jobs to the scheduler process
@@ -98,16 +97,17 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _prepare_shared_store(cfg: Config, scenario_file: str | None) -> None:
-    """Seed the shared store once, before the workers start (they then find the keys there).
+def _prepare_store(cfg: Config, scenario_file: str | None) -> dict:
+    """Seed a shared store once, before the workers start (they then find the keys there).
     With a one-process store, check the scenario file on a throwaway one: a bad file stops
-    `serve` with its sentence before any worker starts (instead of killing each worker)."""
+    `serve` with its sentence before any worker starts (instead of killing each worker).
+    The scenario file's content ({} without one)."""
     from .service import Service
 
     if not shared_store(cfg.store):
         cfg = cfg.with_overrides(store="memory")
         if not scenario_file:
-            return
+            return {}
     svc = Service(cfg)  # seeds the configured keys the store does not know yet
     try:
         if scenario_file:
@@ -116,6 +116,7 @@ def _prepare_shared_store(cfg: Config, scenario_file: str | None) -> None:
             apply_file(svc, scenario_file)
     finally:
         svc.store.close()
+    return svc.startup or {}
 
 
 def worker_app():
@@ -132,8 +133,7 @@ def worker_app():
     if scenario_file:  # a shared store has it from the parent; a one-process store is this worker's own
         from .scenario_file import apply_file
 
-        apply_file(app.extensions["kie_mock"], scenario_file,
-                   remember_only=os.environ.get(ENV_SCENARIO_APPLIED) == "1")
+        apply_file(app.extensions["kie_mock"], scenario_file, remember_only=shared_store(cfg.store))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app.extensions["kie_mock"].after_reset.append(heap.settle)
     heap.settle()  # what this process built so far lives as long as it does
@@ -165,18 +165,9 @@ def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 
             f"workers: {workers}; callbacks: {due})")
 
 
-def _scenario_keys(path: str | None) -> tuple:
-    """The keys a scenario file's accounts add (for the banner); () when it cannot be read (the
-    server says why when it loads it)."""
-    if not path:
-        return ()
-    try:
-        from .scenario_file import load
-
-        accounts = load(path).get("accounts") or {}
-    except Exception:
-        return ()
-    return tuple(str(k) for k in accounts) if isinstance(accounts, dict) else ()
+def _scenario_keys(scenario: dict) -> tuple:
+    """The keys a scenario file's accounts add (for the banner), from its checked content."""
+    return tuple(str(k) for k in scenario.get("accounts") or {})
 
 
 def scheduler_process(cfg: Config, server: str) -> bool:
@@ -252,13 +243,11 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         return 2
     if cfg.port == 0:
         cfg = cfg.with_overrides(port=_free_port(cfg.host))
-    scenario_keys = _scenario_keys(scenario_file)
-    _prepare_shared_store(cfg, scenario_file)
+    scenario_keys = _scenario_keys(_prepare_store(cfg, scenario_file))
     os.environ[ENV_CONFIG] = base64.b64encode(pickle.dumps(cfg)).decode()
     os.environ[ENV_SERVE_PID] = str(os.getpid())
     if scenario_file:  # each worker remembers it (POST /_mock/reset comes back to it); one applies it
         os.environ[ENV_SCENARIO] = os.path.abspath(scenario_file)
-        os.environ[ENV_SCENARIO_APPLIED] = "1" if shared_store(cfg.store) else "0"
     else:
         os.environ.pop(ENV_SCENARIO, None)
     schedulers = schedulers if own_process else 0

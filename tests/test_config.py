@@ -73,17 +73,19 @@ def test_callbacks_outside_the_allowlist_are_not_sent_and_journaled_as_blocked()
 
 
 def test_the_banner_names_the_scenario_file_keys_and_how_stages_are_timed(tmp_path):
-    from mock_server.server import _scenario_keys, banner
+    from mock_server.server import _prepare_store, _scenario_keys, banner
 
     f = tmp_path / "s.yaml"
     f.write_text("accounts:\n  team-key-secret: {credits: 50}\n  kie-mock-key: {credits: 5}\n")
-    keys = _scenario_keys(str(f))
+    keys = _scenario_keys(_prepare_store(Config(store="memory"), str(f)))  # read once, when it is checked
     line = banner(Config(time_scale=0.5), 8787, 1, "builtin", 1, keys)
     assert "keys: kie-mock-key, tea…et;" in line and "stages: 1/2.5/4 s;" in line and "source-check" not in line
     assert "team-key-secret" not in banner(Config(api_keys={"team-key-secret": 5}), 8787, 1, "builtin")  # masked
     line = banner(Config(instant=True, source_check=True), 8787, 2, "builtin")
     assert "keys: kie-mock-key;" in line and "stages: instant; uploadUrl fetched (--source-check)" in line
-    assert _scenario_keys(str(tmp_path / "missing.yaml")) == () and _scenario_keys(None) == ()
+    with pytest.raises(SystemExit, match="missing.yaml"):  # serve stops with the file's sentence
+        _prepare_store(Config(store="memory"), str(tmp_path / "missing.yaml"))
+    assert _scenario_keys(_prepare_store(Config(store="memory"), None)) == ()
     assert banner(Config(host="::1"), 8787, 1, "builtin").startswith("kie-mock listening on http://[::1]:8787 ")
 
 
