@@ -229,11 +229,9 @@ class Scheduler:
         changes = lifecycle.apply_stage(task, step["stage"], step.get("code"))
         if "completed_at" in changes:
             changes["completed_at"] = now
-        if step.get("code") in lifecycle.REFUNDING_CODES and not task.get("refunded"):
-            self.store.refund(task["key"], task.get("charged", 0))
-            changes["refunded"] = True
+        refunds = step.get("code") in lifecycle.REFUNDING_CODES
         if job.get("flow") != FLOW:  # stored by an older kie-mock: the next stage waits for this callback
-            self._legacy_stage(self.store.update_task(task["taskId"], changes), index, now)
+            self._legacy_stage(self._apply(task, changes, refunds), index, now)
             return
         if task.get("stage_index", -1) >= index:
             self._rerun(task, index)
@@ -241,13 +239,20 @@ class Scheduler:
         changes["stage_index"] = index
         # One atomic update each, this one and the previous callback's "delivered_through": whichever
         # comes second sees both, and makes this stage's callback (exactly one of them does).
-        task = self.store.update_task(task["taskId"], changes)
+        task = self._apply(task, changes, refunds)
         if task["delivery"] == "abandoned" and task["status"] != lifecycle.CALLBACK_EXCEPTION:
             # given up while this stage was being applied (its status was read before): polling says so
             task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION})
         self._next_stage(task, index, flow=FLOW)
         if task.get("delivered_through", -1) >= index - 1:
             self._callback(task, index, inline=True)
+
+    def _apply(self, task: dict, changes: dict, refunds: bool) -> dict:
+        """The stage's changes to the task, stored; with its credits given back (once) for a
+        refunding failure, in the same atomic step."""
+        if refunds:
+            return self.store.refund_task(task["taskId"], changes, task.get("charged", 0))
+        return self.store.update_task(task["taskId"], changes)
 
     def _rerun(self, task: dict, index: int) -> None:
         """A stage job run again after the process that ran it died (its lease ran out): the

@@ -511,6 +511,26 @@ def test_531_refunds_exactly_once(client, clock, ctl):
     accepted(client, headers=auth("team-key"))  # the refund pays for the retry
 
 
+def test_a_531_stage_job_run_again_after_its_process_died_does_not_refund_twice(client, clock, ctl, service):
+    """The refund and the task's update are one atomic store step: a stage job claimed again
+    after its process died (its lease ran out) finds the task refunded and gives nothing back."""
+    from mock_server import lifecycle
+    from mock_server.scheduler import FLOW
+
+    ctl.put_account("team-key", credits=24)
+    task_id = accepted(client, headers={**auth("team-key"), "Prefer": "scenario=fail-531"})
+    clock.advance(100)
+    assert credits(client, "team-key") == 24
+    task = service.store.get_task(task_id)
+    failing = next(i for i, step in enumerate(task["plan"]) if step.get("code") == 531)
+    service.scheduler.process({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage",
+                               "due": clock.now(), "index": failing, "flow": FLOW})
+    service.scheduler.process({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage",
+                               "due": clock.now(), "index": failing})  # as an older kie-mock stored it
+    clock.advance(100)
+    assert credits(client, "team-key") == 24
+
+
 def test_fail_scenario_armed_for_the_next_task_of_a_key(client, clock, delivery, ctl):
     ctl.put_account("other-key", credits=100)
     ctl.arm(scenario="fail-501", count=2, key=KEY)

@@ -233,6 +233,29 @@ def test_tasks_roundtrip_update_and_copies(store):
     assert store.get_task("t1")["status"] == "SUCCESS" and "stage" not in store.get_task("t1")
 
 
+def test_refund_task_gives_the_credits_back_once_with_the_update(store):
+    store.put_account("a", 10)
+    store.put_task(task("t1", key="a"))
+    changes = {"status": "GENERATE_AUDIO_FAILED", "errorCode": 531, "stage_index": 1}
+    got = store.refund_task("t1", changes, 12)
+    assert got["refunded"] is True and got["status"] == "GENERATE_AUDIO_FAILED" and got["stage_index"] == 1
+    assert got["tracks"] == task("t1")["tracks"]  # a merge, as update_task
+    assert store.get_task("t1") == got
+    assert store.get_account("a")["credits"] == 22
+    again = store.refund_task("t1", {"status": "CALLBACK_EXCEPTION"}, 12)  # e.g. the job run again
+    assert again["status"] == "CALLBACK_EXCEPTION" and again["refunded"] is True
+    assert store.get_account("a")["credits"] == 22  # not twice
+    assert store.refund_task("nope", changes, 12) is None
+    assert store.get_account("a")["credits"] == 22
+    assert store.get_task("nope") is None
+    store.put_task(task("t2", key="gone"))  # its account was deleted: the task is still updated
+    assert store.refund_task("t2", {"status": "GENERATE_AUDIO_FAILED"}, 12)["refunded"] is True
+    assert store.get_account("gone") is None
+    store.put_task(task("t3", key="a", refunded=True))  # already refunded (by an earlier run)
+    assert store.refund_task("t3", {"stage": "first"}, 12)["stage"] == "first"
+    assert store.get_account("a")["credits"] == 22
+
+
 def test_list_tasks_newest_first_with_filters(store):
     for i in range(5):
         store.put_task(task(f"t{i}", key="k1" if i % 2 == 0 else "k2", status="SUCCESS" if i < 2 else "PENDING"))
@@ -607,6 +630,13 @@ def test_threads_accept_never_overdraws_and_keeps_every_task_it_charged_for(stor
     assert len(store.list_jobs()) == 120 and len(store.list_tasks(limit=1000)) == 120
 
 
+def test_threads_refund_task_refunds_once(store):
+    store.put_account("a", 0)
+    store.put_task(task("t1", key="a"))
+    run_threads(8, lambda i: store.refund_task("t1", {"stage": f"s{i}"}, 12))
+    assert store.get_account("a")["credits"] == 12 and store.get_task("t1")["refunded"] is True
+
+
 def test_threads_rate_window_admits_exactly_limit(store):
     results = run_threads(8, lambda i: [store.rate_acquire("cover:k", 100.0, 20, 10.0)[0] for _ in range(10)])
     assert sum(ok for r in results for ok in r) == 20
@@ -723,6 +753,20 @@ def test_processes_charge_takes_exactly_the_credits(shared_url):
     assert len(balances) == 300 and all(b >= 0 for b in balances)
     assert sorted(balances) == list(range(1, 3 * 300, 3))
     assert s.get_account("shared")["credits"] == 1
+
+
+def _p_refund(s, idx):
+    return [s.refund_task(f"t{i}", {"stage": f"p{idx}"}, 12) is not None for i in range(50)]
+
+
+def test_processes_refund_task_refunds_each_task_once(shared_url):
+    s = open_store(shared_url)
+    s.reset()
+    s.put_account("a", 0)
+    for i in range(50):
+        s.put_task(task(f"t{i}", key="a"))
+    assert all(ok for r in run_procs(4, "_p_refund", shared_url) for ok in r)
+    assert s.get_account("a")["credits"] == 50 * 12
 
 
 def test_processes_rate_window_admits_exactly_limit(shared_url):

@@ -73,6 +73,13 @@ class Store(ABC):
         """Merge `changes` into the task; the updated task (None if unknown)."""
 
     @abstractmethod
+    def refund_task(self, task_id: str, changes: dict, amount: int) -> dict | None:
+        """`update_task`, and unless the stored task says `refunded`: give `amount` credits back to
+        the task's key (if it still has an account) and set `refunded`, all in one atomic step (a
+        stage job run again after its process died between a refund and the task's update gave the
+        credits back twice). The updated task (None if unknown: nothing refunded)."""
+
+    @abstractmethod
     def accept(self, key: str, cost: int, task: dict, job: dict) -> int | None:
         """Take `cost` credits from `key` and, only if the balance allows it, store `task` and add
         `job` (its first scheduled job), in one atomic step: the new balance, or None (nothing

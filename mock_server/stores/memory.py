@@ -135,6 +135,17 @@ class MemoryStore(Store):
             self._expiry[task_id] = task.get("expires_at", float("inf"))
             return task
 
+    def refund_task(self, task_id, changes, amount):
+        with self._lock:
+            data = self._tasks.get(task_id)
+            if data is None:
+                return None
+            stored = orjson.loads(data)
+            if not stored.get("refunded"):
+                self.refund(stored.get("key"), int(amount))
+                changes = dict(changes, refunded=True)
+            return self.update_task(task_id, changes)
+
     def accept(self, key, cost, task, job):
         with self._lock:
             left = self.charge(key, cost)

@@ -106,6 +106,27 @@ elseif ARGV[2] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
 return redis.call('HGETALL', KEYS[1])
 """
 
+# update_task, and unless the task says "refunded": credits back to its key (if it has an account),
+# and "refunded" set. KEYS[1] task hash, KEYS[2] tasks:exp, KEYS[3] credits hash;
+# ARGV id, expiry (as update_task), amount, field1, json1, ...
+_REFUND_TASK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'refunded') ~= 'true' then
+  local key = redis.call('HGET', KEYS[1], 'key')
+  if key then
+    key = cjson.decode(key)
+    if type(key) == 'string' and redis.call('HEXISTS', KEYS[3], key) == 1 then
+      redis.call('HINCRBY', KEYS[3], key, tonumber(ARGV[3]))
+    end
+  end
+  redis.call('HSET', KEYS[1], 'refunded', 'true')
+end
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
+elseif ARGV[2] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 # KEYS[1] task hash, KEYS[2] tasks, KEYS[3] tasks:exp, KEYS[4] task sequence;
 # ARGV id, expires_at ('' = none), field1, json1, ...
 _PUT_TASK = _LUA_PUT_TASK + """
@@ -389,11 +410,22 @@ class RedisStore(Store):
     def update_task(self, task_id, changes):
         if not changes:
             return self.get_task(task_id)
+        return self._task(self._run("update_task", [self._task_key(task_id), self.k_tasks_exp],
+                                    self._update_args(task_id, changes)))
+
+    @staticmethod
+    def _update_args(task_id, changes, *extra) -> list:
+        """ARGV of update_task and refund_task: id, expiry ('-' unchanged, '' none), extra, field1, json1, ..."""
         expiry = changes.get("expires_at", "-")
-        args = [task_id, "-" if expiry == "-" else "" if expiry is None else repr(float(expiry))]
+        args = [task_id, "-" if expiry == "-" else "" if expiry is None else repr(float(expiry)), *extra]
         for k, v in changes.items():
             args += [k, _dumps(v)]
-        return self._task(self._run("update_task", [self._task_key(task_id), self.k_tasks_exp], args))
+        return args
+
+    def refund_task(self, task_id, changes, amount):
+        changes = {k: v for k, v in changes.items() if k != "refunded"}  # the script sets it, once
+        return self._task(self._run("refund_task", [self._task_key(task_id), self.k_tasks_exp, self.k_credits],
+                                    self._update_args(task_id, changes, int(amount))))
 
     def list_tasks(self, key=None, status=None, limit=100):
         out: list[dict] = []

@@ -623,11 +623,20 @@ class SqliteStore(Store):
         return _loads(row[0]) if row else None
 
     def update_task(self, task_id, changes):
+        return self._update_task(task_id, changes, None)
+
+    def refund_task(self, task_id, changes, amount):
+        return self._update_task(task_id, changes, int(amount))
+
+    def _update_task(self, task_id, changes, refund: int | None):
         def op(conn):
             row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
             task = _loads(row[0])
+            if refund is not None and not task.get("refunded"):
+                conn.execute("UPDATE accounts SET credits = credits + ? WHERE key = ?", (refund, task.get("key")))
+                task["refunded"] = True
             task.update(changes)
             data = _dumps(task)
             conn.execute("UPDATE tasks SET key = ?, status = ?, expires_at = ?, data = ? WHERE id = ?",
