@@ -16,7 +16,7 @@ from . import lifecycle
 from .envelope import respond
 from .admin import BadRequest, number, arm, put_account as _put_account, update_settings
 from .faults import ERROR_CODES
-from .scenarios import NAMES
+from .scenarios import NAMES, Scenario
 from .service import Service, mask_key
 
 PREFIX = "/_mock"
@@ -194,7 +194,17 @@ def _task_view(task: dict) -> dict:
     return {"taskId": task["taskId"], "key": mask_key(task["key"]), "status": task["status"],
             "stage": task["stage"], "scenario": task["scenario"], "callBackUrl": task["callBackUrl"],
             "model": task["model"], "created_at": task["created_at"], "expires_at": task["expires_at"],
-            "delivery": task["delivery"], "plan": task["plan"]}
+            "delivery": _delivery_state(task), "plan": task["plan"]}
+
+
+def _delivery_state(task: dict) -> str:
+    """abandoned (a callback failed 1 + 3 retries), none (a scenario that sends none), delivered
+    (the last stage's callback got through), or active."""
+    if task["delivery"] == "abandoned":
+        return "abandoned"
+    if not Scenario.from_dict(task["scenario"]).sends_callbacks:
+        return "none"
+    return "delivered" if task.get("delivered_through", -1) >= len(task["plan"]) - 1 else "active"
 
 
 @bp.get("/tasks")

@@ -283,11 +283,10 @@ class Scheduler:
                       flow=FLOW, chain=False)
 
     def _delivered(self, task: dict, index: int) -> None:
-        """Stage `index`'s callback was delivered: the next one, if its stage has happened."""
-        if index + 1 >= len(task["plan"]):
-            return  # the last: nothing waits for it (one store write less per task)
+        """Stage `index`'s callback was delivered: the next one, if its stage has happened. (The
+        last one is recorded too: the control API shows the task's callbacks as delivered.)"""
         task = self.store.update_task(task["taskId"], {"delivered_through": index})
-        if task is not None and task.get("stage_index", -1) >= index + 1:
+        if task is not None and index + 1 < len(task["plan"]) and task.get("stage_index", -1) >= index + 1:
             self._callback(task, index + 1, inline=False)
 
     def _legacy_stage(self, task: dict, index: int, now: float) -> None:

@@ -587,3 +587,27 @@ def test_odd_paths_limits_and_methods_on_the_control_api(client, mock):
 def test_a_body_over_the_limit_on_the_control_api_is_a_400_like_its_other_refusals(mock):
     status, envelope = mock("PUT", "/_mock/accounts/k", raw='{"credits": 1, "pad": "' + "x" * (2 << 20) + '"}')
     assert (status, envelope["code"]) == (400, 400) and "too large" in envelope["msg"]
+
+
+def test_a_tasks_delivery_state_follows_its_callbacks(client, clock, delivery, mock):
+    """active while callbacks are to come, delivered once the last got through, abandoned after
+    1 + 3 failed attempts, none for a scenario that sends none."""
+    def state(task_id):
+        return ok(mock("GET", f"/_mock/tasks/{task_id}"))["delivery"]
+
+    task_id = accepted(client)
+    assert state(task_id) == "active"
+    clock.advance(2.5)  # text delivered
+    assert delivery.stages(task_id) == ["text"] and state(task_id) == "active"
+    clock.advance(60)
+    assert delivery.stages(task_id) == ["text", "first", "complete"] and state(task_id) == "delivered"
+    assert [t["delivery"] for t in ok(mock("GET", "/_mock/tasks"))] == ["delivered"]
+
+    delivery.default = 500
+    failing = accepted(client)
+    clock.advance(60)
+    assert delivery.stages(failing) == ["text"] * 4 and state(failing) == "abandoned"
+
+    quiet = accepted(client, headers={**AUTH, "Prefer": "scenario=no-callbacks"})
+    clock.advance(60)
+    assert delivery.stages(quiet) == [] and state(quiet) == "none"
