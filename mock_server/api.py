@@ -241,6 +241,7 @@ def credit(svc: Service, req: ApiRequest) -> ApiResponse:
     return success(svc.credit(pre[0]))  # the balance now (the prelude's account may be a cached copy)
 
 
+PREFIX = "/api/"  # the faked API's paths (requests under it are journaled, even those of no route)
 ROUTES = {
     ("POST", "/api/v1/generate/upload-cover"): upload_cover,
     ("GET", "/api/v1/generate/record-info"): record_info,

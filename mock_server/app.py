@@ -46,30 +46,40 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
 
     app.make_default_options_response = options_envelope
 
+    def api_refusal(code: int, msg: str, **how):
+        """An answer of the faked API that its handlers never saw (an unknown path under /api/, a
+        wrong method, a body the HTTP layer refused): journaled like theirs (GET /_mock/requests)."""
+        resp = respond(code, msg, **how)
+        service.journal.add({"at": service.clock.now(), "method": request.method, "path": request.path,
+                             "key": None, "http_status": resp.status_code, "code": code, "task_id": None})
+        return resp
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         # Routing and protocol errors still answer in the envelope, with the HTTP status kept.
-        if exc.code == 404:
-            return respond(404, f"Not Found: no endpoint {request.method} {request.path}", status=404)
         mirrored = request.path.startswith(control.PREFIX + "/")  # the control API's statuses mirror the code
+        answer = respond if mirrored or not request.path.startswith(api.PREFIX) else api_refusal
+        if exc.code == 404:
+            return answer(404, f"Not Found: no endpoint {request.method} {request.path}", status=404)
         if exc.code == 405:
             allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
-            return respond(405 if mirrored else 404,
-                           f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
-                           status=405, headers={"Allow": allowed})
+            return answer(405 if mirrored else 404,
+                          f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
+                          status=405, headers={"Allow": allowed})
         if mirrored:  # the control API: 400, as its own refusals
             what = f"request body too large: the limit is {cfg.max_body_bytes} bytes" if exc.code == 413 \
                 else f"bad request: {exc.description}"
             return respond(400, what, transport="status")
         if exc.code == 413:
-            return respond(422, f"request body too large: the limit is {cfg.max_body_bytes} bytes",
-                           transport=cfg.transport)
-        return respond(422, f"bad request: {exc.description}", transport=cfg.transport)
+            return answer(422, f"request body too large: the limit is {cfg.max_body_bytes} bytes",
+                          transport=cfg.transport)
+        return answer(422, f"bad request: {exc.description}", transport=cfg.transport)
 
     @app.errorhandler(Exception)
     def crash(exc: Exception):  # a bug of the fake: still an envelope, and visible in the log
         app.logger.exception("unhandled error")
-        return respond(500, f"Internal Error (kie-mock bug): {type(exc).__name__}", status=500)
+        answer = api_refusal if request.path.startswith(api.PREFIX) else respond
+        return answer(500, f"Internal Error (kie-mock bug): {type(exc).__name__}", status=500)
 
     if fast_path:  # the API endpoints straight from WSGI (api.py); the rest through Flask
         app.wsgi_app = api.FastPath(service, app.wsgi_app)

@@ -454,6 +454,20 @@ def test_request_filters_path_code_limit(client, mock):
     assert all(not e["path"].startswith("/_mock") for e in ok(mock("GET", "/_mock/requests")))
 
 
+def test_api_requests_no_handler_saw_are_journaled_too(client, mock):
+    """A client's typo of a path, a wrong method: in /_mock/requests with the answer they got
+    (the control API's own requests and the files are not journaled)."""
+    assert client.post("/api/v1/generate/upload_cover", json={}, headers=AUTH).status_code == 404
+    assert client.get("/api/v1/generate/upload-cover", headers=AUTH).status_code == 405
+    client.get("/files/nope/audio.mp3")
+    client.get("/_mock/nope")
+    got = [(e["method"], e["path"], e["http_status"], e["code"], e["key"]) for e in ok(mock("GET", "/_mock/requests"))]
+    assert got == [("GET", "/api/v1/generate/upload-cover", 405, 404, None),
+                   ("POST", "/api/v1/generate/upload_cover", 404, 404, None)]
+    assert [e["path"] for e in ok(mock("GET", "/_mock/requests?code=404"))] == [
+        "/api/v1/generate/upload-cover", "/api/v1/generate/upload_cover"]
+
+
 def test_callback_filters_task_stage_limit(client, clock, delivery, mock):
     one = accepted(client)
     two = accepted(client, headers={"Prefer": "scenario=fail-500"})
