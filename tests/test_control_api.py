@@ -468,6 +468,22 @@ def test_api_requests_no_handler_saw_are_journaled_too(client, mock):
         "/api/v1/generate/upload-cover", "/api/v1/generate/upload_cover"]
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite::memory:"])
+@pytest.mark.parametrize("limit", [2**31 - 2, 2**31 - 1, 2**31, 2**63 - 1, 2**63])
+def test_a_huge_limit_means_all_on_every_store(make_fake, store, limit):
+    """?limit= is taken as at most 2**31 - 1 (LIMIT_MAX): one below, at and above it, and at
+    and above SQLite's last integer, every list answers in full."""
+    fake = make_fake(store=store)
+    fake.ctl.put_account("k2", credits=100)
+    task_id = accepted(fake.client, headers=auth("k2"))
+    fake.clock.advance(3)
+    for what in ("tasks", "requests", "callbacks"):
+        r = fake.client.get(f"/_mock/{what}?limit={limit}")
+        assert (r.status_code, r.get_json()["code"]) == (200, 200), (what, r.get_json())
+        assert len(r.get_json()["data"]) >= 1, what
+    assert [t["taskId"] for t in fake.client.get(f"/_mock/tasks?limit={limit}").get_json()["data"]] == [task_id]
+
+
 def test_callback_filters_task_stage_limit(client, clock, delivery, mock):
     one = accepted(client)
     two = accepted(client, headers={"Prefer": "scenario=fail-500"})

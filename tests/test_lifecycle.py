@@ -535,6 +535,39 @@ def test_a_clean_stop_finishes_the_callbacks_in_progress_instead_of_leaving_them
     svc.store.close()
 
 
+def test_a_stopping_scheduler_waits_for_a_callback_no_longer_than_its_bound(tmp_path, monkeypatch):
+    """The wait is bounded by STOP_WAIT (the supervisor's patience): a receiver slower than that
+    leaves its job claimed, taken over once the lease runs out (made at least once)."""
+    from mock_server import scheduler as sched
+
+    monkeypatch.setattr(sched, "STOP_WAIT", 0.3)
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(url, data, headers):
+        started.set()
+        release.wait(10)
+        return lifecycle_attempt(200)
+
+    cfg = Config(stage_delays=(0.0, 60, 120), store=f"sqlite:{tmp_path / 's.sqlite'}", rate_limit=0)
+    app = create_app(cfg, deliver=stuck)
+    svc = app.extensions["kie_mock"]
+    _, env = submit(app.test_client())
+    try:
+        assert started.wait(10)
+        t0 = time.monotonic()
+        svc.scheduler.stop()
+        waited = time.monotonic() - t0
+        assert 0.3 <= waited < 3, waited  # the bound, not the receiver (10 s)
+        jobs = svc.store.list_jobs(env["data"]["taskId"])
+        assert [(j["kind"], j["index"], j.get("owner") is not None) for j in jobs] == [("stage", 0, True), ("stage", 1, False)], jobs
+    finally:
+        release.set()
+        deadline = time.monotonic() + 10
+        while svc.scheduler._busy and time.monotonic() < deadline:  # its thread is done with the store
+            time.sleep(0.01)
+        svc.store.close()
+
+
 def lifecycle_attempt(status):
     from mock_server.delivery import Attempt
 
