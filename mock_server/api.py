@@ -65,6 +65,7 @@ class ApiRequest:
         self.method, self.path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
         self.key_masked: str | None = None
         self.view = None  # what the prelude read of the store (service.RequestView)
+        self.body_text: bytes | None = None  # the JSON body as sent, once json_body read it
 
     def header(self, name: str) -> str | None:
         return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
@@ -110,15 +111,28 @@ class ApiRequest:
             return Rejection(422, f"request body too large: the limit is {max_bytes} bytes", None, "size")
         if not raw.strip():
             return Rejection(422, "request body is empty: send a JSON object", None, "json")
+        self.body_text = raw
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            # orjson rejects NaN/Infinity, invalid UTF-8, > 64-bit integers and nesting over 1024 levels.
-            return Rejection(422, f"request body is not valid JSON: {exc}", None, "json")
+            return Rejection(422, _unreadable(exc), None, "json")
         if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth(body) > MAX_DEPTH:
             return Rejection(422, f"request body is nested too deep: at most {MAX_DEPTH} levels of objects "
                                   f"and arrays", None, "json")
         return body
+
+
+def _unreadable(exc: orjson.JSONDecodeError) -> str:
+    """Why a body the parser refused cannot be read. Two are JSON's grammar but no value this
+    API (or any Unicode text) can hold; the rest (NaN/Infinity, invalid UTF-8, nesting over
+    1024 levels) are not JSON."""
+    why = str(exc)
+    if why.startswith("number is infinity"):
+        return f"request body has a number beyond a double's range (about 1.8e308): {why}"
+    if why.startswith(("no low surrogate", "invalid high surrogate")):  # escapes, not invalid UTF-8
+        return (f"request body has a lone surrogate escape (\\ud800-\\udfff without its pair), which is "
+                f"not Unicode text: {why}")
+    return f"request body is not valid JSON: {why}"
 
 
 MAX_DEPTH = 200  # levels of objects and arrays in a request body (the task keeps the body as JSON text)
@@ -217,7 +231,7 @@ def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse | PendingCover:
     if isinstance(body, Rejection):
         return reject(svc, body)
     draft = svc.draft_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
-                            req.view.settings, req.view.armed, nowait=req.inline)
+                            req.view.settings, req.view.armed, nowait=req.inline, text=req.body_text)
     if isinstance(draft, Rejection):
         return reject(svc, draft)
     return PendingCover(svc, draft)

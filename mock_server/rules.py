@@ -1,7 +1,8 @@
 """The upload-cover rules: request body -> None (accepted) or a Rejection with a reason.
 
 Accept/reject is decided by schemas/upload-cover-request.json alone (one source of
-truth). When it rejects, `diagnose` finds the branch of the `oneOf` that the request
+truth); its number keywords are also applied to the weights as written in the request's
+text (`weights_as_written`: a parser rounds 1.0000000000000001 to 1.0). When it rejects, `diagnose` finds the branch of the `oneOf` that the request
 meant (its customMode / instrumental / model) and turns that branch's first error into
 a sentence a person can act on: which field, which rule, the limit for that model.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 from jsonschema import ValidationError
 
 from .fastschema import Unsupported, compile_schema
 from .limits import table
-from .spec import schema, validator, validator_for
+from .spec import is_multiple, schema, validator, validator_for
 
 REQUEST_SCHEMA = "upload-cover-request.json"
 DISCRIMINATORS = ("customMode", "instrumental", "model")
@@ -152,7 +154,7 @@ def _explain(err: ValidationError, branch: dict, body: dict) -> tuple[int, str, 
     name = err.path[0] if err.path else None
     value = err.instance
     if kw == "type":
-        return (1, name, kw, f"{name}: must be {_types(err.validator_value)}, got {json_type(value)} {_shown(value)}")
+        return (1, name, kw, f"{name}: must be {_types(err.validator_value)}, got {_got(value)}")
     if kw == "maxLength" and err.validator_value == 0:
         return (2, name, kw, f"{name}: leave empty {scope} ({condition}); got {len(value)} characters")
     if kw == "maxLength":
@@ -167,9 +169,14 @@ def _explain(err: ValidationError, branch: dict, body: dict) -> tuple[int, str, 
     if kw in ("format", "pattern"):
         return (2, name, kw, f"{name}: must be an absolute http(s) URL (got {_shown(value)})")
     if kw == "enum":
-        allowed = ", ".join("null" if v is None else str(v) for v in err.validator_value)
+        allowed = ", ".join("null" if v is None else "\"\"" if v == "" else str(v) for v in err.validator_value)
         return (2, name, kw, f"{name}: must be one of {allowed} (got {_shown(value)})")
     return (3, name, kw, f"{name or 'body'}: {err.message}")
+
+
+def _got(value) -> str:
+    """A wrong-typed value as a message shows it: its JSON type and value ("null" once)."""
+    return "null" if value is None else f"{json_type(value)} {_shown(value)}"
 
 
 def _discriminator_errors(body: dict) -> list[tuple[int, str, str, str]]:
@@ -181,7 +188,7 @@ def _discriminator_errors(body: dict) -> list[tuple[int, str, str, str]]:
         elif name == "model" and body[name] not in models:
             out.append((2, name, "enum", f"model: must be one of {', '.join(models)} (got {_shown(body[name])})"))
         elif name != "model" and not isinstance(body[name], bool):
-            out.append((1, name, "type", f"{name}: must be {_types('boolean')}, got {json_type(body[name])} {_shown(body[name])}"))
+            out.append((1, name, "type", f"{name}: must be {_types('boolean')}, got {_got(body[name])}"))
     for name in _required_everywhere():
         if name not in body and name not in DISCRIMINATORS:
             out.append((0, name, "required", f"Please enter {name}"))
@@ -194,21 +201,78 @@ def diagnose(body: dict) -> list[tuple[int, str, str, str]]:
     branch = _branch_for(body)
     if not errors and branch is not None:
         errors = [_explain(e, branch, body) for e in validator_for(branch).iter_errors(body)]
+        # one sentence per field: a URL that breaks `format` and `pattern` is one thing to fix
+        seen: set = set()
+        errors = [e for e in errors if (e[1], e[3]) not in seen and not seen.add((e[1], e[3]))]
     return sorted(errors, key=lambda e: (e[0], _order(e[1])))
 
 
-def check_upload_cover(body) -> Rejection | None:
-    """None when the schema accepts `body`; otherwise the first reason, as a 422."""
+WEIGHTS = ("styleWeight", "weirdnessConstraint", "audioWeight")
+
+
+def weights_as_written(body: dict, text: bytes) -> Rejection | None:
+    """The schema's number keywords on the weights as the client wrote them (a body the schema
+    accepted). A JSON parser reads 1.0000000000000001 as 1.0 and 1e-400 as 0.0, which then pass;
+    the page's rule ("0-1, up to 2 decimals") is about what was sent. Only a body with a weight
+    is read again (exactly: decimals, not binary floats)."""
+    if not any(type(body.get(w)) in (float, int) for w in WEIGHTS):
+        return None
+    try:
+        exact = json.loads(text, parse_float=_exact_number)
+    except (ValueError, RecursionError):  # the fake's own parser read it: nothing more to say
+        return None
+    branch = _branch_for(body)
+    if not isinstance(exact, dict) or branch is None:
+        return None
+    for name in WEIGHTS:
+        value, rule = exact.get(name), branch["properties"][name]
+        if isinstance(value, _Unreadable) or isinstance(value, Decimal) and \
+                not rule["minimum"] <= value <= rule["maximum"]:
+            return Rejection(422, f"{name}: must be between {rule['minimum']} and {rule['maximum']} (got {value})",
+                             name, "maximum" if isinstance(value, _Unreadable) or value > rule["maximum"] else "minimum")
+        if isinstance(value, Decimal) and not _exact_multiple(value, Decimal(str(rule["multipleOf"]))):
+            return Rejection(422, f"{name}: at most 2 decimal places, a multiple of {rule['multipleOf']} "
+                                  f"(got {value})", name, "multipleOf")
+    return None
+
+
+class _Unreadable(str):
+    """A number literal no Decimal holds (an exponent beyond 10**18): far outside any range."""
+
+
+def _exact_number(literal: str):
+    try:
+        return Decimal(literal)  # exact: building a Decimal from text is not rounded
+    except InvalidOperation:
+        return _Unreadable(literal)
+
+
+def _exact_multiple(value: Decimal, divisor: Decimal) -> bool:
+    """multipleOf without arithmetic where the divisor is a power of ten (0.01): the digits below
+    it are all zero (no context rounds, or underflows 1e-999999999 to 0)."""
+    sign, digits, exponent = divisor.as_tuple()
+    if digits != (1,):
+        return is_multiple(value, divisor)
+    _, digits, exp = value.as_tuple()
+    below = exponent - exp  # how many of value's last digits lie below the divisor's place
+    return below <= 0 or not any(digits[-below:])
+
+
+def check_upload_cover(body, text: bytes | None = None) -> Rejection | None:
+    """None when the schema accepts `body`; otherwise the first reason, as a 422. `text`: the body
+    as sent, for the weights as written."""
     if not isinstance(body, dict):
         return Rejection(422, f"request body must be a JSON object, got {json_type(body)}", None, "type")
     if schema_accepts(body):
-        return None
+        return None if text is None else weights_as_written(body, text)
     errors = diagnose(body)
     if not errors:  # the schema said no but no branch explains it: say what the schema said
         from jsonschema.exceptions import best_match
         err = best_match(validator(REQUEST_SCHEMA).iter_errors(body))
         return Rejection(422, f"request body: {err.message}", None, err.validator)
     _, name, kw, msg = errors[0]
-    more = len(errors) - 1
+    # "more problems" counts the other fields: one value that breaks two keywords (a URL's
+    # format and pattern, a number's range and decimals) is one thing for the client to fix
+    more = len({e[1] for e in errors} - {name})
     return Rejection(422, msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""),
                      name, kw, tuple(e[3] for e in errors))

@@ -149,11 +149,13 @@ class Service:
         return got
 
     def draft_cover(self, key: str, body, base_url: str, prefer: faults.Prefer, settings: dict | None = None,
-                    armed: frozenset | None = None, nowait: bool = False) -> CoverDraft | Rejection:
+                    armed: frozenset | None = None, nowait: bool = False,
+                    text: bytes | None = None) -> CoverDraft | Rejection:
         """Every check of a new cover, and the task it makes, short of storing it: the caller hands
         `draft.accept_args()` to `store.accept` (alone, or batched with others) and its answer to
         `settle_cover`. `armed`: the fault kinds the request's prelude saw armed (None: unknown).
-        `nowait`: WouldWait instead of waiting for the write lock to take a rate-window slot."""
+        `nowait`: WouldWait instead of waiting for the write lock to take a rate-window slot.
+        `text`: the body as sent (its numbers as written), when there is one."""
         settings = settings or self.settings()
         now = self.clock.now()
         limit = settings["rate_limit"]
@@ -166,7 +168,7 @@ class Service:
                                  retry_after=max(1, int(retry_after + 0.999)))
         fault = None
         try:
-            verdict = check_upload_cover(body) or self._check_source(body)
+            verdict = check_upload_cover(body, text) or self._check_source(body)
             if verdict is not None:
                 if token:
                     self.store.rate_release("cover:" + key, token)
