@@ -50,15 +50,26 @@ class ApiResponse:
 
 
 class MustBlock(Exception):
-    """Raised by a handler running on an event loop (`inline`) that would have to wait (an injected
-    latency, a rate window whose write lock is held elsewhere), before it changed any state: the
-    caller runs it again in a thread."""
+    """Raised by a handler running on an event loop (`inline`) that would have to wait (a rate
+    window whose write lock is held elsewhere), before it changed any state: the caller runs it
+    again in a thread."""
+
+
+class Delay(Exception):
+    """Raised by a handler running on an event loop (`inline`) for an injected latency, before
+    it changed any state: the caller runs it again (`ApiRequest.delayed`) `seconds` later,
+    without holding a thread meanwhile."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.seconds = seconds
 
 
 class ApiRequest:
     """What the handlers read of a request, straight from the WSGI environ."""
 
     inline = False  # True on an event loop: a handler that would wait raises MustBlock instead
+    delayed = False  # its injected latency was served: run again, it does not wait again
 
     def __init__(self, environ: dict):
         self.environ = environ
@@ -176,9 +187,9 @@ def _prelude(svc: Service, req: ApiRequest):
     if rej is None:
         req.view = view
         delay = faults.latency_for(view.settings, prefer)
-        if delay:
+        if delay and not req.delayed:
             if req.inline:
-                raise MustBlock
+                raise Delay(delay)
             time.sleep(delay)
         rej = svc.gate(key, prefer, view.settings, view.armed)
     req.key_masked = mask_key(key)
@@ -274,7 +285,7 @@ def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
     """Run one handler: its response, or a cover waiting for its store write."""
     try:
         return handler(svc, req)
-    except MustBlock:
+    except (MustBlock, Delay):
         raise
     except WouldWait:  # a rate window's write lock is held elsewhere: wait in a thread, not on the loop
         raise MustBlock from None

@@ -3,10 +3,11 @@ and rsgi.py, on granian): the three API endpoints run on the loop, the rest in a
 
 - `OnLoop.api(req, answer)` runs an API request on the loop: its response at once, WAITING (a
   cover waits for its batched store write; `answer` gets the response), or None: run it in
-  the pool (`OnLoop.wsgi`). A
-  handler that would wait (an injected latency, a rate window's write lock held elsewhere)
-  stops before it changed any state (`api.MustBlock`) and is run again in the pool; with the
-  uploadUrl check on, upload-cover always runs in the pool.
+  the pool (`OnLoop.wsgi`). A handler that would wait for a rate window's write lock held
+  elsewhere stops before it changed any state (`api.MustBlock`) and is run again in the pool;
+  one with an injected latency stops likewise (`api.Delay`) and is run again on the loop once
+  the latency has passed (a timer: any number of slow requests at once, no thread each); with
+  the uploadUrl check on, upload-cover always runs in the pool.
 - `AcceptBatcher` batches the store writes of accepted covers per turn of the loop.
 """
 
@@ -123,8 +124,15 @@ class OnLoop:
         handler = api.ROUTES.get((req.method, req.path))
         if handler is None or (handler is api.upload_cover and self.svc.cfg.source_check):
             return None
+        return self._run(handler, req, answer)
+
+    def _run(self, handler, req, answer):
         try:
             resp = api.start(self.svc, handler, req)
+        except api.Delay as delay:  # an injected latency: a timer, not a thread that sleeps
+            req.delayed = True
+            asyncio.get_running_loop().call_later(delay.seconds, self._resume, handler, req, answer)
+            return WAITING
         except api.MustBlock:
             return None
         if isinstance(resp, api.PendingCover):
@@ -135,6 +143,31 @@ class OnLoop:
             # gives it back to the next cover
             resp = api.settle_now(self.svc, resp)
         return api.finish(self.svc, req, resp)
+
+    def _resume(self, handler, req, answer) -> None:
+        """A request whose injected latency has passed: run again, and answered."""
+        try:
+            resp = self._run(handler, req, answer)
+        except Exception as exc:  # answered whatever happens
+            resp = api.bug(exc)
+        if resp is WAITING:
+            return
+        if resp is None:  # it must wait for a lock after all: in the pool
+            req.inline = False
+
+            def done(fut) -> None:
+                try:
+                    answered = fut.result()
+                except BaseException as exc:  # cancelled (stopping) included
+                    answered = api.bug(exc)
+                _deliver(answer, answered)
+            try:
+                asyncio.get_running_loop().run_in_executor(self.pool, api.handle, self.svc, handler, req) \
+                    .add_done_callback(done)
+            except RuntimeError as exc:  # the pool is shut down: stopping
+                _deliver(answer, api.bug(exc))
+            return
+        _deliver(answer, resp)
 
     def wsgi(self, environ: dict) -> asyncio.Future:
         """The Flask app (control API, files, API requests that may wait) in the pool: a future

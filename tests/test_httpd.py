@@ -820,3 +820,39 @@ def test_a_chunked_body_reaches_the_control_api_whole():
                   + _chunked(b'{"credits": "bad"}', 4))
         status, _, payload = read_response(f)
         assert (status, envelope(payload)["code"]) == (400, 400) and credits(svc) == 5
+
+
+def test_injected_latency_holds_no_thread_so_many_slow_requests_overlap():
+    """Prefer: latency is a timer on the loop: 24 requests of 1 s at once (three times the
+    thread pool) are all answered about 1 s later, not in rounds of eight; a slow cover is
+    still stored once, and a fast request is not held up meanwhile."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mock_server.onloop import POOL_THREADS
+
+    n = 3 * POOL_THREADS
+
+    def call(port, path, method="GET", body=None, prefer="latency=1"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        if prefer:
+            headers["Prefer"] = prefer
+        t0 = time.monotonic()
+        conn.request(method, path, body=body, headers=headers)
+        env = envelope(conn.getresponse().read())
+        conn.close()
+        return env, time.monotonic() - t0
+
+    with running() as (port, svc), ThreadPoolExecutor(n + 1) as ex:
+        t0 = time.monotonic()
+        slow = [ex.submit(call, port, "/api/v1/chat/credit") for _ in range(n - 1)]
+        cover = ex.submit(call, port, URL, "POST", COVER)
+        time.sleep(0.2)
+        fast_env, fast_took = call(port, "/api/v1/chat/credit", prefer=None)
+        results = [f.result() for f in slow] + [cover.result()]
+        elapsed = time.monotonic() - t0
+    assert fast_env["code"] == 200 and fast_took < 0.5, fast_took
+    assert all(env["code"] == 200 and took >= 1.0 for env, took in results), results
+    assert elapsed < 1.9, elapsed  # in rounds of POOL_THREADS it took 3 s
+    assert len(svc.store.list_tasks()) == 1
