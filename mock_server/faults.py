@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from .envelope import TRANSPORTS
@@ -50,7 +51,9 @@ class Prefer:
             return cls()
         code = scenario = latency = transport = None
         params: dict = {}
-        for part in header.split(","):
+        # "code=409, transport=status" (preferences) or "code=409; transport=status" (RFC 7240's
+        # parameters of one preference): the same here
+        for part in re.split(r"[,;]", header):
             name, _, value = part.strip().partition("=")
             name, value = name.strip().lower(), value.strip().strip('"')
             if name == "code":

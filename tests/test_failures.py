@@ -203,6 +203,20 @@ def test_422_for_a_prefer_header_the_fake_cannot_honour(client, prefer, reason):
     assert_rejected(submit(client, headers={"Prefer": prefer}), 422, msg_part=reason)
 
 
+@pytest.mark.parametrize("prefer", ["code=409, transport=status", "code=409; transport=status",
+                                    'code="409";transport=status', "respond-async, code=409; transport=status"])
+def test_prefer_parameters_by_comma_or_semicolon(client, prefer):
+    """RFC 7240 writes parameters of one preference after ";", preferences apart with ",": both
+    mean the same to the fake (a client library may join them either way)."""
+    r = client.post(COVER, json=body(), headers={**AUTH, "Prefer": prefer})
+    assert (r.status_code, r.get_json()["code"]) == (409, 409)
+
+
+def test_prefer_scenario_parameter_after_a_semicolon(client, clock, service):
+    task_id = accepted(client, headers={**AUTH, "Prefer": "scenario=empty-files; seconds=5"})
+    assert service.store.get_task(task_id)["scenario"] == {"name": "empty-files", "params": {"seconds": 5.0}}
+
+
 # ==================================================================================================
 # 429: from the rate window (20 new tasks per 10 s per account)
 # ==================================================================================================
