@@ -266,10 +266,10 @@ def test_malformed_http_gets_a_400_envelope_and_the_connection_closes(garbage):
             assert read_response(f)[0] == 200
 
 
-@pytest.mark.parametrize("size, early", [(1000, False), (1001, False), (1002, True)])
+@pytest.mark.parametrize("size, early", [(999, False), (1000, False), (1001, False), (1002, True)])
 def test_body_limit_at_its_boundary(size, early):
-    """max_body_bytes 1000: a body of 1000 bytes is read and judged; 1001 is read, and too large;
-    a declared 1002 is answered at once, unread, and the connection closes."""
+    """max_body_bytes 1000: bodies of 999 and 1000 bytes are read and judged; 1001 is read, and
+    too large; a declared 1002 is answered at once, unread, and the connection closes."""
     payload = COVER[:-1] + b" " * (size - len(COVER)) + b"}"
     assert len(payload) == size
     with running(max_body_bytes=1000) as (port, _):
