@@ -75,10 +75,27 @@ def format_ok(value, fmt: str) -> bool:
     memo_key = (fmt, value)
     verdict = _format_memo.get(memo_key)
     if verdict is None:
-        verdict = FORMATS.conforms(value, fmt)
-        if len(_format_memo) >= FORMAT_MEMO_SIZE:
-            _format_memo.clear()
-        _format_memo[memo_key] = verdict
+        verdict = _remember(memo_key, FORMATS.conforms(value, fmt))
+    return verdict
+
+
+def pattern_ok(rx: re.Pattern, value) -> bool:
+    """`pattern` (a string only), remembered likewise (the URL pattern spells RFC 3986 out)."""
+    if type(value) is not str:
+        return not isinstance(value, str) or rx.search(value) is not None
+    if len(value) > FORMAT_MEMO_MAX_LEN:
+        return rx.search(value) is not None
+    memo_key = (rx, value)
+    verdict = _format_memo.get(memo_key)
+    if verdict is None:
+        verdict = _remember(memo_key, rx.search(value) is not None)
+    return verdict
+
+
+def _remember(memo_key: tuple, verdict: bool) -> bool:
+    if len(_format_memo) >= FORMAT_MEMO_SIZE:
+        _format_memo.clear()
+    _format_memo[memo_key] = verdict
     return verdict
 
 
@@ -102,7 +119,8 @@ class _Gen:
         self.lines: list[str] = []
         self.defs: list[str] = []  # the subschemas' functions
         self.env: dict = {"_TYPES": _TYPES, "_equal": _equal, "_is_number": _is_number,
-                          "is_multiple": is_multiple, "format_ok": format_ok, "_conforms": FORMATS.conforms}
+                          "is_multiple": is_multiple, "format_ok": format_ok, "pattern_ok": pattern_ok,
+                          "_conforms": FORMATS.conforms}
         self.n = 0
         self.resolver = resolver  # resolves $ref (referencing.Resolver), None: no $ref
         self.refs: dict[int, str] = {}  # id of a $ref's target schema -> its function's name
@@ -201,7 +219,8 @@ class _Gen:
                 self.fail_unless(depth, f"not _is_number({x}) or is_multiple({x}, {self.const(value)})")
             elif kw == "pattern":
                 rx = self.const(re.compile(value))
-                self.fail_unless(depth, f"not isinstance({x}, str) or {rx}.search({x}) is not None")
+                self.fail_unless(depth, f"pattern_ok({rx}, {x})" if self.memo
+                                 else f"not isinstance({x}, str) or {rx}.search({x}) is not None")
             elif kw == "format":
                 self.fail_unless(depth, f"{'format_ok' if self.memo else '_conforms'}({x}, {value!r})")
             elif kw == "required":
