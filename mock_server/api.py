@@ -68,7 +68,7 @@ class Delay(Exception):
 class ApiRequest:
     """What the handlers read of a request, straight from the WSGI environ."""
 
-    inline = False  # True on an event loop: a handler that would wait raises MustBlock instead
+    inline = False  # True on an event loop: a handler that would wait raises MustBlock (or Delay) instead
     delayed = False  # its injected latency was served: run again, it does not wait again
 
     def __init__(self, environ: dict):
@@ -140,7 +140,7 @@ def _unreadable(exc: orjson.JSONDecodeError) -> str:
     why = str(exc)
     if why.startswith("number is infinity"):
         return f"request body has a number beyond a double's range (about 1.8e308): {why}"
-    if why.startswith(("no low surrogate", "invalid high surrogate")):  # escapes, not invalid UTF-8
+    if why.startswith(("no low surrogate", "invalid low surrogate", "invalid high surrogate")):  # escapes
         return (f"request body has a lone surrogate escape (\\ud800-\\udfff without its pair), which is "
                 f"not Unicode text: {why}")
     return f"request body is not valid JSON: {why}"

@@ -95,7 +95,8 @@ def health():
 
 @bp.post("/reset")
 def reset():
-    """Forget all state; configured keys get their starting balances back."""
+    """Back to the start state: configured keys with their starting balances, and the scenario
+    file given at start applied again."""
     _svc().reset()
     return ok(None, "reset")
 

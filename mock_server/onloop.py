@@ -264,7 +264,7 @@ class AcceptBatcher:
     def __init__(self, store):
         self.store = store
         # A cover refused with 402 gives its rate slot back: a write that may wait for the lock,
-        # made in a thread of its own (not the HTTP pool, which injected latencies can fill).
+        # made in a thread of its own (not the HTTP pool, which slow uploadUrl checks can fill).
         self._give_back_pool: ThreadPoolExecutor | None = None
         self.pending: list = []
         self.scheduled = False

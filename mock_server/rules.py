@@ -10,6 +10,7 @@ a sentence a person can act on: which field, which rule, the limit for that mode
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -214,8 +215,8 @@ def weights_as_written(body: dict, text: bytes) -> Rejection | None:
     """The schema's number keywords on the weights as the client wrote them (a body the schema
     accepted). A JSON parser reads 1.0000000000000001 as 1.0 and 1e-400 as 0.0, which then pass;
     the page's rule ("0-1, up to 2 decimals") is about what was sent. Only a body with a weight
-    is read again (exactly: decimals, not binary floats)."""
-    if not any(type(body.get(w)) in (float, int) for w in WEIGHTS):
+    written in a way a double may not hold (see `_maybe_inexact`) is read again, exactly."""
+    if not any(type(body.get(w)) in (float, int) for w in WEIGHTS) or not _maybe_inexact(text):
         return None
     try:
         exact = json.loads(text, parse_float=_exact_number)
@@ -226,25 +227,69 @@ def weights_as_written(body: dict, text: bytes) -> Rejection | None:
         return None
     for name in WEIGHTS:
         value, rule = exact.get(name), branch["properties"][name]
-        if isinstance(value, _Unreadable) or isinstance(value, Decimal) and \
-                not rule["minimum"] <= value <= rule["maximum"]:
+        if not isinstance(value, Decimal):
+            continue
+        if not rule["minimum"] <= value <= rule["maximum"]:
             return Rejection(422, f"{name}: must be between {rule['minimum']} and {rule['maximum']} (got {value})",
-                             name, "maximum" if isinstance(value, _Unreadable) or value > rule["maximum"] else "minimum")
-        if isinstance(value, Decimal) and not _exact_multiple(value, Decimal(str(rule["multipleOf"]))):
+                             name, "maximum" if value > rule["maximum"] else "minimum")
+        if not _exact_multiple(value, Decimal(str(rule["multipleOf"]))):
             return Rejection(422, f"{name}: at most 2 decimal places, a multiple of {rule['multipleOf']} "
                                   f"(got {value})", name, "multipleOf")
     return None
 
 
-class _Unreadable(str):
-    """A number literal no Decimal holds (an exponent beyond 10**18): far outside any range."""
+_WEIGHT_KEYS = tuple(b'"%s"' % w.encode() for w in WEIGHTS)
+_LITERAL = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(-?[0-9][0-9.eE+-]*)")
+_INEXACT = re.compile(rb"(?:[0-9]\.?){16}|[eE][-+]?[0-9]{3}")
+_KEYS_LOOKED_AT = 16  # occurrences of a weight's key; beyond, the body is read again anyway
 
 
-def _exact_number(literal: str):
+def _maybe_inexact(text: bytes) -> bool:
+    """Whether a weight's literal may not be what a double holds: 16 digits or more, or an
+    exponent of 3 digits (a decimal of 15 digits comes back from a double unchanged). The
+    literals are found after the weights' keys (a quick search, not a scan of every number in
+    a body of up to 1 MiB); a key in a string or nested object only costs the exact reading."""
+    looked = 0
+    for key in _WEIGHT_KEYS:
+        at = text.find(key)
+        while at != -1:
+            looked += 1
+            if looked > _KEYS_LOOKED_AT:
+                return True
+            literal = _LITERAL.match(text, at + len(key))
+            if literal is not None and _INEXACT.search(literal.group(1)):
+                return True
+            at = text.find(key, at + 1)
+    return False
+
+
+class _Far(Decimal):
+    """A number literal beyond what a Decimal holds (an exponent past 10**18), stood in for by a
+    value on the same side of every bound here (0, beyond 1, between 0 and 0.01), shown as sent."""
+
+    literal: str
+
+    def __new__(cls, stand_in: str, literal: str):
+        self = super().__new__(cls, stand_in)
+        self.literal = literal
+        return self
+
+    def __str__(self) -> str:
+        return self.literal
+
+    def __format__(self, spec: str) -> str:
+        return self.literal if not spec else super().__format__(spec)
+
+
+def _exact_number(literal: str) -> Decimal:
     try:
         return Decimal(literal)  # exact: building a Decimal from text is not rounded
     except InvalidOperation:
-        return _Unreadable(literal)
+        mantissa, _, exponent = literal.lower().partition("e")
+        if Decimal(mantissa) == 0:
+            return Decimal(0)
+        sign = "-" if mantissa.startswith("-") else ""
+        return _Far(f"{sign}1E{'-' if exponent.startswith('-') else '+'}999999", literal)
 
 
 def _exact_multiple(value: Decimal, divisor: Decimal) -> bool:

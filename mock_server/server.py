@@ -4,8 +4,9 @@ The server is chosen by measurement (README "Benchmarks", bench/README.md):
 
 - **builtin** (httpd.py; the default with the memory and sqlite stores): the fake's own
   HTTP/1.1 server, asyncio protocols on uvloop with httptools' parser, the three API endpoints
-  run on each worker's event loop, anything that may wait (an injected latency, the uploadUrl
-  check, the control API, files) in a thread pool (onloop.py). Measured on 2 cores with wrk
+  run on each worker's event loop (an injected latency is a timer there), anything that may
+  wait (a store lock held elsewhere, the uploadUrl check, the control API, files) in a thread
+  pool (onloop.py). Measured on 2 cores with wrk
   sharing them, POST upload-cover, default SQLite store, one worker: 14,000-15,300 req/s,
   against 9,400-10,400 on granian's RSGI interface with the same app code (a constant answer:
   89,700 req/s against 37,400). Workers are forked by this process after it binds the socket,

@@ -68,6 +68,8 @@ BAD_BODIES = [
     ("overlong-utf8", b'{"prompt": "\xc0\xaf"}', "not valid JSON"),
     ("lone-surrogate-escape", b'{"prompt": "\\ud800"}', "lone surrogate escape (\\ud800-\\udfff"),
     ("lone-low-surrogate-escape", b'{"prompt": "\\udc00"}', "lone surrogate escape"),
+    ("high-surrogate-then-a-letter", b'{"prompt": "\\ud800\\u0041"}', "lone surrogate escape"),
+    ("two-high-surrogates", b'{"prompt": "\\ud800\\ud800"}', "lone surrogate escape"),
     ("utf8-bom", b"\xef\xbb\xbf" + VALID, "not valid JSON"),
     ("utf16", VALID.decode().encode("utf-16"), "not valid JSON"),
     ("empty", b"", "empty"),

@@ -409,7 +409,25 @@ WEIGHT_LITERALS = [
     # a parser rounds these into the range (1.0, 0.0, -0.0): judged as written, they are not
     (b"1.0000000000000001", False), (b"0.99999999999999999", False), (b"0.01000000000000000001", False),
     (b"1e-400", False), (b"-1e-400", False), (b"1e-999999999", False), (b"1e-9999999999999999999", False),
+    (b"-1e-9999999999999999999", False), (b"0e-9999999999999999999", True),  # beyond a Decimal's exponent
+    (b"29999999.999999999e-8", False),  # 17 digits, a point among them
 ]
+
+
+@pytest.mark.parametrize("text, msg", [
+    # the key elsewhere (nested, in a string) only costs an exact reading: the top level decides
+    (b'{"x": {"styleWeight": 1e-400}, "y": "\\"styleWeight\\": 1e-400", "styleWeight": 0.5}', None),
+    (b'{"styleWeight" :\n 1.0000000000000001}', "styleWeight: must be between 0 and 1 (got 1.0000000000000001)"),
+    # more keys than are looked at: read exactly anyway
+    (b'{"y": [' + b",".join([b'"\\"styleWeight\\":0.5"'] * 20) + b'], "styleWeight": 1e-400}',
+     "styleWeight: at most 2 decimal places, a multiple of 0.01 (got 1E-400)"),
+    (b'{"audioWeight": -1e-9999999999999999999}', "audioWeight: must be between 0 and 1 (got -1e-9999999999999999999)"),
+])
+def test_weights_as_written_wherever_the_key_appears(lenient_client, text, msg):
+    fields = orjson.dumps(body())[1:-1]
+    r = lenient_client.post(URL, data=text[:1] + fields + b"," + text[1:], headers={**AUTH, "Content-Type": "application/json"})
+    env = r.get_json()
+    assert (env["code"], env["msg"]) == ((200, "success") if msg is None else (422, msg)), env
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
