@@ -29,7 +29,10 @@ from .service import Accepted, CoverDraft, Service, WouldWait, mask_key
 bp = Blueprint("api", __name__)
 
 JSON_TYPES = ("application/json",)
-_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+# A Host header the file URLs may be built on: a name (RFC 3986's reg-name, its unreserved
+# characters: "kie_mock", a compose service, has an underscore) or an IPv4 address, or an IPv6
+# address in brackets; an optional port.
+_HOST = re.compile(r"^[A-Za-z0-9._~\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
 def _ipv6(text: str) -> bool:
@@ -241,7 +244,7 @@ def upload_cover(svc: Service, req: ApiRequest) -> ApiResponse | PendingCover:
     body = req.json_body(svc.cfg.max_body_bytes)
     if isinstance(body, Rejection):
         return reject(svc, body)
-    draft = svc.draft_cover(key, body, req.host_url(f"http://{svc.cfg.host}:{svc.cfg.port}/"), prefer,
+    draft = svc.draft_cover(key, body, req.host_url(svc.cfg.self_url()), prefer,
                             req.view.settings, req.view.armed, nowait=req.inline, text=req.body_text)
     if isinstance(draft, Rejection):
         return reject(svc, draft)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
+from urllib.parse import urlsplit
 
 DEFAULT_API_KEY = "kie-mock-key"
 DEFAULT_PORT = 8787
@@ -64,13 +65,29 @@ class Config:
             raise ValueError("time scale must not be negative")
         if self.cover_cost < 0:
             raise ValueError("cover cost must not be negative (credits are only ever taken)")
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"the public URL must be an absolute http(s) URL such as "
+                                 f"http://mock.example:8787 (got {self.public_url!r})")
         return self
+
+    def self_url(self) -> str:
+        """http://host:port/ of this fake, for a request that names no usable Host: the bind
+        address (loopback for a wildcard one, which no client can reach)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"http://{url_host(host)}:{self.port}/"
 
     def delay(self, seconds: float) -> float:
         return 0.0 if self.instant else seconds * self.time_scale
 
     def with_overrides(self, **changes) -> "Config":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def url_host(host: str) -> str:
+    """A host as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _parse_keys(text: str) -> dict[str, int]:

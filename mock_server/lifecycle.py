@@ -186,11 +186,20 @@ def apply_stage(task: dict, stage: str, code: int | None = None) -> dict:
         changes.update(errorCode=code, errorMessage=msg)
     else:
         status = STAGES[stage][1]
-    if task["status"] != CALLBACK_EXCEPTION:  # once delivery failed, polling says so
-        changes["status"] = status
+    if stage == "error" or task["status"] != CALLBACK_EXCEPTION:  # once delivery failed, polling says
+        changes["status"] = status  # so; but a failed generation says that (status_when_abandoned)
     if stage in FINAL_STAGES:
         changes["completed_at"] = None  # filled by the caller with the clock's time
     return changes
+
+
+def status_when_abandoned(task: dict) -> str:
+    """record-info's status once the task's callbacks were given up: CALLBACK_EXCEPTION, which
+    API_NOTES says means "generation worked but the callback could not be delivered"; a task
+    whose generation failed keeps saying that (GENERATE_AUDIO_FAILED, SENSITIVE_WORD_ERROR)."""
+    if task.get("stage") == "error" and task.get("errorCode") in ERRORS:
+        return ERRORS[task["errorCode"]][1]
+    return CALLBACK_EXCEPTION
 
 
 def callback_body(task: dict, stage: str) -> dict:

@@ -240,9 +240,9 @@ class Scheduler:
         # One atomic update each, this one and the previous callback's "delivered_through": whichever
         # comes second sees both, and makes this stage's callback (exactly one of them does).
         task = self._apply(task, changes, refunds)
-        if task["delivery"] == "abandoned" and task["status"] != lifecycle.CALLBACK_EXCEPTION:
+        if task["delivery"] == "abandoned" and task["status"] != lifecycle.status_when_abandoned(task):
             # given up while this stage was being applied (its status was read before): polling says so
-            task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION})
+            task = self.store.update_task(task["taskId"], {"status": lifecycle.status_when_abandoned(task)})
         self._next_stage(task, index, flow=FLOW)
         if task.get("delivered_through", -1) >= index - 1:
             self._callback(task, index, inline=True)
@@ -355,7 +355,10 @@ class Scheduler:
             how = {"flow": FLOW, "chain": False} if chain is None else {"chain": chain}
             self._add(task["taskId"], "deliver", due, stage=stage, attempt=attempt + 1, index=index, **how)
         else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
-            task = self.store.update_task(task["taskId"], {"status": lifecycle.CALLBACK_EXCEPTION,
+            task = self.store.update_task(task["taskId"], {"status": lifecycle.status_when_abandoned(task),
                                                            "delivery": "abandoned"})
+            if task is not None and task["status"] != lifecycle.status_when_abandoned(task):
+                # a failing stage was applied between the read and this write: its status stands
+                task = self.store.update_task(task["taskId"], {"status": lifecycle.status_when_abandoned(task)})
             if chain:
                 self._next_stage(task, index, flow=None)

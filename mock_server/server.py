@@ -54,7 +54,7 @@ import time
 import traceback
 
 from . import heap
-from .config import Config
+from .config import Config, url_host
 
 ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
 ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
@@ -160,7 +160,7 @@ def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 
         if schedulers else "the workers"
     stages = "instant" if cfg.instant else "/".join(f"{d * cfg.time_scale:g}" for d in cfg.stage_delays) + " s"
     extra = "; uploadUrl fetched (--source-check)" if cfg.source_check else ""
-    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host  # an IPv6 address, as a URL writes it
+    host = url_host(cfg.host)
     return (f"kie-mock listening on http://{host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
             f"clock: {cfg.clock}; stages: {stages}{extra}; store: {cfg.store}; server: {server}, "
             f"workers: {workers}; callbacks: {due})")
@@ -565,7 +565,7 @@ def _run_gunicorn(cfg: Config, workers: int, line: str, kind: str) -> int:
         return 2
 
     threads = int(os.environ.get("KIE_MOCK_HTTP_THREADS", THREADS_PER_WORKER))
-    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    host = url_host(cfg.host)
     options = {
         "bind": f"{host}:{cfg.port}", "workers": workers, "worker_class": kind,
         "threads": threads if kind == "gthread" else 1, "timeout": 120, "graceful_timeout": 10,

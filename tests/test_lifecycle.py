@@ -165,6 +165,42 @@ def test_failed_deliveries_are_retried_with_backoff_then_stop_with_callback_exce
     assert len(info["response"]["sunoData"]) == 2, "generation itself still completed"
 
 
+@pytest.mark.parametrize("scenario, status", [("fail-501", "GENERATE_AUDIO_FAILED"), ("fail-400", "SENSITIVE_WORD_ERROR"),
+                                              ("success", "CALLBACK_EXCEPTION")])
+@pytest.mark.parametrize("failing", ["text", "error-or-last"])
+def test_a_failed_generation_keeps_its_status_when_its_callbacks_are_given_up(client, clock, delivery, scenario,
+                                                                               status, failing):
+    """API_NOTES: CALLBACK_EXCEPTION means "generation worked but the callback could not be
+    delivered". A failed generation whose callbacks are given up (its text callback, before
+    the failure; or the failure's own callback) still says how it failed."""
+    _, env = submit(client, headers={"Prefer": f"scenario={scenario}"})
+    task_id = env["data"]["taskId"]
+    if failing == "text":
+        delivery.default = 500
+    else:
+        clock.advance(2)  # text delivered
+        delivery.default = 500
+    clock.advance(120)
+    assert len([s for s in delivery.stages(task_id)]) == (4 if failing == "text" else 5)
+    assert _status(client, task_id) == status
+
+
+def test_a_failure_applied_while_delivery_was_being_given_up_keeps_its_status(client, clock, delivery, service):
+    """The give-up read the task before the failing stage was applied: its write comes after, and
+    the failure still stands (one atomic read-modify-write each; the give-up checks after)."""
+    delivery.default = 500
+    _, env = submit(client, headers={"Prefer": "scenario=fail-501"})
+    task_id = env["data"]["taskId"]
+    clock.advance(2.5)  # text applied, its first attempt failed
+    stale = service.store.get_task(task_id)
+    assert stale["status"] == "TEXT_SUCCESS" and stale["delivery"] == "active"
+    clock.advance(3)  # the failure lands (stages keep their times)
+    assert _status(client, task_id) == "GENERATE_AUDIO_FAILED"
+    service.scheduler._delivery(stale, "text", 3, 0)  # the last attempt, with what it read before
+    assert _status(client, task_id) == "GENERATE_AUDIO_FAILED"
+    assert service.store.get_task(task_id)["delivery"] == "abandoned"
+
+
 def test_a_retry_that_succeeds_is_followed_by_the_next_callback_at_once(client, clock, delivery):
     delivery.answers = [503, 503]
     _, env = submit(client)
@@ -366,6 +402,37 @@ def test_audio_streams_with_range_requests(client, clock, delivery):
     assert client.get(path).headers["Accept-Ranges"] == "bytes"
 
 
+def test_range_boundaries_and_validators(client, clock, delivery):
+    """RFC 9110: a suffix longer than the file is the whole file (14.1.3); a range from the last
+    byte, one past it; If-Range with the file's ETag resumes, with another tag (or a date: the
+    files have no Last-Modified) the whole file comes (13.1.5); If-None-Match answers 304."""
+    _, tracks = _complete_tracks(client, clock, delivery)
+    path = _path(tracks[0]["stream_audio_url"])
+    first = client.get(path)
+    whole, etag = first.data, first.headers["ETag"]
+    size = len(whole)
+    for suffix in (size - 1, size, size + 1, 10 * size):
+        r = client.get(path, headers={"Range": f"bytes=-{suffix}"})
+        start = max(size - suffix, 0)
+        assert (r.status_code, r.headers["Content-Range"], r.data) == (206, f"bytes {start}-{size - 1}/{size}", whole[start:])
+    assert client.get(path, headers={"Range": f"bytes={size - 1}-"}).data == whole[-1:]
+    assert client.get(path, headers={"Range": f"bytes={size - 1}-{size + 5}"}).data == whole[-1:]
+    assert client.get(path, headers={"Range": f"bytes={size}-{size + 5}"}).status_code == 416
+    assert client.get(path, headers={"Range": "bytes=0-0"}).data == whole[:1]
+    r = client.get(path, headers={"Range": "bytes=10-19", "If-Range": etag})
+    assert (r.status_code, r.data) == (206, whole[10:20])
+    for other in ('"something-else"', "Wed, 21 Oct 2015 07:28:00 GMT", "W/" + etag):
+        r = client.get(path, headers={"Range": "bytes=10-19", "If-Range": other})
+        assert (r.status_code, r.data) == (200, whole), other
+    for tag in (etag, "*", f'"x", {etag}', "W/" + etag):
+        r = client.get(path, headers={"If-None-Match": tag})
+        assert (r.status_code, r.data, r.headers["ETag"]) == (304, b"", etag), tag
+    assert client.get(path, headers={"If-None-Match": '"x"'}).status_code == 200
+    assert client.get(path).headers["ETag"] == etag  # stable
+    others = {client.get(_path(t[f])).headers["ETag"] for t in tracks for f in ("audio_url", "stream_audio_url", "image_url")}
+    assert len(others) == 3 * len(tracks)  # one per file
+
+
 def test_files_and_records_expire_after_15_days(client, clock, delivery):
     task_id, tracks = _complete_tracks(client, clock, delivery)
     created = client.get(f"/_mock/tasks/{task_id}").get_json()["data"]["created_at"]
@@ -454,7 +521,9 @@ def test_a_callback_the_fake_must_not_send_is_a_failed_attempt_and_the_task_goes
 
 
 @pytest.mark.parametrize("host, base", [
-    ("[1.2.3]", None), ("[::1]:8080", "http://[::1]:8080/"), ("[zz]", None), ("fake.local:9000", "http://fake.local:9000/")])
+    ("[1.2.3]", None), ("[::1]:8080", "http://[::1]:8080/"), ("[zz]", None), ("fake.local:9000", "http://fake.local:9000/"),
+    ("kie_mock:9706", "http://kie_mock:9706/"),  # a compose service name: RFC 3986 allows "_"
+    ("a b", None), ("x/y", None), ("u@h", None), ("", None)])
 def test_file_urls_use_the_host_header_only_when_it_is_a_valid_host(client, clock, delivery, service, host, base):
     """A bracketed Host that is no IPv6 address made file URLs the callback contract refuses
     (and left the task waiting at its first stage): the configured address is used instead."""
@@ -465,6 +534,30 @@ def test_file_urls_use_the_host_header_only_when_it_is_a_valid_host(client, cloc
     assert delivery.stages(task_id) == ["text", "first", "complete"]
     audio = delivery.calls[-1]["body"]["data"]["data"][0]["audio_url"]
     assert audio.startswith(base + "files/"), audio
+
+
+@pytest.mark.parametrize("bind, base", [("127.0.0.1", "http://127.0.0.1:8787/"), ("0.0.0.0", "http://127.0.0.1:8787/"),
+                                        ("::", "http://[::1]:8787/"), ("::1", "http://[::1]:8787/"),
+                                        ("192.0.2.7", "http://192.0.2.7:8787/")])
+def test_without_a_usable_host_the_file_urls_name_an_address_a_client_can_reach(bind, base):
+    """The fallback is the bind address as a URL writes it, and loopback for a wildcard one
+    (http://0.0.0.0:8787/ and http://:::8787/ reach nothing)."""
+    from mock_server.config import Config
+
+    assert Config(host=bind, port=8787).self_url() == base
+
+
+@pytest.mark.parametrize("url, ok", [("http://mock.example:8787", True), ("https://mock.example/kie/", True),
+                                     ("mock.example:8787", False), ("ftp://mock.example", False), ("http://", False)])
+def test_a_public_url_must_be_an_absolute_http_url(url, ok):
+    from mock_server.config import Config
+
+    cfg = Config(public_url=url)
+    if ok:
+        assert cfg.check() is cfg
+    else:
+        with pytest.raises(ValueError, match="public URL must be an absolute http"):
+            cfg.check()
 
 
 def test_jobs_stored_by_an_older_kie_mock_still_run_their_way(client, clock, delivery, service):
