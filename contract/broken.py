@@ -142,6 +142,16 @@ def _weights_three_decimals():
     return Rewrite(make_fake(), on_request=on_json_request(S.UPLOAD_COVER, fix))
 
 
+def _booleans_as_strings():
+    def fix(body):
+        for name in ("customMode", "instrumental"):
+            if body.get(name) in ("true", "false"):
+                body[name] = body[name] == "true"  # the bug: "true"/"false" taken as booleans
+        return body
+
+    return Rewrite(make_fake(), on_request=on_json_request(S.UPLOAD_COVER, fix))
+
+
 def _callback_url_optional():
     def fix(body):
         body.setdefault("callBackUrl", "http://127.0.0.1:9/unused")  # the bug: callBackUrl not required
@@ -185,6 +195,17 @@ def _record_info_disagrees():
         return env
 
     return Rewrite(make_fake(), on_response=on_json_response(alter))
+
+
+def _first_status_renamed():
+    def rename(environ, env):
+        data = env.get("data")
+        if environ.get("PATH_INFO") == S.RECORD_INFO and isinstance(data, dict) and data.get("status") == "FIRST_SUCCESS":
+            data["status"] = "FIRST_SUCCEEDED"  # the bug: a status the contract does not name, mid-way only
+        return env
+
+    slow = fake_config(instant=False, stage_delays=(0.3, 0.9, 1.8))  # a window in which to poll it
+    return Rewrite(make_fake(slow), on_response=on_json_response(rename))
 
 
 def _files_missing():
@@ -248,6 +269,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             _weights_three_decimals),
     Variant("callback-url-optional", "callBackUrl.required", "accepts a body without callBackUrl",
             _callback_url_optional),
+    Variant("booleans-as-strings", "customMode.type", 'accepts customMode "true" / "false" (strings) as booleans',
+            _booleans_as_strings),
     Variant("auth-not-enforced", "auth.required", "a request without Authorization is served", _auth_not_enforced),
     Variant("envelope-msg-renamed", "envelope.fields", "the envelope says 'message' instead of 'msg'",
             _envelope_msg_renamed),
@@ -255,6 +278,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             _undocumented_error_code),
     Variant("record-info-disagrees", "record-info.audioUrl", "record-info's audioUrl differs from the callback's",
             _record_info_disagrees),
+    Variant("first-status-renamed", "schema:record-info-response",
+            "record-info says FIRST_SUCCEEDED between the first and complete stages", _first_status_renamed),
     Variant("files-missing", "files.audio_url", "the generated files answer 404", _files_missing),
     Variant("rate-limit-as-http-200", "envelope.transport", "rate limiting answered with HTTP 200, no Retry-After",
             _rate_limit_as_http_200),

@@ -108,6 +108,17 @@ def _check_args(args) -> None:
         raise UsageError(f"--app: MODULE:NAME (got {args.app!r})")
     if args.replay and not os.path.isdir(args.replay):
         raise UsageError(f"--replay: no such directory {args.replay!r}")
+    if args.replay and not os.path.isfile(os.path.join(args.replay, "exchanges.jsonl")):
+        raise UsageError(f"--replay: {args.replay!r} holds no recording (exchanges.jsonl): "
+                         f"make one with verify --record {args.replay}")
+    if args.replay and (args.suite or args.tier):
+        raise UsageError("--suite and --tier choose checks to run; --replay replays a whole recording")
+    if args.record and os.path.exists(args.record) and not os.path.isdir(args.record):
+        raise UsageError(f"--record: {args.record!r} is a file; a recording is a directory")
+    if args.junit_xml:
+        parent = os.path.dirname(os.path.abspath(args.junit_xml))
+        if not os.path.isdir(parent) or os.path.isdir(args.junit_xml):
+            raise UsageError(f"--junit-xml: cannot write {args.junit_xml!r} (its directory must exist)")
 
 
 def load_app(spec: str):
@@ -155,6 +166,9 @@ def _select(args):
         checks = [c for c in checks if c.suite in names or c.name in names]
     if args.tier:
         checks = [c for c in checks if c.tier in args.tier]
+    if not checks:  # (an empty selection must not fall back to running everything)
+        raise UsageError(f"--suite {' '.join(args.suite or ['(all)'])} --tier {' '.join(args.tier or ['(all)'])}: "
+                         f"no check is both; see --list")
     return checks
 
 

@@ -236,6 +236,14 @@ class Context:
                     ok = False
         return ok
 
+    def judge_limited(self, ex: Exchange) -> None:
+        """A 429 the target answered (and the run waited out): the error envelope, HTTP 429, and a
+        Retry-After in whole seconds (API_NOTES), like the rate-limit check's own."""
+        self.envelope(ex)
+        ra = ex.reply.header("retry-after")
+        if ra is None or not ra.isdigit() or int(ra) < 1:
+            self.disagree("rate-limit.retry-after", ex, "Retry-After: whole seconds >= 1", f"Retry-After: {ra}")
+
     def expect_code(self, ex: Exchange, expected: set[int] | int, rule: str, spec: str,
                     success_schema: str | None = None) -> bool:
         expected = {expected} if isinstance(expected, int) else set(expected)
@@ -283,7 +291,7 @@ class Context:
 # -- running --------------------------------------------------------------------------------------------
 def run_checks(ctx: Context, checks: list[CheckDef] | None = None, *, progress=None,
                only: Callable[[CheckDef], bool] | None = None) -> list[Result]:
-    checks = [c for c in (checks or all_checks()) if only is None or only(c)]
+    checks = [c for c in (all_checks() if checks is None else checks) if only is None or only(c)]
     results = []
     for i, c in enumerate(checks, 1):
         r = Result(c.name, c.suite, c.tier)
@@ -292,8 +300,13 @@ def run_checks(ctx: Context, checks: list[CheckDef] | None = None, *, progress=N
         started = time.monotonic()
         if progress:
             progress.start(i, len(checks), c)
+        limited = len(ctx.target.limited)
         try:
-            c.fn(ctx)
+            try:
+                c.fn(ctx)
+            finally:
+                for ex in ctx.target.limited[limited:]:  # a 429 run into along the way is judged too
+                    ctx.judge_limited(ex)
             r.status = "failed" if r.disagreements else "passed"
         except Skip as exc:
             r.status = "failed" if r.disagreements else "skipped"

@@ -33,12 +33,30 @@ Validator, FORMATS, registry, schema, validator = spec.Validator, spec.FORMATS, 
 
 
 def errors(name: str, instance) -> list[str]:
-    """Every reason `instance` breaks schemas/<name>, as 'path: message' (empty when valid)."""
+    """Every reason `instance` breaks schemas/<name>, as 'path: message' (empty when valid). A
+    oneOf/anyOf (a callback's stages, say) is explained by the branch that came closest, down
+    to the field: "data/data/0: 'duration' is a required property", not "(root): {...} is not
+    valid under any of the given schemas"."""
     out = []
-    for err in sorted(validator(name).iter_errors(instance), key=lambda e: list(map(str, e.path))):
-        where = "/".join(map(str, err.absolute_path)) or "(root)"
-        out.append(f"{where}: {err.message[:160]}")
+    for top in sorted(validator(name).iter_errors(instance), key=lambda e: list(map(str, e.path))):
+        for err in _closest(top):
+            where = "/".join(map(str, err.absolute_path)) or "(root)"
+            line = f"{where}: {err.message[:160]}"
+            if line not in out:
+                out.append(line)
     return out
+
+
+def _closest(err) -> list:
+    """The leaf errors of `err`: for a oneOf/anyOf, those of the branch with the fewest errors
+    (on a tie, the one whose errors lie deepest), recursively."""
+    if not err.context:
+        return [err]
+    branches: dict = {}
+    for sub in err.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    best = min(branches.values(), key=lambda errs: (len(errs), -max(len(e.absolute_path) for e in errs)))
+    return [leaf for sub in best for leaf in _closest(sub)]
 
 
 @lru_cache(maxsize=1)

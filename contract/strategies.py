@@ -159,7 +159,10 @@ def _mutations(body: dict, branch: S.Branch) -> list[tuple[str, str, object, str
         out.append(("pattern", u, "ftp://storage.example.com/a.mp3", f"{u}: an absolute http(s) URL"))
         out.append(("format", u, "http://[::1/cover.mp3", f"{u}: a URI (RFC 3986)"))
     for b in ("customMode", "instrumental"):
-        out.append(("type", b, "true", f"{b}: a boolean"))
+        # the body's own mode, as a string: a target that coerces "true"/"false" would accept it
+        # (the other mode's string would fail anyway, on that mode's required fields)
+        as_text = "true" if body[b] else "false"
+        out.append(("type", b, as_text, f"{b}: a boolean, not the string {as_text!r}"))
     return out
 
 
@@ -252,7 +255,9 @@ def rule_cases(**urls) -> list[Labelled]:
         for case in _labelled_breaks(body, b):
             if case.rule in ("maxLength",) or case.field in S.WEIGHTS and case.rule != "type":
                 continue  # boundary_cases() and weight_cases() enumerate those per model
-            if i and case.field not in S.TEXT_FIELDS and not (case.rule == "required" and case.field not in common):
+            per_mode = case.field in S.TEXT_FIELDS or (case.rule == "required" and case.field not in common) or (
+                case.rule == "type" and case.field in ("customMode", "instrumental"))  # its own mode's string
+            if i and not per_mode:
                 continue  # a rule that does not depend on the mode: checked once, on the first branch
             out.append(case)
     return out

@@ -246,6 +246,7 @@ class Target:
         self.name = name or transport.base_url
         self.requests = 0
         self.backoffs: list[float] = []
+        self.limited: list[Exchange] = []  # the 429 answers it backed off on (the runner judges them)
         self._downloads = urllib3.PoolManager(num_pools=4, retries=False, timeout=urllib3.Timeout(total=60))
 
     @property
@@ -296,6 +297,7 @@ class Target:
             if not (limited and retry_429 and attempts < self.retry_429):
                 return ex
             attempts += 1
+            self.limited.append(ex)
             self.sleep(self._backoff(reply, attempts))
 
     def _backoff(self, reply: Reply, attempt: int) -> float:

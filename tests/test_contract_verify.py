@@ -46,11 +46,24 @@ def test_the_in_process_fake_agrees_and_writes_junit(capsys, tmp_path):
     (["--base-url", "https://api.kie.ai.invalid"], "--api-key"),
     (["--app", "contract.broken:no-such-variant"], "no 'no-such-variant'"),
     (["--replay", "/nonexistent/dir"], "no such directory"),
+    (["--tier", "free", "--suite", "lifecycle"], "no check is both"),  # it ran every check
+    (["--replay", "{empty}"], "holds no recording"),
+    (["--replay", "{recording}", "--suite", "auth"], "--replay replays a whole recording"),
+    (["--record", "{file}"], "is a file; a recording is a directory"),
+    (["--junit-xml", "/nonexistent/dir/x.xml"], "--junit-xml: cannot write"),
 ])
-def test_usage_errors_exit_2(capsys, args, says, monkeypatch):
+def test_usage_errors_exit_2(capsys, args, says, monkeypatch, tmp_path):
+    """Each one before anything runs (a bad --record or --junit-xml path used to fail after the
+    whole run, with a traceback and the recording lost)."""
     monkeypatch.delenv("KIE_API_KEY", raising=False)
-    code, _, err = verify(capsys, *args)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "recording").mkdir()
+    (tmp_path / "recording" / "exchanges.jsonl").write_text("")
+    (tmp_path / "file").write_text("x")
+    args = [a.format(empty=tmp_path / "empty", recording=tmp_path / "recording", file=tmp_path / "file") for a in args]
+    code, out, err = verify(capsys, *args)
     assert code == 2 and says in err, err
+    assert "Traceback" not in out + err and "[" not in out, out
 
 
 def test_argparse_usage_error_exits_2(capsys):
@@ -200,6 +213,26 @@ def test_429_gives_up_after_a_few_tries_and_can_be_asked_not_to_retry():
         "GET", "/x", retry_429=False).reply.status == 429
 
 
+@pytest.mark.parametrize("retry_after, judged", [(None, "Retry-After: None"), ("0", "Retry-After: 0"),
+                                                 ("1.5", "Retry-After: 1.5"), ("3", None)])
+def test_a_429_run_into_along_the_way_is_judged_like_the_rate_limit_checks(retry_after, judged):
+    """The run waits out a 429 and goes on; the 429 itself must still be the documented one
+    (HTTP 429, the envelope, Retry-After in whole seconds): a target that leaves Retry-After out
+    was only caught by the control-tier check, which a real service has not."""
+    from contract.runner import CheckDef, Context
+
+    env = b'{"code":429,"msg":"Rate limited","data":null}'
+    headers = {"content-type": "application/json", **({"retry-after": retry_after} if retry_after else {})}
+    transport = Scripted([Reply(429, headers, env),
+                          Reply(200, {"content-type": "application/json"}, b'{"code":200,"msg":"success","data":1}')])
+    ctx = Context(Target(transport, "k", sleep=lambda s: None), budget=Budget(None), is_fake=False)
+    check = CheckDef("x.poll", "x", "free", lambda ctx: ctx.target.call("GET", "/api/v1/chat/credit"), "")
+    (result,) = run_checks(ctx, [check])
+    got = [(d.rule, d.target) for d in result.disagreements]
+    assert got == ([] if judged is None else [("rate-limit.retry-after", judged)]), got
+    assert result.status == ("passed" if judged is None else "failed")
+
+
 def test_the_pacer_keeps_under_the_rate():
     slept = []
     pacer = Pacer(3, 10.0, sleep=slept.append)
@@ -267,3 +300,22 @@ def test_the_pytest_plugin_reaches_a_token_protected_fake_with_its_admin_token(t
                 refused.stdout[-2000:]
     finally:
         stop_app(app)
+
+
+def test_a_schema_disagreement_names_the_field_inside_a_oneof():
+    """A callback (a oneOf of its stages) missing one track field: the report says which field of
+    which track, not "(root): {...} is not valid under any of the given schemas"."""
+    from contract import schemas as S
+
+    track = {"id": "t1", "audio_url": "http://x/a.mp3", "source_audio_url": "http://x/b.mp3",
+             "stream_audio_url": "http://x/c", "source_stream_audio_url": "http://x/d",
+             "image_url": "http://x/e.jpeg", "source_image_url": "http://x/f.jpeg", "prompt": "p",
+             "model_name": "chirp-v3-5", "title": "t", "tags": "", "createTime": "2026-01-01 00:00:00",
+             "duration": 198.44}
+    body = {"code": 200, "msg": "All generated successfully.",
+            "data": {"callbackType": "complete", "task_id": "abc", "data": [track, dict(track, id="t2")]}}
+    assert S.errors("callback.json", body) == [], S.errors("callback.json", body)
+    del body["data"]["data"][0]["duration"]
+    assert S.errors("callback.json", body) == ["data/data/0: 'duration' is a required property"]
+    body["data"]["data"][0]["duration"], body["data"]["data"][1]["title"] = 1.0, 123
+    assert S.errors("callback.json", body) == ["data/data/1/title: 123 is not of type 'string'"]

@@ -34,8 +34,15 @@ def submit_and_wait(ctx, label: str, final=("complete", "error")):
                            "upload-cover-response.json"):
         raise Skip("the cover was not accepted, so nothing more can be checked")
     task_id = ex.reply.data["taskId"]
+    started = time.monotonic()
+    early = rx.wait_for_stage(token, ("first", *final), timeout=ctx.callback_timeout)
+    if any(c.stage == "first" for c in early) and not any(c.stage in final for c in early):
+        # under way: record-info's status then (FIRST_SUCCESS, or further) is judged too, not only its last
+        info = ctx.target.call("GET", S.RECORD_INFO, params={"taskId": task_id}, label=label)
+        ctx.envelope(info, "record-info-response.json")
     # The same task may be called back more than once: wait a little after the final stage for repeats.
-    calls = rx.wait_for_stage(token, final, timeout=ctx.callback_timeout, settle=0.05 if ctx.is_fake else 2.0)
+    calls = rx.wait_for_stage(token, final, timeout=max(ctx.callback_timeout - (time.monotonic() - started), 0.1),
+                              settle=0.05 if ctx.is_fake else 2.0)
     if ctx.recorder:
         for c in calls:
             ctx.recorder.add_callback(label, task_id, c.path, c.headers, c.json)
@@ -116,6 +123,7 @@ def _poll_only(ctx):
     while True:  # polling every ~30 s is what the provider advises; 10 s is still far under 3/s
         time.sleep(0.2 if ctx.is_fake else 10)
         info = ctx.target.call("GET", S.RECORD_INFO, params={"taskId": task_id}, label=ctx.result.check)
+        ctx.envelope(info, "record-info-response.json")  # every status on the way, not only the last
         data = info.reply.data if info.reply.code == 200 else None
         status = data.get("status") if isinstance(data, dict) else None
         if _finished(data) or time.monotonic() > deadline:
