@@ -13,6 +13,7 @@ The client also keeps the run polite and its records safe:
 from __future__ import annotations
 
 import json as jsonlib
+import re
 import threading
 import time
 from collections import deque
@@ -99,7 +100,9 @@ def summarize(body, limit: int = 110) -> str:
         return jsonlib.dumps(body)[:limit]
     parts = []
     for k, v in body.items():
-        if k in ("uploadUrl", "callBackUrl") and isinstance(v, str) and v.startswith("http"):
+        if k in ("uploadUrl", "callBackUrl") and isinstance(v, str):
+            if not _good_url(v):  # the run's own URLs are noise; a URL the rule is about is shown
+                parts.append(f"{k}: {jsonlib.dumps(v[:60] + ('...' if len(v) > 60 else ''))}")
             continue
         if isinstance(v, str) and len(v) > 16:
             parts.append(f"{k}: <{len(v)} chars>")
@@ -109,6 +112,19 @@ def summarize(body, limit: int = 110) -> str:
     parts += [f"no {k}" for k in missing]
     text = "{" + ", ".join(parts) + "}"
     return text if len(text) <= limit else text[: limit - 4] + "...}"
+
+
+def _good_url(url: str) -> bool:
+    """A URL the request schema accepts (its pattern, the contract's own words)."""
+    from . import schemas as S
+
+    global _URL_PATTERN
+    if _URL_PATTERN is None:
+        _URL_PATTERN = re.compile(S.branches()[0].properties["uploadUrl"]["pattern"])
+    return _URL_PATTERN.search(url) is not None
+
+
+_URL_PATTERN = None
 
 
 # -- transports ---------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
         if exc.code == 404:
             return answer(404, f"Not Found: no endpoint {request.method} {request.path}", status=404)
         if exc.code == 405:
-            allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
+            # (HEAD is served wherever GET is: RFC 9110 lists it; OPTIONS answers everywhere)
+            allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m != "OPTIONS"))
             return answer(405 if mirrored else 404,
                           f"Method {request.method} is not allowed on {request.path} (allowed: {allowed})",
                           status=405, headers={"Allow": allowed})

@@ -319,3 +319,12 @@ def test_a_schema_disagreement_names_the_field_inside_a_oneof():
     assert S.errors("callback.json", body) == ["data/data/0: 'duration' is a required property"]
     body["data"]["data"][0]["duration"], body["data"]["data"][1]["title"] = 1.0, 123
     assert S.errors("callback.json", body) == ["data/data/1/title: 123 is not of type 'string'"]
+
+
+def test_a_request_shows_the_url_a_rule_is_about_and_hides_the_runs_own():
+    from contract.target import summarize
+
+    assert summarize({"uploadUrl": "https://a.example/x", "callBackUrl": "http://[::1/cover.mp3", "model": "V3_5"}) \
+        == '{callBackUrl: "http://[::1/cover.mp3", model: "V3_5"}'
+    assert summarize({"uploadUrl": "HTTPS://a.example/x", "callBackUrl": "https://b.example/" + "c" * 80}) == "{}"
+    assert summarize({"uploadUrl": "ftp://a.example/" + "x" * 80}).startswith('{uploadUrl: "ftp://a.example/xxx')

@@ -186,7 +186,8 @@ def test_unknown_paths_answer_an_envelope_404(client, method, path):
 
 @pytest.mark.parametrize("method, path, allow", [
     ("GET", URL, "POST"), ("PUT", URL, "POST"), ("DELETE", URL, "POST"), ("PATCH", URL, "POST"),
-    ("TRACE", URL, "POST"), ("POST", "/api/v1/chat/credit", "GET"), ("PUT", "/api/v1/generate/record-info", "GET"),
+    ("TRACE", URL, "POST"), ("POST", "/api/v1/chat/credit", "GET, HEAD"),
+    ("PUT", "/api/v1/generate/record-info", "GET, HEAD"), ("POST", "/files/t/x.mp3", "GET, HEAD"),
 ])
 def test_wrong_methods_answer_405_with_allow(client, method, path, allow):
     r = client.open(path, method=method, headers=AUTH)
