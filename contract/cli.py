@@ -53,6 +53,8 @@ def add_verify_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--admin-token", default=os.environ.get("KIE_MOCK_ADMIN_TOKEN"),
                    help="X-Admin-Token for a fake's control API")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
+    p.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds the target has to answer one request (default 30)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(func=verify)
     return p
@@ -97,6 +99,8 @@ def _check_args(args) -> None:
         raise UsageError("--record and --replay cannot be combined: record against the real service, replay later")
     if args.callback_timeout is not None and args.callback_timeout <= 0:
         raise UsageError("--callback-timeout: seconds > 0")
+    if args.request_timeout <= 0:
+        raise UsageError("--request-timeout: seconds > 0")
     if not 0 <= args.callback_port <= 65535:
         raise UsageError("--callback-port: 0..65535")
     args.base_url = _url(args.base_url, "--base-url")
@@ -202,7 +206,7 @@ def _run(args, checks) -> int:
     app = None
     notes = []
     if args.base_url:
-        transport = HttpTransport(args.base_url)
+        transport = HttpTransport(args.base_url, timeout=args.request_timeout)
         remote = not is_loopback_url(args.base_url)
         if remote and not args.api_key:
             raise UsageError("--api-key (or $KIE_API_KEY) is required for a remote target")

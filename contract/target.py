@@ -150,6 +150,7 @@ class WsgiTransport:
 class HttpTransport:
     def __init__(self, base_url: str, timeout: float = 30.0):
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self.pool = urllib3.PoolManager(num_pools=8, maxsize=4, retries=False,
                                         timeout=urllib3.Timeout(connect=10, read=timeout))
 
@@ -158,7 +159,11 @@ class HttpTransport:
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query)
         started = time.monotonic()
-        r = self.pool.request(method, url, body=data, headers=headers, preload_content=True, redirect=False)
+        try:
+            r = self.pool.request(method, url, body=data, headers=headers, preload_content=True, redirect=False)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise TimeoutError(f"{method} {path}: no answer within {self.timeout:g} s "
+                               f"(--request-timeout)") from None
         return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, r.data, time.monotonic() - started)
 
 

@@ -328,3 +328,20 @@ def test_a_request_shows_the_url_a_rule_is_about_and_hides_the_runs_own():
         == '{callBackUrl: "http://[::1/cover.mp3", model: "V3_5"}'
     assert summarize({"uploadUrl": "HTTPS://a.example/x", "callBackUrl": "https://b.example/" + "c" * 80}) == "{}"
     assert summarize({"uploadUrl": "ftp://a.example/" + "x" * 80}).startswith('{uploadUrl: "ftp://a.example/xxx')
+
+
+def test_a_target_slower_than_the_request_timeout_is_named_with_the_request(capsys):
+    """--request-timeout bounds one answer; the message says which request and which flag."""
+    import time as _time
+
+    def slow(environ, start_response):
+        _time.sleep(1.0)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"code":200,"msg":"success","data":1}']
+
+    with ServerThread(slow) as url:
+        code, out, err = verify(capsys, "--base-url", url, "--request-timeout", "0.3")
+    assert code == 2, out + err
+    assert "GET /api/v1/chat/credit: no answer within 0.3 s (--request-timeout)" in err, err
+    code, _, err = verify(capsys, "--request-timeout", "0")
+    assert code == 2 and "--request-timeout: seconds > 0" in err
