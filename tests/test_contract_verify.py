@@ -345,3 +345,11 @@ def test_a_target_slower_than_the_request_timeout_is_named_with_the_request(caps
     assert "GET /api/v1/chat/credit: no answer within 0.3 s (--request-timeout)" in err, err
     code, _, err = verify(capsys, "--request-timeout", "0")
     assert code == 2 and "--request-timeout: seconds > 0" in err
+
+
+@pytest.mark.parametrize("suite", ["lifecycle.record-info", "lifecycle.files"])
+def test_a_lifecycle_check_chosen_alone_makes_its_own_task(capsys, suite):
+    """They used to need lifecycle.callbacks before them, and alone were always SKIPPED: a run
+    that checked nothing and exited 0."""
+    code, out, _ = verify(capsys, "--suite", suite)
+    assert code == 0 and "1 passed, 0 failed, 0 skipped" in out, out

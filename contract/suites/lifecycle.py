@@ -142,6 +142,9 @@ def _lifecycle(ctx):
     got = ctx.shared.get("lifecycle")
     if not got and (ctx.receiver is None or not ctx.callback_public):
         got = _poll_only(ctx)
+    elif not got and "lifecycle_skipped" not in ctx.shared:  # chosen alone (--suite lifecycle.record-info)
+        ex, body, task_id, _, calls = submit_and_wait(ctx, ctx.result.check)
+        got = ctx.shared["lifecycle"] = {"exchange": ex, "body": body, "task_id": task_id, "calls": calls}
     if not got:
         why = ctx.shared.get("lifecycle_skipped")
         raise Skip(f"lifecycle.callbacks was skipped ({why})" if why else "no task from lifecycle.callbacks")
