@@ -13,7 +13,9 @@ Fixtures
 Options: `--kie-base-url URL --kie-api-key KEY` run the same tests against a running fake or
 the real service (env: KIE_BASE_URL, KIE_API_KEY); `--kie-admin-token T` for a running fake
 started with an admin token (env: KIE_MOCK_ADMIN_TOKEN); `--kie-callback-url URL` is the public
-address (a tunnel) of the callback receiver, whose port `--kie-callback-port` fixes.
+address (a tunnel) of the callback receiver, whose port `--kie-callback-port` fixes (with
+pytest-xdist, worker gwN listens on that port + N). `kie.upload_cover` returns a 429 as it comes
+(no retry). The session's own fake calls back loopback addresses only.
 Marker: `@pytest.mark.kie_fake_only` skips a test when the target is not a fake.
 """
 
@@ -104,12 +106,22 @@ def _kie_session_target(request, kie_server, kie_fake_config):
     key = request.config.getoption("--kie-api-key") if remote else None
     key = key or next(iter(kie_fake_config.api_keys))
     control = ControlClient.for_url(kie_server, request.config.getoption("--kie-admin-token"))
+    client = Target(HttpTransport(kie_server), key, retry_429=0)  # a test sees the 429 it rehearses
+    try:
+        client.call("GET", CREDIT)
+    except Exception as exc:  # not up (yet): not "the real service", whose control tests would be skipped
+        pytest.fail(f"cannot reach {kie_server}: {exc}", pytrace=False)
     is_fake = control.available()
     if not is_fake and control.token_refused():  # a fake after all: its tests must not be skipped in silence
         pytest.fail(f"{kie_server} is a kie-mock fake whose control API needs its admin token: pass "
                     f"--kie-admin-token (or set KIE_MOCK_ADMIN_TOKEN)", pytrace=False)
-    return KieTarget(kie_server, key, is_fake, control if is_fake else None,
-                     Target(HttpTransport(kie_server), key))
+    if is_fake and remote and os.environ.get("PYTEST_XDIST_WORKER"):
+        import warnings
+
+        warnings.warn(pytest.PytestWarning(
+            f"pytest-xdist workers share the fake at {kie_server}: each test's reset wipes the tasks of "
+            f"the tests running in the other workers (without --kie-base-url each worker has a fake of its own)"))
+    return KieTarget(kie_server, key, is_fake, control if is_fake else None, client)
 
 
 @pytest.fixture(scope="session")
@@ -120,13 +132,16 @@ def kie_session(_kie_session_target) -> KieTarget:
 
 @pytest.fixture
 def kie(_kie_session_target, request):
-    """The target for this test; on a fake, with fresh state (reset before the test)."""
+    """The target for this test; on a fake, with fresh state (reset before the test, and after
+    it: a `kie_session` test that comes next does not inherit a zero balance or maintenance)."""
     t = _kie_session_target
     if request.node.get_closest_marker("kie_fake_only") and not t.is_fake:
         pytest.skip(f"needs the kie-mock fake; {t.url} has no control API")
     if t.is_fake:
         t.control.reset()
-    return t
+    yield t
+    if t.is_fake:
+        t.control.reset()
 
 
 @pytest.fixture
@@ -139,8 +154,11 @@ def kie_control(kie) -> ControlClient:
 
 @pytest.fixture(scope="session")
 def _kie_receiver(request):
-    rx = CallbackReceiver(port=request.config.getoption("--kie-callback-port"),
-                          public_url=request.config.getoption("--kie-callback-url")).start()
+    port = request.config.getoption("--kie-callback-port")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if port and worker.startswith("gw") and worker[2:].isdigit():
+        port += int(worker[2:])  # one receiver per xdist worker: gw0 on PORT, gw1 on PORT + 1, ...
+    rx = CallbackReceiver(port=port, public_url=request.config.getoption("--kie-callback-url")).start()
     yield rx
     rx.stop()
 

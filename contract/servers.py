@@ -25,7 +25,8 @@ class LoopbackDelivery:
             return self.inner(url, body, headers)
         from mock_server.delivery import Attempt
 
-        return Attempt(None, "not sent: kie-mock verify delivers to loopback only", 0.0)
+        return Attempt(None, "not sent: the kit's in-process fake (kie-mock verify, the pytest plugin) calls back "
+                             "loopback addresses only; run `kie-mock serve` for others", 0.0)
 
 
 def fake_config(**overrides):

@@ -1,9 +1,27 @@
-"""Where the project's specification files live (the one source of truth)."""
+"""Where the project's specification files live (the one source of truth).
+
+In a checkout (an editable install, the tests) they are the repository's own openapi.yaml,
+control-openapi.yaml and schemas/. An installed package (a wheel: `pip install <path or git
+URL>`) carries copies in mock_server/_spec (symlinks to those files in the repository, which the
+build follows). KIE_MOCK_SPEC_DIR overrides both.
+"""
 
 import os
 from pathlib import Path
 
-ROOT = Path(os.environ.get("KIE_MOCK_SPEC_DIR") or Path(__file__).resolve().parent.parent)
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _root() -> Path:
+    if os.environ.get("KIE_MOCK_SPEC_DIR"):
+        return Path(os.environ["KIE_MOCK_SPEC_DIR"])
+    checkout = _PACKAGE.parent
+    if (checkout / "openapi.yaml").is_file() and (checkout / "schemas").is_dir():
+        return checkout
+    return _PACKAGE / "_spec"
+
+
+ROOT = _root()
 OPENAPI = ROOT / "openapi.yaml"
 CONTROL_OPENAPI = ROOT / "control-openapi.yaml"
 SCHEMAS = ROOT / "schemas"

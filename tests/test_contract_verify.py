@@ -353,3 +353,37 @@ def test_a_lifecycle_check_chosen_alone_makes_its_own_task(capsys, suite):
     that checked nothing and exited 0."""
     code, out, _ = verify(capsys, "--suite", suite)
     assert code == 0 and "1 passed, 0 failed, 0 skipped" in out, out
+
+
+PLUGIN_PROJECT = '''
+BODY = {"uploadUrl": "https://storage.example.com/upload", "customMode": False, "instrumental": False,
+        "model": "V3_5", "prompt": "p", "callBackUrl": "http://127.0.0.1:9/cb"}
+
+
+def test_a_sees_the_429_it_arms(kie, kie_control):
+    kie_control.arm_code(429, key=kie.api_key)
+    assert kie.upload_cover(BODY).reply.code == 429  # returned, not retried behind the test's back
+
+
+def test_b_leaves_maintenance_on(kie, kie_control):
+    kie_control.patch_settings(maintenance=True)
+    assert kie.upload_cover(BODY).reply.code == 455
+
+
+def test_c_a_session_test_after_it_starts_clean(kie_session):
+    assert kie_session.upload_cover(BODY).reply.code == 200
+'''
+
+
+def test_the_pytest_plugin_returns_429s_cleans_up_after_a_test_and_refuses_an_unreachable_target(tmp_path):
+    (tmp_path / "test_app.py").write_text(PLUGIN_PROJECT)
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                               str(tmp_path / "test_app.py"), *extra], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+    ok = run()
+    assert ok.returncode == 0 and "3 passed" in ok.stdout, ok.stdout[-3000:]
+    down = run("--kie-base-url", "http://127.0.0.1:1")  # not up: a failure, not "the real service" with skips
+    assert down.returncode == 1 and "cannot reach http://127.0.0.1:1" in down.stdout, down.stdout[-3000:]
+    assert "skipped" not in down.stdout.splitlines()[-1]
