@@ -97,19 +97,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, '0'}
 """
 
+# The end of update_task and refund_task: the fields from ARGV[first] on, the expiry index, the task.
+_LUA_UPDATE_FIELDS = """
+local function update_fields(k_task, k_exp, id, expiry, first)
+  if #ARGV >= first then redis.call('HSET', k_task, unpack(ARGV, first)) end
+  if expiry == '' then redis.call('ZREM', k_exp, id)
+  elseif expiry ~= '-' then redis.call('ZADD', k_exp, expiry, id) end
+  return redis.call('HGETALL', k_task)
+end
+"""
+
 # KEYS[1] task hash, KEYS[2] tasks:exp; ARGV id, expiry ('-' unchanged, '' none), field1, json1, ...
-_UPDATE_TASK = """
+_UPDATE_TASK = _LUA_UPDATE_FIELDS + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
-elseif ARGV[2] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
-return redis.call('HGETALL', KEYS[1])
+return update_fields(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 3)
 """
 
 # update_task, and unless the task says "refunded": credits back to its key (if it has an account),
 # and "refunded" set. KEYS[1] task hash, KEYS[2] tasks:exp, KEYS[3] credits hash;
 # ARGV id, expiry (as update_task), amount, field1, json1, ...
-_REFUND_TASK = """
+_REFUND_TASK = _LUA_UPDATE_FIELDS + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HGET', KEYS[1], 'refunded') ~= 'true' then
   local key = redis.call('HGET', KEYS[1], 'key')
@@ -121,10 +128,7 @@ if redis.call('HGET', KEYS[1], 'refunded') ~= 'true' then
   end
   redis.call('HSET', KEYS[1], 'refunded', 'true')
 end
-if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
-if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
-elseif ARGV[2] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
-return redis.call('HGETALL', KEYS[1])
+return update_fields(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 4)
 """
 
 # KEYS[1] task hash, KEYS[2] tasks, KEYS[3] tasks:exp, KEYS[4] task sequence;
