@@ -298,11 +298,15 @@ def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
 
 def finish(svc: Service, req: ApiRequest, resp: ApiResponse) -> ApiResponse:
     """Journal the answered request."""
-    svc.journal.add({
-        "at": svc.clock.now(), "method": req.method, "path": req.path,
-        "key": req.key_masked, "http_status": resp.status, "code": resp.code, "task_id": resp.task_id,
-    })
+    journal(svc, req.method, req.path, req.key_masked, resp.status, resp.code, resp.task_id)
     return resp
+
+
+def journal(svc: Service, method: str, path: str, key_masked: str | None, http_status: int, code: int,
+            task_id: str | None) -> None:
+    """One answered API request in the request journal (GET /_mock/requests)."""
+    svc.journal.add({"at": svc.clock.now(), "method": method, "path": path, "key": key_masked,
+                     "http_status": http_status, "code": code, "task_id": task_id})
 
 
 def settle_now(svc: Service, pending: PendingCover) -> ApiResponse:

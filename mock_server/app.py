@@ -50,8 +50,7 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
         """An answer of the faked API that its handlers never saw (an unknown path under /api/, a
         wrong method, a body the HTTP layer refused): journaled like theirs (GET /_mock/requests)."""
         resp = respond(code, msg, **how)
-        service.journal.add({"at": service.clock.now(), "method": request.method, "path": request.path,
-                             "key": None, "http_status": resp.status_code, "code": code, "task_id": None})
+        api.journal(service, request.method, request.path, None, resp.status_code, code, None)
         return resp
 
     @app.errorhandler(HTTPException)

@@ -240,9 +240,8 @@ class Scheduler:
         # One atomic update each, this one and the previous callback's "delivered_through": whichever
         # comes second sees both, and makes this stage's callback (exactly one of them does).
         task = self._apply(task, changes, refunds)
-        if task["delivery"] == "abandoned" and task["status"] != lifecycle.status_when_abandoned(task):
-            # given up while this stage was being applied (its status was read before): polling says so
-            task = self.store.update_task(task["taskId"], {"status": lifecycle.status_when_abandoned(task)})
+        if task["delivery"] == "abandoned":  # given up while this stage was being applied (its status
+            task = self._abandoned_status(task)  # was read before): polling says so
         self._next_stage(task, index, flow=FLOW)
         if task.get("delivered_through", -1) >= index - 1:
             self._callback(task, index, inline=True)
@@ -253,6 +252,14 @@ class Scheduler:
         if refunds:
             return self.store.refund_task(task["taskId"], changes, task.get("charged", 0))
         return self.store.update_task(task["taskId"], changes)
+
+    def _abandoned_status(self, task: dict) -> dict:
+        """A task whose callbacks were given up, its status as that says (lifecycle.status_when_abandoned),
+        written if the stored one (read after another write) is not it."""
+        status = lifecycle.status_when_abandoned(task)
+        if task["status"] == status:
+            return task
+        return self.store.update_task(task["taskId"], {"status": status})
 
     def _rerun(self, task: dict, index: int) -> None:
         """A stage job run again after the process that ran it died (its lease ran out): the
@@ -357,8 +364,7 @@ class Scheduler:
         else:  # "If 3 consecutive retries fail, the system will stop sending callbacks."
             task = self.store.update_task(task["taskId"], {"status": lifecycle.status_when_abandoned(task),
                                                            "delivery": "abandoned"})
-            if task is not None and task["status"] != lifecycle.status_when_abandoned(task):
-                # a failing stage was applied between the read and this write: its status stands
-                task = self.store.update_task(task["taskId"], {"status": lifecycle.status_when_abandoned(task)})
+            if task is not None:  # a failing stage applied between the read and this write: its status stands
+                task = self._abandoned_status(task)
             if chain:
                 self._next_stage(task, index, flow=None)
