@@ -2,7 +2,8 @@
 
 Accept/reject is decided by schemas/upload-cover-request.json alone (one source of
 truth); its number keywords are also applied to the weights as written in the request's
-text (`weights_as_written`: a parser rounds 1.0000000000000001 to 1.0). When it rejects, `diagnose` finds the branch of the `oneOf` that the request
+text (`weights_as_written`: a parser rounds 1.0000000000000001 to 1.0). When it rejects,
+`diagnose` finds the branch of the `oneOf` that the request
 meant (its customMode / instrumental / model) and turns that branch's first error into
 a sentence a person can act on: which field, which rule, the limit for that model.
 """
@@ -164,15 +165,23 @@ def _explain(err: ValidationError, branch: dict, body: dict) -> tuple[int, str, 
         why = "" if name in _required_everywhere() else f" (required when {condition})"
         return (2, name, kw, f"{name}: must not be empty{why}")
     if kw in ("minimum", "maximum"):
-        return (2, name, kw, f"{name}: must be between 0 and 1 (got {_shown(value)})")
+        return (2, name, kw, _range_sentence(name, branch["properties"][name], _shown(value)))
     if kw == "multipleOf":
-        return (2, name, kw, f"{name}: at most 2 decimal places, a multiple of {err.validator_value} (got {_shown(value)})")
+        return (2, name, kw, _step_sentence(name, branch["properties"][name], _shown(value)))
     if kw in ("format", "pattern"):
         return (2, name, kw, f"{name}: must be an absolute http(s) URL (got {_shown(value)})")
     if kw == "enum":
         allowed = ", ".join("null" if v is None else "\"\"" if v == "" else str(v) for v in err.validator_value)
         return (2, name, kw, f"{name}: must be one of {allowed} (got {_shown(value)})")
     return (3, name, kw, f"{name or 'body'}: {err.message}")
+
+
+def _range_sentence(name: str, rule: dict, shown) -> str:
+    return f"{name}: must be between {rule['minimum']} and {rule['maximum']} (got {shown})"
+
+
+def _step_sentence(name: str, rule: dict, shown) -> str:
+    return f"{name}: at most 2 decimal places, a multiple of {rule['multipleOf']} (got {shown})"
 
 
 def _got(value) -> str:
@@ -230,11 +239,10 @@ def weights_as_written(body: dict, text: bytes) -> Rejection | None:
         if not isinstance(value, Decimal):
             continue
         if not rule["minimum"] <= value <= rule["maximum"]:
-            return Rejection(422, f"{name}: must be between {rule['minimum']} and {rule['maximum']} (got {value})",
-                             name, "maximum" if value > rule["maximum"] else "minimum")
+            return Rejection(422, _range_sentence(name, rule, value), name,
+                             "maximum" if value > rule["maximum"] else "minimum")
         if not _exact_multiple(value, Decimal(str(rule["multipleOf"]))):
-            return Rejection(422, f"{name}: at most 2 decimal places, a multiple of {rule['multipleOf']} "
-                                  f"(got {value})", name, "multipleOf")
+            return Rejection(422, _step_sentence(name, rule, value), name, "multipleOf")
     return None
 
 
