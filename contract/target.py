@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit
 
@@ -116,15 +117,14 @@ def summarize(body, limit: int = 110) -> str:
 
 def _good_url(url: str) -> bool:
     """A URL the request schema accepts (its pattern, the contract's own words)."""
+    return _url_pattern().search(url) is not None
+
+
+@lru_cache(maxsize=1)
+def _url_pattern() -> re.Pattern:
     from . import schemas as S
 
-    global _URL_PATTERN
-    if _URL_PATTERN is None:
-        _URL_PATTERN = re.compile(S.branches()[0].properties["uploadUrl"]["pattern"])
-    return _URL_PATTERN.search(url) is not None
-
-
-_URL_PATTERN = None
+    return re.compile(S.branches()[0].properties["uploadUrl"]["pattern"])
 
 
 # -- transports ---------------------------------------------------------------------------------------

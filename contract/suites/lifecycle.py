@@ -86,13 +86,19 @@ def check_payloads(ctx, ex, task_id, calls, expect_final="complete"):
 @check("lifecycle.callbacks", "lifecycle", "spends")
 def callbacks(ctx):
     """Submit one cover: text, first, complete arrive in order, valid, with the right task_id."""
+    got = _followed(ctx)
+    check_payloads(ctx, got["exchange"], got["task_id"], got["calls"])
+
+
+def _followed(ctx) -> dict:
+    """Submit one cover and wait for its callbacks; the task, kept for the checks after this one."""
     try:
-        ex, body, task_id, token, calls = submit_and_wait(ctx, ctx.result.check)
+        ex, body, task_id, _, calls = submit_and_wait(ctx, ctx.result.check)
     except Skip as exc:
         ctx.shared["lifecycle_skipped"] = str(exc)
         raise
-    ctx.shared["lifecycle"] = {"exchange": ex, "body": body, "task_id": task_id, "calls": calls}
-    check_payloads(ctx, ex, task_id, calls)
+    got = ctx.shared["lifecycle"] = {"exchange": ex, "body": body, "task_id": task_id, "calls": calls}
+    return got
 
 
 _CAMEL = {"audioUrl": "audio_url", "imageUrl": "image_url", "sourceAudioUrl": "source_audio_url",
@@ -143,8 +149,7 @@ def _lifecycle(ctx):
     if not got and (ctx.receiver is None or not ctx.callback_public):
         got = _poll_only(ctx)
     elif not got and "lifecycle_skipped" not in ctx.shared:  # chosen alone (--suite lifecycle.record-info)
-        ex, body, task_id, _, calls = submit_and_wait(ctx, ctx.result.check)
-        got = ctx.shared["lifecycle"] = {"exchange": ex, "body": body, "task_id": task_id, "calls": calls}
+        got = _followed(ctx)
     if not got:
         why = ctx.shared.get("lifecycle_skipped")
         raise Skip(f"lifecycle.callbacks was skipped ({why})" if why else "no task from lifecycle.callbacks")
