@@ -27,14 +27,28 @@ def test_a_bad_environment_value_names_the_variable():
         from_env({"KIE_MOCK_PORT": "x"})
 
 
-@pytest.mark.parametrize("cost, ok", [(-1, False), (0, True), (1, True)])
-def test_a_negative_cover_cost_is_refused(cost, ok):
-    cfg = Config(cover_cost=cost)
-    if ok:
+@pytest.mark.parametrize("changes, refused", [
+    ({"cover_cost": -1}, "cover cost must not be negative"), ({"cover_cost": 0}, None), ({"cover_cost": 1}, None),
+    ({"public_url": "http://mock.example:8787"}, None), ({"public_url": "https://mock.example/kie/"}, None),
+    *(({"public_url": url}, "public URL must be an absolute http") for url in
+      ("mock.example:8787", "ftp://mock.example", "http://")),
+])
+def test_check_refuses_a_negative_cover_cost_and_a_public_url_that_is_no_absolute_http_url(changes, refused):
+    cfg = Config(**changes)
+    if refused is None:
         assert cfg.check() is cfg
     else:
-        with pytest.raises(ValueError, match="cover cost must not be negative"):
+        with pytest.raises(ValueError, match=refused):
             cfg.check()
+
+
+@pytest.mark.parametrize("bind, base", [("127.0.0.1", "http://127.0.0.1:8787/"), ("0.0.0.0", "http://127.0.0.1:8787/"),
+                                        ("::", "http://[::1]:8787/"), ("::1", "http://[::1]:8787/"),
+                                        ("192.0.2.7", "http://192.0.2.7:8787/")])
+def test_without_a_usable_host_the_file_urls_name_an_address_a_client_can_reach(bind, base):
+    """The fallback is the bind address as a URL writes it, and loopback for a wildcard one
+    (http://0.0.0.0:8787/ and http://:::8787/ reach nothing)."""
+    assert Config(host=bind, port=8787).self_url() == base
 
 
 @pytest.mark.parametrize("args,words", [

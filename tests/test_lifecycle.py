@@ -536,30 +536,6 @@ def test_file_urls_use_the_host_header_only_when_it_is_a_valid_host(client, cloc
     assert audio.startswith(base + "files/"), audio
 
 
-@pytest.mark.parametrize("bind, base", [("127.0.0.1", "http://127.0.0.1:8787/"), ("0.0.0.0", "http://127.0.0.1:8787/"),
-                                        ("::", "http://[::1]:8787/"), ("::1", "http://[::1]:8787/"),
-                                        ("192.0.2.7", "http://192.0.2.7:8787/")])
-def test_without_a_usable_host_the_file_urls_name_an_address_a_client_can_reach(bind, base):
-    """The fallback is the bind address as a URL writes it, and loopback for a wildcard one
-    (http://0.0.0.0:8787/ and http://:::8787/ reach nothing)."""
-    from mock_server.config import Config
-
-    assert Config(host=bind, port=8787).self_url() == base
-
-
-@pytest.mark.parametrize("url, ok", [("http://mock.example:8787", True), ("https://mock.example/kie/", True),
-                                     ("mock.example:8787", False), ("ftp://mock.example", False), ("http://", False)])
-def test_a_public_url_must_be_an_absolute_http_url(url, ok):
-    from mock_server.config import Config
-
-    cfg = Config(public_url=url)
-    if ok:
-        assert cfg.check() is cfg
-    else:
-        with pytest.raises(ValueError, match="public URL must be an absolute http"):
-            cfg.check()
-
-
 def test_jobs_stored_by_an_older_kie_mock_still_run_their_way(client, clock, delivery, service):
     """A store written before stages kept their own time holds stage jobs without "flow" (whose
     next stage waits for the callback) and retries with "chain": after an upgrade they run to the
@@ -617,10 +593,7 @@ def test_a_clean_stop_finishes_the_callbacks_in_progress_instead_of_leaving_them
         time.sleep(0.5)
         return lifecycle_attempt(200)
 
-    cfg = Config(stage_delays=(0.0, 60, 120), store=f"sqlite:{tmp_path / 's.sqlite'}", rate_limit=0)
-    app = create_app(cfg, deliver=slow)
-    svc = app.extensions["kie_mock"]
-    _, env = submit(app.test_client())
+    svc, env = _sqlite_fake_submitting(tmp_path, slow)
     assert started.wait(10)
     svc.scheduler.stop()
     jobs = svc.store.list_jobs(env["data"]["taskId"])
@@ -641,10 +614,7 @@ def test_a_stopping_scheduler_waits_for_a_callback_no_longer_than_its_bound(tmp_
         release.wait(10)
         return lifecycle_attempt(200)
 
-    cfg = Config(stage_delays=(0.0, 60, 120), store=f"sqlite:{tmp_path / 's.sqlite'}", rate_limit=0)
-    app = create_app(cfg, deliver=stuck)
-    svc = app.extensions["kie_mock"]
-    _, env = submit(app.test_client())
+    svc, env = _sqlite_fake_submitting(tmp_path, stuck)
     try:
         assert started.wait(10)
         t0 = time.monotonic()
@@ -659,6 +629,14 @@ def test_a_stopping_scheduler_waits_for_a_callback_no_longer_than_its_bound(tmp_
         while svc.scheduler._busy and time.monotonic() < deadline:  # its thread is done with the store
             time.sleep(0.01)
         svc.store.close()
+
+
+def _sqlite_fake_submitting(tmp_path, deliver):
+    """A fake on a SQLite file whose text stage is due at once, one cover submitted: (service, envelope)."""
+    cfg = Config(stage_delays=(0.0, 60, 120), store=f"sqlite:{tmp_path / 's.sqlite'}", rate_limit=0)
+    app = create_app(cfg, deliver=deliver)
+    _, env = submit(app.test_client())
+    return app.extensions["kie_mock"], env
 
 
 def lifecycle_attempt(status):
