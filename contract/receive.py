@@ -26,7 +26,12 @@ def add_receive_parser(subparsers):
     return p
 
 
-def describe(call: Callback) -> str:
+GIVE_UP_AFTER = 4  # the fake's default: 1 try + 3 retries (KIE_MOCK_RETRY_DELAYS 1,2,4)
+
+
+def describe(call: Callback, failures: int = 0) -> str:
+    """One callback, for people; `failures`: how many times in a row this task's callback of this
+    stage has now been refused (this one included)."""
     body = call.json
     if not isinstance(body, dict):
         return f"{call.path}: not JSON ({len(call.content)} bytes)"
@@ -40,7 +45,9 @@ def describe(call: Callback) -> str:
     if "X-Webhook-Signature" in call.headers:
         line += f"\n    signed: {call.headers['X-Webhook-Signature']} at {call.headers.get('X-Webhook-Timestamp')}"
     if call.status >= 300:
-        line += f"\n    answered HTTP {call.status} (--fail): the fake will retry"
+        line += f"\n    answered HTTP {call.status} (--fail), failure {failures} in a row of this callback: "
+        line += ("the fake retries it (by default after 1, 2, 4 s)" if failures < GIVE_UP_AFTER else
+                 "by default the fake now gives up (record-info CALLBACK_EXCEPTION, no more callbacks)")
     return line
 
 
@@ -49,10 +56,16 @@ def receive(args) -> int:
     rx.fail_first = args.fail
 
     printing = threading.Lock()
+    refused: dict[tuple, int] = {}  # (task_id, callbackType) -> failures in a row
 
     def on_call(call: Callback):  # callbacks arrive on several threads: one whole block at a time
-        text = describe(call) + ("\n" + json.dumps(call.json, indent=2) if args.json else "")
+        data = call.json.get("data") if isinstance(call.json, dict) else None
+        which = (data.get("task_id"), data.get("callbackType")) if isinstance(data, dict) else (None, None)
         with printing:
+            failures = refused.pop(which, 0) + 1 if call.status >= 300 else 0
+            if failures:
+                refused[which] = failures
+            text = describe(call, failures) + ("\n" + json.dumps(call.json, indent=2) if args.json else "")
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
 

@@ -49,7 +49,8 @@ class ApiResponse:
     body: bytes
     status: int
     headers: list = field(default_factory=list)
-    task_id: str | None = None
+    task_id: str | None = None  # the task it made or was asked about (the request journal's task_id)
+    msg: str = "success"
 
 
 class MustBlock(Exception):
@@ -168,7 +169,7 @@ def depth(value) -> int:
 
 def envelope(code: int, msg: str, data, transport: str, headers: list | None = None) -> ApiResponse:
     return ApiResponse(code, orjson.dumps({"code": code, "msg": msg, "data": data}),
-                       http_status(code, transport), headers or [])
+                       http_status(code, transport), headers or [], msg=msg)
 
 
 def reject(svc: Service, rej: Rejection) -> ApiResponse:
@@ -257,8 +258,11 @@ def record_info(svc: Service, req: ApiRequest) -> ApiResponse:
     if isinstance(pre, ApiResponse):
         return pre
     key, _ = pre
-    result = svc.record_info(key, req.query("taskId"), req.view.settings, nowait=req.inline)
-    return reject(svc, result) if isinstance(result, Rejection) else success(result)
+    task_id = req.query("taskId")
+    result = svc.record_info(key, task_id, req.view.settings, nowait=req.inline)
+    resp = reject(svc, result) if isinstance(result, Rejection) else success(result)
+    resp.task_id = task_id or None
+    return resp
 
 
 def credit(svc: Service, req: ApiRequest) -> ApiResponse:
@@ -298,15 +302,15 @@ def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
 
 def finish(svc: Service, req: ApiRequest, resp: ApiResponse) -> ApiResponse:
     """Journal the answered request."""
-    journal(svc, req.method, req.path, req.key_masked, resp.status, resp.code, resp.task_id)
+    journal(svc, req.method, req.path, req.key_masked, resp.status, resp.code, resp.task_id, resp.msg)
     return resp
 
 
 def journal(svc: Service, method: str, path: str, key_masked: str | None, http_status: int, code: int,
-            task_id: str | None) -> None:
+            task_id: str | None, msg: str) -> None:
     """One answered API request in the request journal (GET /_mock/requests)."""
     svc.journal.add({"at": svc.clock.now(), "method": method, "path": path, "key": key_masked,
-                     "http_status": http_status, "code": code, "task_id": task_id})
+                     "http_status": http_status, "code": code, "msg": msg, "task_id": task_id})
 
 
 def settle_now(svc: Service, pending: PendingCover) -> ApiResponse:

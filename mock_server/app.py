@@ -50,7 +50,7 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
         """An answer of the faked API that its handlers never saw (an unknown path under /api/, a
         wrong method, a body the HTTP layer refused): journaled like theirs (GET /_mock/requests)."""
         resp = respond(code, msg, **how)
-        api.journal(service, request.method, request.path, None, resp.status_code, code, None)
+        api.journal(service, request.method, request.path, None, resp.status_code, code, None, msg)
         return resp
 
     @app.errorhandler(HTTPException)

@@ -238,9 +238,10 @@ def fire(task_id: str):
 
 @bp.get("/requests")
 def requests_log():
-    """Received API requests, newest first; filters: path, code, limit."""
+    """Received API requests, newest first; filters: path, code, task_id, limit."""
     code = _int_arg("code", None)
-    entries = _svc().journal.read(_int_arg("limit", 100), path=request.args.get("path"), code=code)
+    entries = _svc().journal.read(_int_arg("limit", 100), path=request.args.get("path"), code=code,
+                                  task_id=request.args.get("task_id"))
     return ok(entries)
 
 

@@ -5,6 +5,7 @@ from the clock; later work from the scheduler.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import faults, lifecycle
@@ -165,7 +166,7 @@ class Service:
             if not ok:
                 return Rejection(429, f"Rate limited: at most {limit} new tasks per {settings['rate_window']:g} s "
                                       f"per account; retry after {retry_after:.1f} s", None, "rate",
-                                 retry_after=max(1, int(retry_after + 0.999)))
+                                 retry_after=max(1, math.ceil(retry_after)))
         fault = None
         try:
             verdict = check_upload_cover(body, text) or self._check_source(body)
@@ -237,7 +238,7 @@ class Service:
             if not ok:
                 return Rejection(429, f"Rate limited: at most {per_second} record-info queries per second "
                                       f"per task; retry after {retry_after:.1f} s", "taskId", "rate",
-                                 retry_after=max(1, int(retry_after + 0.999)))
+                                 retry_after=max(1, math.ceil(retry_after)))
         return lifecycle.record_info(task)
 
     def credit(self, key: str) -> int:

@@ -454,6 +454,26 @@ def test_request_filters_path_code_limit(client, mock):
     assert all(not e["path"].startswith("/_mock") for e in ok(mock("GET", "/_mock/requests")))
 
 
+def test_request_entries_say_the_msg_and_the_task_asked_about(client, mock):
+    """A forced 422 and a real one tell apart by msg; a poll names the taskId it asked about,
+    known or not; ?task_id= keeps one task's requests (its cover and its polls)."""
+    task_id, other = accepted(client), accepted(client)
+    submit(client, headers={"Prefer": "code=422"})
+    submit(client, body(title="x" * 81, customMode=True, style="rock", instrumental=True))
+    record_info(client, task_id)
+    record_info(client, other)
+    client.get("/api/v1/generate/record-info?taskId=nosuchtask", headers=AUTH)
+    client.get("/api/v1/generate/record-info", headers=AUTH)
+    got = [(e["code"], e["msg"], e["task_id"]) for e in ok(mock("GET", "/_mock/requests?limit=6"))]
+    forced, real = got[5][1], got[4][1]
+    assert got[:3] == [(422, "Please enter taskId (query parameter)", None),
+                       (422, "recordInfo is null", "nosuchtask"), (200, "success", other)]
+    assert forced != real and "title" in real and "80" in real and "title" not in forced
+    mine = ok(mock("GET", f"/_mock/requests?task_id={task_id}"))
+    assert [(e["path"].rsplit("/", 1)[-1], e["code"]) for e in mine] == [("record-info", 200), ("upload-cover", 200)]
+    assert ok(mock("GET", "/_mock/requests?task_id=none-such")) == []
+
+
 def test_api_requests_no_handler_saw_are_journaled_too(client, mock):
     """A client's typo of a path, a wrong method: in /_mock/requests with the answer they got
     (the control API's own requests and the files are not journaled)."""

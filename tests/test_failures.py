@@ -248,6 +248,18 @@ def test_the_window_slides(client, clock):
     assert (r.status_code, r.headers["Retry-After"]) == (429, "5")
 
 
+@pytest.mark.parametrize("waited, header", [(5.0, "5"), (5.9995, "5"), (6.0, "4"), (6.5, "4")])
+def test_retry_after_is_rounded_up_so_waiting_it_out_is_enough(client, clock, waited, header):
+    """4.0005 s left says 5, not 4: a client that sleeps Retry-After must get in."""
+    for _ in range(20):
+        accepted(client)
+    clock.advance(waited)
+    r = client.post(COVER, json=body(), headers=AUTH)
+    assert (r.status_code, r.headers["Retry-After"]) == (429, header)  # the seconds left, rounded up
+    clock.advance(int(header))
+    accepted(client)
+
+
 def test_rejected_requests_do_not_consume_the_window(client, ctl):
     """422s (schema, JSON, content type), 402s, 401s and forced codes take no slot."""
     ctl.put_account("team-key", credits=0)

@@ -28,21 +28,28 @@ def _post(url: str, payload: dict) -> int:
 
 def test_receive_prints_each_callback_and_fails_the_first_n():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "receive", "--port", str(port), "--fail", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "receive", "--port", str(port), "--fail", "5"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def text(task):
+        return {"code": 200, "msg": "Text generation completed.",
+                "data": {"callbackType": "text", "task_id": task, "data": []}}
     try:
         assert "receiving callbacks" in proc.stdout.readline()
         url = f"http://127.0.0.1:{port}/callback"
-        text = {"code": 200, "msg": "Text generation completed.",
-                "data": {"callbackType": "text", "task_id": "abc123", "data": []}}
-        assert _post(url, text) == 500  # --fail 1
-        assert _post(url, text) == 200
+        # --fail 5: task a's text callback refused 4 times in a row (the 4th is the fake's last try),
+        # then one of task b's; the next one is accepted
+        assert [_post(url, text(t)) for t in ("abc123",) * 4 + ("b", "b")] == [500] * 5 + [200]
         time.sleep(0.2)
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
-    assert out.count("text     task abc123  code 200") == 2
-    assert "answered HTTP 500" in out
+    assert out.count("text     task abc123  code 200") == 4
+    for n in (1, 2, 3):
+        assert f"failure {n} in a row of this callback: the fake retries it" in out
+    assert out.count("failure 4 in a row of this callback: by default the fake now gives up") == 1
+    assert out.count("failure 1 in a row") == 2  # task b counts on its own
+    assert out.count("answered HTTP 500") == 5
 
 
 def test_receive_reports_a_busy_port_as_a_usage_error():
