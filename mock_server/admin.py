@@ -10,7 +10,7 @@ import math
 import uuid
 
 from .envelope import TRANSPORTS
-from .faults import ERROR_CODES
+from .faults import API_PATHS, ERROR_CODES, code_kind
 from .scenarios import NAMES as SCENARIO_NAMES
 from .scenarios import Scenario
 
@@ -111,9 +111,10 @@ def arm(svc, body: dict) -> dict:
     if not isinstance(key, str) or not key:
         raise BadRequest("key: an API key, or \"*\" for every key")
     fault = {"id": uuid.uuid4().hex[:12], "key": key, "count": count}
-    unknown = sorted(str(k) for k in set(body) - {"code", "msg", "transport", "scenario", "params", "count", "key"})
+    unknown = sorted(str(k) for k in set(body) - {"code", "msg", "transport", "path", "scenario", "params",
+                                                  "count", "key"})
     if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a fault has code (+ msg, transport) or "
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a fault has code (+ msg, transport, path) or "
                          "scenario (+ params), count, key")
     if "code" in body and "scenario" in body:
         raise BadRequest("give code or scenario, not both (arm two faults for both)")
@@ -129,6 +130,10 @@ def arm(svc, body: dict) -> dict:
             if body["transport"] not in TRANSPORTS:
                 raise BadRequest(f"transport: one of {', '.join(TRANSPORTS)} (got {body['transport']!r})")
             fault["transport"] = body["transport"]
+        if "path" in body:  # e.g. the next cover answers 409 while background polls go on answering
+            if body["path"] not in API_PATHS:
+                raise BadRequest(f"path: one of {', '.join(API_PATHS)} (got {body['path']!r})")
+            fault.update(kind=code_kind(body["path"]), path=body["path"])
     elif "scenario" in body:
         try:
             scn = Scenario.parse(scenario_name(body["scenario"], "scenario"), body.get("params"))
@@ -137,8 +142,8 @@ def arm(svc, body: dict) -> dict:
         fault.update(kind="scenario", scenario=scn.name, params=scn.params)
     else:
         raise BadRequest("give either code (the next requests answer it) or scenario (the next tasks play it)")
-    for name in ("msg", "transport"):
-        if name in body and fault["kind"] != "code":
+    for name in ("msg", "transport", "path"):
+        if name in body and "code" not in body:
             raise BadRequest(f"{name} goes with code (how the forced code is answered)")
     if "params" in body and fault["kind"] != "scenario":
         raise BadRequest("params goes with scenario (delay, seconds)")

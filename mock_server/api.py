@@ -195,7 +195,7 @@ def _prelude(svc: Service, req: ApiRequest):
             if req.inline:
                 raise Delay(delay)
             time.sleep(delay)
-        rej = svc.gate(key, prefer, view.settings, view.armed)
+        rej = svc.gate(key, prefer, view.settings, view.armed, req.path)
     req.key_masked = mask_key(key)
     if rej is not None:
         return reject(svc, rej)

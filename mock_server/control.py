@@ -147,7 +147,8 @@ def scenarios():
 
 
 def _fault_view(f: dict) -> dict:
-    return {**f, "key": f["key"] if f["key"] == "*" else mask_key(f["key"])}
+    kind = "code" if f["kind"].startswith("code") else f["kind"]  # code@PATH: a code for one endpoint
+    return {**f, "kind": kind, "key": f["key"] if f["key"] == "*" else mask_key(f["key"])}
 
 
 @bp.post("/faults")

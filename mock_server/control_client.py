@@ -164,9 +164,11 @@ class ControlClient:
         return self.call("GET", "/scenarios")
 
     def arm(self, code: int | None = None, scenario: str | None = None, *, count: int = 1, key: str = "*",
-            params: dict | None = None, msg: str | None = None, transport: str | None = None) -> dict:
-        """The next `count` requests of `key` answer `code` (with `msg`; as HTTP status = code with
-        transport="status"), or its next `count` tasks play `scenario`."""
+            params: dict | None = None, msg: str | None = None, transport: str | None = None,
+            path: str | None = None) -> dict:
+        """The next `count` requests of `key` (to `path` only, e.g. "/api/v1/generate/upload-cover")
+        answer `code` (with `msg`; as HTTP status = code with transport="status"), or its next
+        `count` tasks play `scenario`."""
         body: dict = {"count": count, "key": key}
         if code is not None:
             body["code"] = code
@@ -174,6 +176,8 @@ class ControlClient:
             body["msg"] = msg
         if transport is not None:
             body["transport"] = transport
+        if path is not None:
+            body["path"] = path
         if scenario is not None:
             body["scenario"] = scenario
         if params is not None:

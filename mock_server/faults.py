@@ -5,8 +5,8 @@
    `Prefer: scenario=delayed-callbacks, delay=5`; a forced code's transport too:
    `Prefer: code=500, transport=status` is an HTTP 500, whatever the server's transport);
 2. faults armed through the control API or a scenario file: "the next N requests of this
-   key answer CODE" (kind "code") or "the next N tasks of this key play SCENARIO"
-   (kind "scenario");
+   key answer CODE" (kind "code"; with a `path`, only requests to that endpoint: kind
+   "code@PATH") or "the next N tasks of this key play SCENARIO" (kind "scenario");
 3. shared settings: maintenance on/off or a window, response latency, default scenario.
 """
 
@@ -32,6 +32,15 @@ MESSAGES = {
     455: "Service Unavailable: the system is currently undergoing maintenance",
     500: "Internal Error: an unexpected error occurred while processing the request",
 }
+
+
+# The faked API's endpoints: a forced code can be armed for one of them (its `path`).
+API_PATHS = ("/api/v1/generate/upload-cover", "/api/v1/generate/record-info", "/api/v1/chat/credit")
+
+
+def code_kind(path: str | None = None) -> str:
+    """The store's kind of a forced-code fault: for every endpoint, or for the one at `path`."""
+    return "code@" + path if path else "code"
 
 
 class PreferError(ValueError):

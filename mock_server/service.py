@@ -127,14 +127,22 @@ class Service:
                                          "Authorization", "auth")
         return key, RequestView(account, self._settings(settings), armed), None
 
-    def gate(self, key: str, prefer: faults.Prefer, settings: dict, armed: frozenset | None = None) -> Rejection | None:
-        """What stops any authenticated request before its own rules: maintenance, forced codes.
+    def gate(self, key: str, prefer: faults.Prefer, settings: dict, armed: frozenset | None = None,
+             path: str | None = None) -> Rejection | None:
+        """What stops any authenticated request to `path` before its own rules: maintenance, forced
+        codes (a code armed for this endpoint before one armed for every endpoint).
         `armed`: the fault kinds armed for the key when the request's prelude looked (None: unknown)."""
         if faults.maintenance_on(settings, self.clock.now()):
             return Rejection(455, faults.MESSAGES[455], None, "maintenance")
         code, msg, transport = prefer.code, None, prefer.transport
-        if code is None and (armed is None or "code" in armed):
-            fault = self.store.take_fault(key, "code") or {}
+        if code is None:
+            fault = None
+            for kind in (faults.code_kind(path), faults.code_kind()) if path else (faults.code_kind(),):
+                if armed is None or kind in armed:
+                    fault = self.store.take_fault(key, kind)
+                    if fault:
+                        break
+            fault = fault or {}
             code, msg, transport = fault.get("code"), fault.get("msg"), fault.get("transport")
         if code is not None:  # a forced 429 looks like a real one: Retry-After included
             return Rejection(code, msg or faults.MESSAGES[code], None, "forced",

@@ -385,6 +385,43 @@ def test_an_armed_code_applies_to_any_endpoint_of_the_key(client, ctl):
     assert credits(client) == 1000
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite::memory:"])
+def test_a_code_armed_for_one_endpoint_leaves_the_others_alone(make_fake, store):
+    """A client that polls in the background must not use up the 409 meant for its next cover;
+    a code armed for the endpoint goes before one armed for every endpoint."""
+    fake = make_fake(store=store)
+    client, ctl = fake.client, fake.ctl
+    task_id = accepted(client)
+    fault = ctl.arm(code=409, count=2, path=COVER)
+    assert (fault["kind"], fault["path"]) == ("code", COVER)
+    ctl.arm(code=500)  # every endpoint, armed second
+    assert [(f["kind"], f.get("path")) for f in ctl.faults()] == [("code", COVER), ("code", None)]
+    assert_rejected(submit(client), 409)
+    assert client.get("/api/v1/chat/credit", headers=AUTH).get_json()["code"] == 500  # only the general one
+    for _ in range(3):
+        assert record_info(client, task_id)["code"] == 200
+        assert client.get("/api/v1/chat/credit", headers=AUTH).get_json()["code"] == 200
+    assert_rejected(submit(client), 409)
+    accepted(client)
+    assert ctl.faults() == []
+    ctl.arm(code=455, path="/api/v1/generate/record-info")
+    accepted(client)
+    fake.clock.advance(1)  # record-info's 3 a second per task
+    assert record_info(client, task_id)["code"] == 455
+    assert record_info(client, task_id)["code"] == 200
+
+
+@pytest.mark.parametrize("fault, says", [
+    ({"code": 409, "path": "/api/v1/generate/upload_cover"}, "path: one of /api/v1/generate/upload-cover"),
+    ({"code": 409, "path": "upload-cover"}, "path: one of"),
+    ({"code": 409, "path": None}, "path: one of"),
+    ({"scenario": "fail-501", "path": COVER}, "path goes with code"),
+])
+def test_a_fault_path_must_be_an_endpoint_of_the_api(client, fault, says):
+    r = client.post("/_mock/faults", json=fault)
+    assert (r.status_code, r.get_json()["code"]) == (400, 400) and says in r.get_json()["msg"], r.get_json()
+
+
 def test_451_from_the_header(client):
     assert_rejected(submit(client, headers={"Prefer": "code=451"}), 451, msg_part="Failed to fetch")
 
