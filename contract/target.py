@@ -12,6 +12,7 @@ The client also keeps the run polite and its records safe:
 
 from __future__ import annotations
 
+import ipaddress
 import json as jsonlib
 import re
 import threading
@@ -168,8 +169,14 @@ class HttpTransport:
 
 
 def is_loopback_url(url: str) -> bool:
+    """localhost or a loopback address (127.0.0.0/8, ::1); a name such as 127.example.com is not."""
     host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- pacing ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import uuid
 
+from .config import mask_key
 from .envelope import TRANSPORTS
 from .faults import API_PATHS, ERROR_CODES, code_kind
 from .scenarios import NAMES as SCENARIO_NAMES
@@ -161,10 +162,10 @@ def put_account(svc, key: str, body: dict) -> dict:
     """Create or change an account: {"credits": int, "webhookHmacKey": str|null}."""
     if not isinstance(key, str) or not key:
         raise BadRequest("an account needs a non-empty API key")
-    mapping(body, f"account {key}")
+    mapping(body, f"account {mask_key(key)}")
     unknown = sorted(str(k) for k in set(body) - {"credits", "webhookHmacKey"})
     if unknown:
-        raise BadRequest(f"account {key}: unknown field(s) {', '.join(unknown)}; known: credits, webhookHmacKey")
+        raise BadRequest(f"account {mask_key(key)}: unknown field(s) {', '.join(unknown)}; known: credits, webhookHmacKey")
     current = svc.store.get_account(key) or {"credits": 0, "hmac_key": None}
     credits = whole(body, "credits", current["credits"], 0, 10**12)
     hmac_key = body.get("webhookHmacKey", current.get("hmac_key"))

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .config import DEFAULT_API_KEY, Config, _parse_keys, from_env
+from .config import DEFAULT_API_KEY, Config, _parse_allowlist, _parse_keys, from_env
 from .envelope import TRANSPORTS
 
 
@@ -24,7 +24,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--clock", choices=("real", "virtual"), help="virtual: time moves only via POST /_mock/clock/advance")
     p.add_argument("--public-url", help="base URL put in file links (default: the request's host)")
     p.add_argument("--rate-limit", type=int, help="new tasks per window per key (default 20; 0 = off)")
-    p.add_argument("--admin-token", help="require X-Admin-Token on the control API")
+    p.add_argument("--admin-token", help="require X-Admin-Token on the control API (KIE_MOCK_ADMIN_TOKEN keeps it out of ps)")
     p.add_argument("--store", help="sqlite:PATH (kept across restarts), redis://HOST:PORT/DB (shared by instances) "
                                    "or memory (one process); default: a fresh sqlite file in a temporary "
                                    "directory, removed at a clean exit")
@@ -47,8 +47,8 @@ def build_config(args) -> Config:
     }
     if args.api_keys:
         changes["api_keys"] = _parse_keys(args.api_keys)
-    if args.outbound_allow:
-        changes["outbound_allow"] = tuple(p.strip() for p in args.outbound_allow.split(",") if p.strip())
+    if args.outbound_allow is not None:
+        changes["outbound_allow"] = _parse_allowlist(args.outbound_allow)
     if args.stage_delays:
         changes["stage_delays"] = tuple(float(x) for x in args.stage_delays.split(","))
     cfg = cfg.with_overrides(**changes)

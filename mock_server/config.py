@@ -54,6 +54,9 @@ class Config:
         if self.admin_token and self.admin_token != self.admin_token.strip():
             # an HTTP header's value arrives without its surrounding spaces: such a token never matches
             raise ValueError("the admin token must not start or end with a space (none: no token)")
+        if self.admin_token and not (self.admin_token.isascii() and self.admin_token.isprintable()):
+            # a header carries bytes: a client's UTF-8 and the server's reading of them may differ
+            raise ValueError("the admin token must be printable ASCII (letters, digits, punctuation, spaces)")
         if not is_loopback_host(self.host) and not self.admin_token:
             raise ValueError(f"binding to {self.host} exposes the control API beyond this machine: "
                              "set --admin-token (KIE_MOCK_ADMIN_TOKEN) too")
@@ -90,13 +93,44 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def mask_key(key: str | None) -> str | None:
+    """Keys never appear in full in logs, journals or error messages."""
+    if not key:
+        return key
+    return key[:3] + "…" + key[-2:] if len(key) > 8 else key[:1] + "…"
+
+
+def mask_url(url: str) -> str:
+    """A store URL as it may be shown: its password (redis://:PASSWORD@host) masked."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL: anything before an @ may be a secret
+        return "…@" + url.rpartition("@")[2] if "@" in url else url
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
 def _parse_keys(text: str) -> dict[str, int]:
-    """'key1,key2:500' -> {key1: 1000, key2: 500}."""
+    """'key1,key2:500' -> {key1: 1000, key2: 500}. An error names a key masked, never in full."""
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, credits = part.partition(":")
-        out[key] = int(credits) if credits else 1000
+        try:
+            out[key] = int(credits) if credits else 1000
+        except ValueError:
+            raise ValueError(f"API key {mask_key(key)}: credits must be a whole number, "
+                             f"as in KEY:500 (got {credits!r})") from None
     return out
+
+
+def _parse_allowlist(text: str) -> tuple[str, ...] | None:
+    """'a,b' -> (a, b); no pattern at all (empty, ',') -> None: no allowlist."""
+    return tuple(p.strip() for p in text.split(",") if p.strip()) or None
+
+
+SECRETS = ("api_keys", "admin_token", "webhook_hmac_keys", "store")  # never echoed back in full
 
 
 _ENV_PARSERS = {
@@ -105,7 +139,7 @@ _ENV_PARSERS = {
     "retry_delays": lambda s: tuple(float(x) for x in s.split(",") if x.strip()),
     "instant": lambda s: s.lower() in ("1", "true", "yes", "on"),
     "source_check": lambda s: s.lower() in ("1", "true", "yes", "on"),
-    "outbound_allow": lambda s: tuple(p.strip() for p in s.split(",") if p.strip()) or None,
+    "outbound_allow": _parse_allowlist,
 }
 
 
@@ -125,8 +159,12 @@ def from_env(env: dict | None = None, base: Config | None = None) -> Config:
         try:
             changes[f.name] = parse(raw)
         except ValueError as exc:
-            raise ValueError(f"KIE_MOCK_{f.name.upper()}={raw!r}: {exc}") from None
+            shown = "" if f.name in SECRETS else f"={raw!r}"
+            raise ValueError(f"KIE_MOCK_{f.name.upper()}{shown}: {exc}") from None
     if "KIE_MOCK_CREDITS" in env:  # every configured key starts with this balance
-        credits = int(env["KIE_MOCK_CREDITS"])
+        try:
+            credits = int(env["KIE_MOCK_CREDITS"])
+        except ValueError:
+            raise ValueError(f"KIE_MOCK_CREDITS={env['KIE_MOCK_CREDITS']!r}: a whole number of credits") from None
         changes["api_keys"] = {k: credits for k in changes.get("api_keys", cfg.api_keys)}
     return replace(cfg, **changes)

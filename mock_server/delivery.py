@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .netpolicy import BLOCKED, Blocked, Policy
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -92,6 +94,17 @@ def _resolve(host: str, port: int, deadline: float) -> list:
     return answer[0]
 
 
+def resolve_allowed(policy: Policy, host: str, port: int, deadline: float, what: str) -> list:
+    """`_resolve`, keeping only the addresses `policy` allows; Blocked when none is left. The
+    caller connects to these, so what was checked is what is reached."""
+    infos = _resolve(host, port, deadline)
+    if policy.verdict(host) is None:
+        infos = policy.pick(infos)
+        if not infos:
+            raise Blocked(BLOCKED.format(what=what) + f" ({host} resolves to no allowed address)")
+    return infos
+
+
 HEAD_MAX = 65536  # bytes of an answer's status line and headers, at most
 IDLE_HOSTS = 256  # receivers (scheme, host, port) with kept connections, at most
 IDLE_MAX_AGE = 60.0  # seconds a kept connection may wait unused
@@ -138,9 +151,10 @@ class HttpDelivery:
     280-330 us with urllib3 (which was 43 % of the scheduler process's Python time: its header
     parsing goes through the email package)."""
 
-    def __init__(self, timeout: float = 15.0, maxsize: int = 8):
+    def __init__(self, timeout: float = 15.0, maxsize: int = 8, allow: tuple[str, ...] | None = None):
         self.timeout = timeout
         self.maxsize = maxsize
+        self.policy = Policy(allow)  # the outbound allowlist, applied to the addresses connected to
         self._idle: dict[tuple, list] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
@@ -148,7 +162,7 @@ class HttpDelivery:
     def __call__(self, url: str, body: bytes, headers: dict) -> Attempt:
         started = time.monotonic()
         try:
-            key, path, host_header = _target(url)
+            key, path, host_header = split_target(url)
             head = [f"POST {path} HTTP/1.1", f"Host: {host_header}", "Content-Type: application/json",
                     "User-Agent: kie-mock-callback/1", f"Content-Length: {len(body)}"]
             for name, value in headers.items():
@@ -158,11 +172,15 @@ class HttpDelivery:
             request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         except (ValueError, UnicodeError) as exc:
             return Attempt(None, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        if self.policy.verdict(key[1]) is False:
+            return Attempt(None, BLOCKED.format(what="callBackUrl"), time.monotonic() - started)
         deadline = started + self.timeout
         sock = self._take(key)
         try:
             if sock is None:
                 sock = self._connect(key, deadline)
+        except Blocked as exc:
+            return Attempt(None, str(exc), time.monotonic() - started)
         except ConnectionRefusedError:
             return Attempt(None, "connection refused", time.monotonic() - started)
         except (socket.timeout, TimeoutError):
@@ -186,10 +204,10 @@ class HttpDelivery:
     def _connect(self, key: tuple, deadline: float):
         """A connection to the receiver, made within the deadline: the name's resolution included
         (in a resolver thread: getaddrinfo has no timeout of its own), then each of its addresses
-        in turn."""
+        in turn (with an allowlist: each of those it allows)."""
         scheme, host, port = key
         error: OSError = OSError(f"{host} has no address")
-        for family, kind, proto, _, addr in _resolve(host, port, deadline):
+        for family, kind, proto, _, addr in resolve_allowed(self.policy, host, port, deadline, "callBackUrl"):
             sock = socket.socket(family, kind, proto)
             try:
                 sock.settimeout(_left(deadline))
@@ -274,7 +292,7 @@ class HttpDelivery:
             sock.close()
 
 
-def _target(url: str) -> tuple[tuple, str, str]:
+def split_target(url: str) -> tuple[tuple, str, str]:
     """((scheme, host, port), path with query, Host header) of an http(s) URL."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()

@@ -277,7 +277,7 @@ class Connection(asyncio.Protocol):
                               f"{HEAD_MAX} bytes)")
             raise _Refused
         key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+        text = value.decode("latin-1").strip(" \t")  # a field's value has no surrounding whitespace
         old = self.headers.get(key)
         self.headers[key] = text if old is None else f"{old}, {text}"
 

@@ -2,52 +2,104 @@
 so a shared fake cannot be used to reach into a private network by surprise.
 
 Patterns: "*" (anything), a host name ("hooks.example.com"), a wildcard ("*.example.com"),
-an address or network ("127.0.0.1", "10.1.0.0/16", "::1"). A host name is also resolved
-and its addresses matched against the networks.
+an address or network ("127.0.0.1", "10.1.0.0/16", "::1"). A name matched by a name pattern
+is trusted as it resolves. Any other name is resolved once, and the request goes only to
+those of its addresses that lie in an allowed network (none: blocked): a name with several
+addresses cannot lead to one outside the list, nor can a second lookup that answers
+otherwise (DNS rebinding), since no second lookup is made. Ports are not part of the list.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import socket
 from urllib.parse import urlsplit
 
-
-def _networks(patterns):
-    nets = []
-    for p in patterns:
-        try:
-            nets.append(ipaddress.ip_network(p, strict=False))
-        except ValueError:
-            pass
-    return nets
+BLOCKED = "blocked: {what} host is not in the fake's outbound allowlist"
 
 
-def _addresses(host: str) -> list:
+class Blocked(OSError):
+    """The request's host (or every address it resolves to) is outside the allowlist."""
+
+
+class Policy:
+    """An allowlist, parsed once. `patterns` None: anywhere."""
+
+    def __init__(self, patterns: tuple[str, ...] | None):
+        self.patterns = patterns
+        self.nets, self.names = [], []
+        for p in patterns or ():
+            try:
+                self.nets.append(ipaddress.ip_network(p, strict=False))
+            except ValueError:
+                self.names.append(p.lower())
+
+    @property
+    def open(self) -> bool:
+        return self.patterns is None
+
+    def verdict(self, host: str) -> bool | None:
+        """Without a lookup: True (anywhere, a name pattern matches, or an address inside an
+        allowed network), False (no host, an address outside every network, a name when the
+        list has no networks), None (a name to resolve: its addresses go through `pick`)."""
+        if self.patterns is None:
+            return True
+        host = host.lower().rstrip(".") if host not in (".", "") else ""
+        if not host:
+            return False
+        if any(p == "*" or fnmatch.fnmatchcase(host, p) for p in self.names):
+            return True
+        address = _literal(host)
+        if address is not None:
+            return self._inside(address)
+        return None if self.nets else False
+
+    def pick(self, infos: list) -> list:
+        """The getaddrinfo entries whose address lies in an allowed network."""
+        out = []
+        for info in infos:
+            address = _literal(str(info[4][0]).split("%")[0])
+            if address is not None and self._inside(address):
+                out.append(info)
+        return out
+
+    def _inside(self, address) -> bool:
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+        return any(address in net or (mapped is not None and mapped in net) for net in self.nets)
+
+
+def host_of(url: str) -> str:
+    """The URL's host ("" when it has none or cannot be parsed)."""
     try:
-        return [ipaddress.ip_address(host)]
+        return urlsplit(url).hostname or ""
     except ValueError:
-        pass
+        return ""
+
+
+def _literal(host: str):
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError, OSError):
-        return []
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
-def allowed(url: str, patterns: tuple[str, ...] | None) -> bool:
-    """True when `url`'s host matches the allowlist (or no allowlist is set)."""
-    if patterns is None:
-        return True
-    host = (urlsplit(url).hostname or "").lower()
-    if not host:
+def allowed(url: str, patterns: tuple[str, ...] | None, resolve=None) -> bool:
+    """True when a request to `url` may be made: its host passes without a lookup, or (a name)
+    one of its addresses, as `resolve(host, port)` gives them (getaddrinfo), is allowed."""
+    policy = Policy(patterns)
+    host = host_of(url)
+    ok = policy.verdict(host)
+    if ok is not None:
+        return ok
+    if resolve is None:
+        import socket
+
+        def resolve(name, port):
+            return socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
+    try:
+        return bool(policy.pick(resolve(host, 80)))
+    except (OSError, UnicodeError):
         return False
-    names = [p.lower() for p in patterns if not _networks([p])]
-    if any(p == "*" or fnmatch.fnmatchcase(host, p) for p in names):
-        return True
-    nets = _networks(patterns)
-    return bool(nets) and any(addr in net for addr in _addresses(host) for net in nets)
 
 
 def is_loopback_host(host: str) -> bool:

@@ -207,7 +207,7 @@ def wsgi_environ(method: str, path_info: str, query: str, server: tuple[str, str
             env["CONTENT_TYPE"] = value
         elif name == "content-length":
             env["CONTENT_LENGTH"] = value
-        else:
+        elif "_" not in name:  # X_Admin_Token would pass for X-Admin-Token: dropped, as nginx does
             key = "HTTP_" + name.upper().replace("-", "_")
             env[key] = f"{env[key]},{value}" if key in env else value
     if "HTTP_TRANSFER_ENCODING" in env:  # the server took the chunks off: the app reads the body by length

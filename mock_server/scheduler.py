@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import lifecycle
 from .config import Config
 from .delivery import Attempt, HttpDelivery, signed_headers
-from .netpolicy import allowed
+from .netpolicy import BLOCKED, Policy, host_of
 from .scenarios import Scenario
 from .fastschema import checker
 from .spec import validator
@@ -43,7 +43,8 @@ class Scheduler:
                  poll_interval: float = 0.05, claims: bool = True):
         self.store, self.clock, self.cfg = store, clock, cfg
         self.claims = claims  # False: this process never works due jobs (another process does)
-        self.deliver = deliver or HttpDelivery(cfg.callback_timeout)
+        self.deliver = deliver or HttpDelivery(cfg.callback_timeout, allow=cfg.outbound_allow)
+        self.policy = Policy(cfg.outbound_allow)
         self.owner = owner or uuid.uuid4().hex[:12]
         self.lease = cfg.callback_timeout * 2 + 5
         self.poll_interval = poll_interval
@@ -317,10 +318,10 @@ class Scheduler:
         if refusal is not None:  # the fake's bug: never sent, and the task goes on as after a failed attempt
             print(f"kie-mock: {refusal}", file=sys.stderr, flush=True)
             result = Attempt(None, f"internal: {refusal}", 0.0)
-        elif allowed(task["callBackUrl"], self.cfg.outbound_allow):
+        elif self.policy.verdict(host_of(task["callBackUrl"])) is not False:  # a name: checked where it connects
             result = self.deliver(task["callBackUrl"], data, headers)
         else:
-            result = Attempt(None, "blocked: callBackUrl host is not in the fake's outbound allowlist", 0.0)
+            result = Attempt(None, BLOCKED.format(what="callBackUrl"), 0.0)
         self.store.log("attempts", {
             "task_id": task["taskId"], "stage": stage, "attempt": attempt, "url": task["callBackUrl"],
             "at": now, "wall_time": time.time(), "status": result.status, "error": result.error,

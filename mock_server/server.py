@@ -151,8 +151,7 @@ def worker_rsgi_app():
 
 def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 0,
            scenario_keys: tuple = ()) -> str:
-    from .config import DEFAULT_API_KEY
-    from .service import mask_key
+    from .config import DEFAULT_API_KEY, mask_key, mask_url
 
     # masked, as in every log and journal; the documented default key is public anyway
     keys = ", ".join(k if k == DEFAULT_API_KEY else mask_key(k) for k in dict.fromkeys([*cfg.api_keys, *scenario_keys]))
@@ -162,7 +161,7 @@ def banner(cfg: Config, port: int, workers: int, server: str, schedulers: int = 
     extra = "; uploadUrl fetched (--source-check)" if cfg.source_check else ""
     host = url_host(cfg.host)
     return (f"kie-mock listening on http://{host}:{port}  (keys: {keys}; transport: {cfg.transport}; "
-            f"clock: {cfg.clock}; stages: {stages}{extra}; store: {cfg.store}; server: {server}, "
+            f"clock: {cfg.clock}; stages: {stages}{extra}; store: {mask_url(cfg.store)}; server: {server}, "
             f"workers: {workers}; callbacks: {due})")
 
 

@@ -10,19 +10,12 @@ from dataclasses import dataclass
 
 from . import faults, lifecycle
 from .clock import make_clock
-from .config import Config
+from .config import Config, mask_key  # noqa: F401 (mask_key: the HTTP layer's)
 from .journal import RequestJournal
 from .rules import Rejection, check_upload_cover
 from .scenarios import Scenario
 from .scheduler import Scheduler
 from .stores import Store, open_store
-
-
-def mask_key(key: str | None) -> str | None:
-    """Keys never appear in full in logs or journals."""
-    if not key:
-        return key
-    return key[:3] + "…" + key[-2:] if len(key) > 8 else key[:1] + "…"
 
 
 class WouldWait(Exception):

@@ -11,11 +11,13 @@ Loopback URLs are fetched like any other, so a test can serve its own file.
 from __future__ import annotations
 
 import io
+import time
 
 import urllib3
 
 from .config import Config
-from .netpolicy import allowed
+from .delivery import split_target, resolve_allowed
+from .netpolicy import Blocked, Policy
 from .rules import Rejection
 
 FETCH_FAILED = "Failed to fetch the audio file at uploadUrl"
@@ -40,16 +42,22 @@ def audio_length(data: bytes) -> float | None:
 class SourceChecker:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.policy = Policy(cfg.outbound_allow)
         self.pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=cfg.source_timeout))
 
     def fetch(self, url: str) -> bytes | Rejection:
         cap = self.cfg.source_max_bytes
-        if not allowed(url, self.cfg.outbound_allow):
-            return Rejection(451, f"{FETCH_FAILED}: its host is not in the fake's outbound allowlist", "uploadUrl",
-                             "allowlist")
+        blocked = Rejection(451, f"{FETCH_FAILED}: its host is not in the fake's outbound allowlist", "uploadUrl",
+                            "allowlist")
         try:
-            # Follow redirects only when no allowlist is set: a redirect must not escape it.
-            resp = self.pool.request("GET", url, preload_content=False, redirect=self.cfg.outbound_allow is None)
+            if self.policy.open:
+                resp = self.pool.request("GET", url, preload_content=False)
+            else:  # the addresses checked are the ones connected to, and a redirect is not followed
+                resp = self._pinned(url)
+                if resp is None:
+                    return blocked
+        except Blocked:
+            return blocked
         except (urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
             return Rejection(451, f"{FETCH_FAILED}: {type(exc).__name__}", "uploadUrl", "fetch")
         try:
@@ -63,6 +71,27 @@ class SourceChecker:
         if len(data) > cap:
             return Rejection(422, f"uploadUrl: the file is larger than {cap} bytes", "uploadUrl", "size")
         return data
+
+    def _pinned(self, url: str):
+        """GET `url` under the allowlist: None when its host is refused without a lookup; else the
+        name resolved once (within the timeout) and the first allowed address that answers
+        connected to, the Host header and TLS name still the URL's."""
+        (scheme, host, port), path, host_header = split_target(url)
+        if self.policy.verdict(host) is False:
+            return None
+        timeout = self.cfg.source_timeout
+        error: Exception = OSError(f"{host} has no address")
+        for info in resolve_allowed(self.policy, host, port, time.monotonic() + timeout, "uploadUrl"):
+            address = info[4][0]
+            kind = urllib3.HTTPSConnectionPool if scheme == "https" else urllib3.HTTPConnectionPool
+            tls = {"server_hostname": host, "assert_hostname": host} if scheme == "https" else {}
+            pool = kind(address, port, retries=False, timeout=urllib3.Timeout(total=timeout), maxsize=1, **tls)
+            try:
+                return pool.urlopen("GET", path, headers={"Host": host_header}, preload_content=False,
+                                    redirect=False, assert_same_host=False)
+            except urllib3.exceptions.NewConnectionError as exc:
+                error = exc
+        raise error
 
     def __call__(self, url: str) -> Rejection | None:
         data = self.fetch(url)

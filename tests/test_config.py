@@ -113,3 +113,89 @@ def test_an_admin_token_no_header_can_carry_is_refused_at_start(token, ok):
     else:
         with pytest.raises(ValueError, match="must not start or end with a space"):
             Config(admin_token=token).check()
+
+
+# -- secrets are never echoed back in full ---------------------------------------------------------
+SECRET = "sk-live-SECRET-0123456789"
+
+
+@pytest.mark.parametrize("env", [
+    {"KIE_MOCK_API_KEYS": f"{SECRET}:1000,other-SECRET-abcdef:12x"},
+    {"KIE_MOCK_API_KEYS": f"{SECRET}:1000", "KIE_MOCK_CREDITS": "many"},
+])
+def test_a_bad_key_list_names_the_key_masked(env):
+    with pytest.raises(ValueError) as err:
+        from_env(env)
+    assert "SECRET" not in str(err.value) and "KIE_MOCK_" in str(err.value)
+    if "12x" in env["KIE_MOCK_API_KEYS"]:
+        assert "oth…ef: credits must be a whole number" in str(err.value)
+
+
+def test_an_account_refused_by_the_control_api_or_a_scenario_file_is_named_masked(tmp_path):
+    app = create_app(Config(clock="virtual"), clock=VirtualClock(0.0), deliver=RecordingDelivery())
+    r = app.test_client().put(f"/_mock/accounts/{SECRET}", json={"credits": 5, "bogus": 1})
+    assert r.status_code == 400 and "SECRET" not in r.get_json()["msg"] and "sk-…89" in r.get_json()["msg"]
+    app.extensions["kie_mock"].scheduler.stop()
+    f = tmp_path / "s.yaml"
+    f.write_text(f"accounts:\n  {SECRET}: {{credits: 5, credit: 3}}\n")
+    run = subprocess.run([sys.executable, "-m", "mock_server", "serve", "--port", "0", "--store", "memory",
+                          "--scenario-file", str(f)], capture_output=True, text=True, timeout=30)
+    assert run.returncode != 0 and "unknown field(s) credit" in run.stderr and "SECRET" not in run.stderr
+
+
+def test_the_banner_masks_a_store_password():
+    from mock_server.server import banner
+
+    line = banner(Config(store="redis://:hunter2@10.0.0.7:6379/0"), 8787, 1, "granian")
+    assert "hunter2" not in line and "store: redis://:***@10.0.0.7:6379/0;" in line
+    assert "store: redis://10.0.0.7:6379/0;" in banner(Config(store="redis://10.0.0.7:6379/0"), 8787, 1, "granian")
+
+
+@pytest.mark.parametrize("token, ok", [("tök€n-123", False), ("tab\there", False), ("plain-ASCII token~!", True)])
+def test_an_admin_token_a_header_cannot_carry_as_typed_is_refused_at_start(token, ok):
+    if ok:
+        assert Config(admin_token=token).check().admin_token == token
+    else:
+        with pytest.raises(ValueError, match="printable ASCII"):
+            Config(admin_token=token).check()
+
+
+def test_a_new_sqlite_store_file_is_its_owners_only(tmp_path):
+    import os
+    import stat
+
+    from mock_server.stores.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "kie.sqlite"))
+    store.put_account(SECRET, 5)
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in tmp_path.iterdir()}
+    assert modes and all(mode == 0o600 for mode in modes.values()), modes
+    store.close()
+
+
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_an_allowlist_without_a_pattern_is_no_allowlist_from_the_flag_and_the_environment(value, monkeypatch):
+    import argparse
+
+    from mock_server.cli import _serve_parser, build_config
+
+    def make_parser():
+        parser = argparse.ArgumentParser()
+        _serve_parser(parser.add_subparsers(dest="command"))
+        return parser
+
+    monkeypatch.setenv("KIE_MOCK_OUTBOUND_ALLOW", value)
+    assert from_env().outbound_allow is None
+    monkeypatch.delenv("KIE_MOCK_OUTBOUND_ALLOW")
+    assert build_config(make_parser().parse_args(["serve", "--outbound-allow", value])).outbound_allow is None
+    assert build_config(make_parser().parse_args(["serve", "--outbound-allow", "10.0.0.0/8,"])).outbound_allow \
+        == ("10.0.0.0/8",)
+
+
+@pytest.mark.parametrize("url, loopback", [("http://127.0.0.1:9/", True), ("http://127.9.9.9/", True),
+                                           ("http://[::1]:9/", True), ("http://localhost/", True),
+                                           ("http://127.attacker.example/", False), ("http://10.0.0.1/", False)])
+def test_the_kit_takes_only_real_loopback_hosts_for_loopback(url, loopback):
+    from contract.target import is_loopback_url
+
+    assert is_loopback_url(url) is loopback

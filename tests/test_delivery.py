@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mock_server.delivery import HttpDelivery, _target
+from mock_server.delivery import HttpDelivery, split_target
 
 BODY = b'{"code":200,"msg":"Text generation completed.","data":{"callbackType":"text","task_id":"t","data":[]}}'
 
@@ -174,7 +174,7 @@ def test_https_with_the_receiver_s_certificate_verified(receivers, tmp_path):
     ("HTTP://[::1]:9000/x?y=1&z", (("http", "::1", 9000), "/x?y=1&z", "[::1]:9000")),
 ])
 def test_targets(url, target):
-    assert _target(url) == target
+    assert split_target(url) == target
 
 
 # -- found in review -------------------------------------------------------------------------------

@@ -856,3 +856,17 @@ def test_injected_latency_holds_no_thread_so_many_slow_requests_overlap():
     assert all(env["code"] == 200 and took >= 1.0 for env, took in results), results
     assert elapsed < 1.9, elapsed  # in rounds of POOL_THREADS it took 3 s
     assert len(svc.store.list_tasks()) == 1
+
+
+@pytest.mark.parametrize("name, value, status", [
+    ("X-Admin-Token", "T0ken", 200), ("X-Admin-Token", "T0ken  \t", 200), ("X-Admin-Token", "  T0ken", 200),
+    ("X_Admin_Token", "T0ken", 401), ("x_admin-token", "T0ken", 401), ("X-Admin-Token", "T0ke", 401),
+])
+def test_the_admin_token_header_is_read_as_a_proxy_would_pass_it(name, value, status):
+    """Whitespace around a field's value is not part of it (granian strips it too); a name with
+    '_' would pass for X-Admin-Token in WSGI's environ, past a proxy that strips or sets that
+    header: dropped, as nginx drops it."""
+    with running(admin_token="T0ken") as (port, _):
+        with socket.create_connection(("127.0.0.1", port)) as c, c.makefile("rb") as f:
+            c.sendall(request("GET", "/_mock/clock", headers={name: value}))
+            assert read_response(f)[0] == status

@@ -131,7 +131,7 @@ BAD_FILES = [
     ("settings: {maintenance: sometimes}\n", "yaml", "maintenance: true or false"),
     ("settings: {default_scenario: explode}\n", "yaml", "unknown scenario 'explode'"),
     ("accounts: [team-key]\n", "yaml", "accounts is a mapping"),
-    ("accounts: {team-key: 30}\n", "yaml", "account team-key: a JSON object"),
+    ("accounts: {team-key: 30}\n", "yaml", "account t…: a JSON object"),
     ("accounts: {team-key: {credits: -5}}\n", "yaml", "credits"),
     ("accounts: {team-key: {credit: 5}}\n", "yaml", "unknown field(s) credit"),
     ("faults: {code: 402}\n", "yaml", "faults a list"),

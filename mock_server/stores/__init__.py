@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from ..config import mask_url
 from .base import Store
 from .memory import MemoryStore
 
@@ -22,7 +23,7 @@ def open_store(url: str) -> Store:
         from .redis import RedisStore
 
         return RedisStore(url)
-    raise ValueError(f"unknown store {url!r}: use memory, sqlite:PATH or redis://HOST:PORT/DB")
+    raise ValueError(f"unknown store {mask_url(url)!r}: use memory, sqlite:PATH or redis://HOST:PORT/DB")
 
 
 __all__ = ["Store", "MemoryStore", "open_store"]

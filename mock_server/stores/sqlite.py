@@ -166,6 +166,11 @@ class SqliteStore(Store):
         self._checkpointer: threading.Thread | None = None
         if not self.memory and os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if not self.memory:  # a new file holds API keys and HMAC keys: its owner's only (-wal, -shm
+            try:             # and -gen take its permissions)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
         self._preludes: dict = {}  # key -> (stamp, read at, prelude)
         conn = self._connect()
         self._retry(lambda: conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;"))
