@@ -178,12 +178,14 @@ def tracks_at(task: dict, stage: str | None) -> list[dict] | None:
     return full
 
 
-def apply_stage(task: dict, stage: str, code: int | None = None) -> dict:
-    """The changes to a task when `stage` happens ("error" with its callback code)."""
+def apply_stage(task: dict, stage: str, code: int | None = None, status: str | None = None) -> dict:
+    """The changes to a task when `stage` happens ("error" with its callback code, and the
+    status it leaves when not the code's own: CREATE_TASK_FAILED)."""
     changes: dict = {"stage": stage}
     if stage == "error":
-        msg, status = ERRORS[code]
-        changes.update(errorCode=code, errorMessage=msg)
+        msg, default = ERRORS[code]
+        status = status or default
+        changes.update(errorCode=code, errorMessage=msg, failed_status=status)
     else:
         status = STAGES[stage][1]
     if stage == "error" or task["status"] != CALLBACK_EXCEPTION:  # once delivery failed, polling says
@@ -198,7 +200,7 @@ def status_when_abandoned(task: dict) -> str:
     API_NOTES says means "generation worked but the callback could not be delivered"; a task
     whose generation failed keeps saying that (GENERATE_AUDIO_FAILED, SENSITIVE_WORD_ERROR)."""
     if task.get("stage") == "error" and task.get("errorCode") in ERRORS:
-        return ERRORS[task["errorCode"]][1]
+        return task.get("failed_status") or ERRORS[task["errorCode"]][1]  # (older tasks: the code's)
     return CALLBACK_EXCEPTION
 
 

@@ -8,6 +8,8 @@ Names (also listed by GET /_mock/scenarios):
   fail-CODE            text, then an error callback with CODE (400 408 413 500 501 531);
                        record-info shows the matching status and errorCode/errorMessage;
                        531 refunds the credits
+  fail-create          the task is never created: no text stage, an error callback (500,
+                       "Internal Error") at the text stage's time; record-info CREATE_TASK_FAILED
   duplicate-callbacks  every callback is delivered twice
   delayed-callbacks    statuses advance on time, each callback arrives `delay` s late (default 30)
   no-callbacks         statuses advance, no callback is ever sent
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 from .config import Config
 
 FAIL_CODES = (400, 408, 413, 500, 501, 531)
-NAMES = ("success", "complete-only", *(f"fail-{c}" for c in FAIL_CODES), "duplicate-callbacks",
+CREATE_FAILED = {"code": 500, "status": "CREATE_TASK_FAILED"}  # fail-create's error stage
+NAMES = ("success", "complete-only", *(f"fail-{c}" for c in FAIL_CODES), "fail-create", "duplicate-callbacks",
          "delayed-callbacks", "no-callbacks", "empty-files")
 # The parameters a scenario takes (seconds); the others take none.
 PARAMS = {"delayed-callbacks": ("delay",), "empty-files": ("seconds",)}
@@ -64,7 +67,7 @@ class Scenario:
 
     @property
     def fail_code(self) -> int | None:
-        return int(self.name[5:]) if self.name.startswith("fail-") else None
+        return int(self.name[5:]) if self.name.startswith("fail-") and self.name[5:].isdigit() else None
 
     @property
     def sends_callbacks(self) -> bool:
@@ -87,6 +90,8 @@ class Scenario:
         t_text, t_first, t_complete = (now + cfg.delay(d) for d in cfg.stage_delays)
         if self.name == "complete-only":
             return [{"stage": "complete", "at": t_complete}]
+        if self.name == "fail-create":
+            return [{"stage": "error", "at": t_text, **CREATE_FAILED}]
         if self.fail_code is not None:
             return [{"stage": "text", "at": t_text},
                     {"stage": "error", "at": t_first, "code": self.fail_code}]

@@ -227,7 +227,7 @@ class Scheduler:
         index = job["index"]
         step = task["plan"][index]
         now = self.clock.now()
-        changes = lifecycle.apply_stage(task, step["stage"], step.get("code"))
+        changes = lifecycle.apply_stage(task, step["stage"], step.get("code"), step.get("status"))
         if "completed_at" in changes:
             changes["completed_at"] = now
         refunds = step.get("code") in lifecycle.REFUNDING_CODES

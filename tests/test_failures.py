@@ -563,6 +563,34 @@ def test_fail_scenario_sends_text_then_an_error_callback_and_record_info_agrees(
     assert record_info(client, task_id)["data"]["status"] == FAIL_STATUS[code]
 
 
+def test_fail_create_never_makes_the_task_and_says_create_task_failed(client, clock, delivery):
+    task_id = accepted(client, custom_body(), headers={"Prefer": "scenario=fail-create"})
+    assert credits(client) == 988
+    clock.advance(1.99)
+    assert delivery.stages(task_id) == [] and record_info(client, task_id)["data"]["status"] == "PENDING"
+    clock.advance(0.01)  # the text stage's time: the error instead
+    assert delivery.stages(task_id) == ["error"]
+    error = delivery.calls[-1]["body"]
+    assert list(CALLBACK.iter_errors(error)) == []
+    assert error == {"code": 500, "msg": "Internal Error",
+                     "data": {"callbackType": "error", "task_id": task_id, "data": []}}
+    info = record_info(client, task_id)
+    assert list(RECORD.iter_errors(info)) == []
+    assert (info["data"]["status"], info["data"]["errorCode"], info["data"]["errorMessage"]) == \
+        ("CREATE_TASK_FAILED", 500, "Internal Error")
+    clock.advance(100)
+    assert delivery.stages(task_id) == ["error"] and credits(client) == 988  # not refunded: only 531 is
+    assert record_info(client, task_id)["data"]["status"] == "CREATE_TASK_FAILED"
+
+
+def test_fail_create_keeps_its_status_when_its_callback_is_given_up(client, clock, delivery):
+    delivery.default = 500
+    task_id = accepted(client, headers={"Prefer": "scenario=fail-create"})
+    clock.advance(60)
+    assert len(delivery.calls) == 4  # 1 try + 3 retries
+    assert record_info(client, task_id)["data"]["status"] == "CREATE_TASK_FAILED"
+
+
 def test_531_refunds_exactly_once(client, clock, ctl):
     ctl.put_account("team-key", credits=12)
     task_id = accepted(client, headers={**auth("team-key"), "Prefer": "scenario=fail-531"})
