@@ -310,7 +310,9 @@ class Scheduler:
         else:
             self._delivery(task, task["plan"][index]["stage"], 0, index, chain=True)
 
-    def _send(self, task: dict, stage: str, attempt: int, duplicate: bool = False) -> Attempt:
+    def _send(self, task: dict, stage: str, attempt: int, duplicate: bool = False) -> Attempt | None:
+        """One POST of the stage's callback, journaled; None when the task was gone by its end (a
+        reset, or its expiry, while it was being sent): not journaled then, and nothing follows."""
         account = self.store.get_account(task["key"]) or {}
         now = self.clock.now()
         headers = signed_headers(account.get("hmac_key"), task["taskId"], now)
@@ -322,6 +324,8 @@ class Scheduler:
             result = self.deliver(task["callBackUrl"], data, headers)
         else:
             result = Attempt(None, BLOCKED.format(what="callBackUrl"), 0.0)
+        if self.store.get_task(task["taskId"]) is None:
+            return None
         self.store.log("attempts", {
             "task_id": task["taskId"], "stage": stage, "attempt": attempt, "url": task["callBackUrl"],
             "at": now, "wall_time": time.time(), "status": result.status, "error": result.error,
@@ -351,6 +355,8 @@ class Scheduler:
         if task["delivery"] == "abandoned":
             return
         result = self._send(task, stage, attempt)
+        if result is None:
+            return
         if result.ok:
             if Scenario.from_dict(task["scenario"]).duplicates:
                 self._send(task, stage, attempt, duplicate=True)

@@ -205,6 +205,36 @@ def test_reset_gives_configured_keys_their_starting_balance_back(client, mock):
     assert credits(client) == 1000
 
 
+@pytest.mark.parametrize("answer", [200, 500])
+def test_a_delivery_in_flight_during_a_reset_leaves_nothing_in_the_fresh_state(client, mock, clock, delivery,
+                                                                              service, answer):
+    """Its attempt is not journaled after the reset, and a failed one plans no retry: a test that
+    resets between cases sees only its own callbacks."""
+    import threading
+
+    sending, release = threading.Event(), threading.Event()
+    plain = type(delivery).__call__
+
+    def slow(url, data, headers):
+        sending.set()
+        release.wait(10)
+        return plain(delivery, url, data, headers)
+
+    delivery.default = answer
+    advancing = threading.Thread(target=clock.advance, args=(2,))
+    service.scheduler.deliver = slow
+    accepted(client)
+    advancing.start()
+    assert sending.wait(10)
+    ok(mock("POST", "/_mock/reset"))
+    release.set()
+    advancing.join(10)
+    assert len(delivery.calls) == 1  # it was sent
+    assert ok(mock("GET", "/_mock/callbacks")) == [] and service.store.list_jobs() == []
+    clock.advance(60)
+    assert len(delivery.calls) == 1 and ok(mock("GET", "/_mock/callbacks")) == []
+
+
 def test_put_account_keeps_what_is_not_given_and_null_turns_signing_off(client, mock, clock, delivery):
     ok(mock("PUT", "/_mock/accounts/team-key", {"webhookHmacKey": "k"}))
     assert credits(client, "team-key") == 0  # a new account starts with nothing
