@@ -131,9 +131,14 @@ class ApiRequest:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return Rejection(422, _unreadable(exc), None, "json")
-        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth(body) > MAX_DEPTH:
-            return Rejection(422, f"request body is nested too deep: at most {MAX_DEPTH} levels of objects "
-                                  f"and arrays", None, "json")
+        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # (brackets in strings count too: a first sieve)
+            levels = depth(body)
+            if levels < 0:
+                return Rejection(422, f"request body has more than {MAX_CONTAINERS} objects and arrays",
+                                 None, "json")
+            if levels > MAX_DEPTH:
+                return Rejection(422, f"request body is nested too deep: at most {MAX_DEPTH} levels of objects "
+                                      f"and arrays", None, "json")
         return body
 
 
@@ -151,11 +156,13 @@ def _unreadable(exc: orjson.JSONDecodeError) -> str:
 
 
 MAX_DEPTH = 200  # levels of objects and arrays in a request body (the task keeps the body as JSON text)
+MAX_CONTAINERS = 10_000  # objects and arrays in a request body (a cover has one): walking more costs the loop
 
 
-def depth(value) -> int:
-    """Levels of objects and arrays in a parsed JSON value (a scalar: 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def depth(value, budget: int = MAX_CONTAINERS) -> int:
+    """Levels of objects and arrays in a parsed JSON value (a scalar: 0), without recursion;
+    -1 as soon as it holds more than `budget` of them (the walk stops there)."""
+    deepest, stack, seen = 0, [(value, 1)], 1
     while stack:
         value, level = stack.pop()
         if isinstance(value, dict):
@@ -163,7 +170,12 @@ def depth(value) -> int:
         elif not isinstance(value, list):
             continue
         deepest = max(deepest, level)
-        stack.extend((v, level + 1) for v in value if isinstance(v, (dict, list)))
+        for v in value:
+            if isinstance(v, (dict, list)):
+                seen += 1
+                if seen > budget:
+                    return -1
+                stack.append((v, level + 1))
     return deepest
 
 

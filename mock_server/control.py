@@ -73,8 +73,9 @@ def _int_arg(name: str, default: int | None) -> int | None:
     if raw is None:
         return default
     if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest(f"{name}: a whole number is required (got {raw!r})")
-    return min(int(raw), LIMIT_MAX)  # "at most N": a bigger N than any store holds means all
+        raise BadRequest(f"{name}: a whole number is required (got {raw[:40]!r})")
+    digits = raw.lstrip("0") or "0"  # (int() refuses more than 4300 digits)
+    return LIMIT_MAX if len(digits) > len(str(LIMIT_MAX)) else min(int(digits), LIMIT_MAX)  # more than any store holds: all
 
 
 def _choice_arg(name: str, choices) -> str | None:

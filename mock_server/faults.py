@@ -43,6 +43,9 @@ def code_kind(path: str | None = None) -> str:
     return "code@" + path if path else "code"
 
 
+SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{0,9})?|\.[0-9]{1,9}")  # as written in a header: 2, 0.5, .5, 30.
+
+
 class PreferError(ValueError):
     """A Prefer header the fake cannot honour (answered as 422, saying why)."""
 
@@ -66,7 +69,7 @@ class Prefer:
             name, _, value = part.strip().partition("=")
             name, value = name.strip().lower(), value.strip().strip('"')
             if name == "code":
-                if not value.isdigit() or int(value) not in ERROR_CODES:
+                if not (value.isascii() and value.isdigit() and len(value) <= 3) or int(value) not in ERROR_CODES:
                     raise PreferError(f"Prefer: code must be one of {', '.join(map(str, ERROR_CODES))} (got {value!r})")
                 code = int(value)
             elif name == "transport":
@@ -76,15 +79,13 @@ class Prefer:
             elif name == "scenario":
                 scenario = value
             elif name in ("delay", "seconds"):  # the scenario's parameter: scenario=empty-files, seconds=5
-                try:
-                    params[name] = float(value)
-                except ValueError:
-                    raise PreferError(f"Prefer: {name} must be a number of seconds (got {value!r})") from None
+                if not SECONDS.fullmatch(value):
+                    raise PreferError(f"Prefer: {name} must be a number of seconds (got {value!r})")
+                params[name] = float(value)
             elif name == "latency":
-                try:
-                    latency = float(value)
-                except ValueError:
-                    raise PreferError(f"Prefer: latency must be seconds (got {value!r})") from None
+                if not SECONDS.fullmatch(value):
+                    raise PreferError(f"Prefer: latency must be seconds, e.g. 2 or 0.5 (got {value!r})")
+                latency = float(value)
                 if not 0 <= latency <= 60:
                     raise PreferError("Prefer: latency must be from 0 to 60 seconds")
             # other preferences (e.g. Prism's example=, dynamic=) are ignored, as RFC 7240 says

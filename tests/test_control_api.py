@@ -651,8 +651,13 @@ def test_odd_paths_limits_and_methods_on_the_control_api(client, mock):
     mirror its codes)."""
     assert ok(mock("PUT", "/_mock/accounts/abc", {"credits": 7}))["credits"] == 7
     for path in ("/_mock/tasks?limit=9223372036854775808", "/_mock/requests?limit=" + "9" * 30,
-                 "/_mock/callbacks?limit=" + "9" * 30):
+                 "/_mock/callbacks?limit=" + "9" * 30, "/_mock/tasks?limit=" + "9" * 5000,  # int(): 4300 digits
+                 "/_mock/requests?code=" + "4" * 5000):
         assert isinstance(ok(mock("GET", path)), list), path
+    accepted(client)
+    accepted(client)
+    for limit, n in (("0" * 5000 + "1", 1), ("0" * 5000, 0), ("9" * 5000, 2)):  # leading zeros: the same number
+        assert len(ok(mock("GET", "/_mock/tasks?limit=" + limit))) == n
     for method in ("PUT", "DELETE"):  # a key that begins with "/" matches no route: 404, and no redirect
         r = client.open("/_mock/accounts/%2Fabc", method=method, json={"credits": 1})
         assert (r.status_code, r.get_json()["code"]) == (404, 404) and "Location" not in r.headers

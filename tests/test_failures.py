@@ -192,8 +192,14 @@ def test_422_for_an_unknown_task_and_a_missing_taskid(client):
 
 @pytest.mark.parametrize("prefer, reason", [
     ("code=418", "Prefer: code must be one of"),
+    ("code=" + "4" * 5000, "Prefer: code must be one of"),  # was a 500: int() refuses over 4300 digits
+    ("code=\xb2", "Prefer: code must be one of"),  # a superscript 2: isdigit() yet no int (was a 500)
+    ("code=0409", "Prefer: code must be one of"),
     ("scenario=explode", "unknown scenario 'explode'"),
     ("latency=61", "from 0 to 60"),
+    ("latency=60.001", "from 0 to 60"),
+    *((f"latency={v}", "latency must be seconds") for v in ("1_0", "inf", "nan", "-1", "1e1", "", "0x10")),
+    ("scenario=delayed-callbacks, delay=1_0", "delay must be a number of seconds"),
     ("delay=5", "parameter of a scenario"),
     ("scenario=fail-501, delay=5", "takes no parameters"),
     ("code=500, transport=http", "transport must be one of real, status"),

@@ -134,6 +134,21 @@ def test_unknown_fields_are_accepted_and_kept_in_param(client):
     assert param["clientRef"] == "abc-123" and param["extra"] == {"nested": [1, 2]} and param["model"] == "V3_5"
 
 
+@pytest.mark.parametrize("containers, accepted", [(9_999, True), (10_000, True), (10_001, False),
+                                                  (340_000, False)])
+def test_a_body_of_more_than_10000_objects_and_arrays_is_refused_clearly(client, containers, accepted):
+    """Counting the nesting of a body made of many shallow arrays cost the event loop up to a
+    second per request (a wide body passes the 200-level rule): the walk stops at the limit.
+    The body itself is one; an unknown field's array another; its items the rest."""
+    items = containers - 2
+    raw = VALID[:-1] + b',"extra":[' + b",".join([b"[]"] * items) + b"]}"
+    r = client.post(URL, data=raw, headers=JSON_HEADERS)
+    if accepted:
+        assert envelope(r)["code"] == 200, envelope(r)
+    else:
+        rejected(r, "request body has more than 10000 objects and arrays")
+
+
 @pytest.mark.parametrize("levels, accepted", [(199, True), (200, True), (201, False), (300, False), (1023, False)])
 def test_nesting_is_accepted_up_to_200_levels_and_refused_clearly_beyond(client, levels, accepted):
     """The body itself is one level: an unknown field nested `levels - 1` deep makes `levels`.
