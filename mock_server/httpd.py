@@ -52,6 +52,9 @@ PIPELINE_BYTES = 2 << 20  # and their bodies' bytes (a body alone may be larger:
 FEED_SLICE = 8192  # bytes parsed at a time: past those bounds the rest waits unparsed
 REQUEST_TIMEOUT = 30.0  # from a request's first byte to its last
 KEEP_ALIVE = 75.0  # idle time between requests
+FIRST_BYTE = 10.0  # a new connection that has sent nothing by then is closed (idle ones hold descriptors)
+PARTIAL_BUDGET = 64 << 20  # bytes of unfinished request bodies a worker holds for all its connections
+PARTIAL_SMALL = 64 << 10  # an unfinished body this small is never refused for the budget (a cover is ~1 KiB)
 DRAIN_TIMEOUT = 5.0  # at shutdown: how long requests in progress may take to finish
 SWEEP_EVERY = 1.0  # how often the timeouts are checked
 LINGER = 2.0  # after a refusal or an unread body: input read and dropped this long before the close
@@ -112,7 +115,7 @@ class Connection(asyncio.Protocol):
                  "trailer_bytes", "body", "body_size", "oversized", "expect", "upgrade", "upgraded", "started",
                  "last_active", "busy", "pumping", "feeding", "held", "queue", "queued_bytes", "refusal", "eof", "closing",
                  "lingering", "out_size", "out_at", "drained_at", "last_input", "write_paused", "read_paused",
-                 "read_paused_at", "trailer_raw", "busy_since",
+                 "read_paused_at", "trailer_raw", "busy_since", "partial", "sent_any",
                  "server_host", "server_port", "client_host", "client_port")
 
     def __init__(self, server: "HttpServer"):
@@ -126,6 +129,8 @@ class Connection(asyncio.Protocol):
         self.fields = self.head_bytes = self.trailer_bytes = 0
         self.body: list = []
         self.body_size = 0
+        self.partial = 0  # bytes of `body` counted in the server's partial_bytes (an unfinished request's)
+        self.sent_any = False  # the client has sent a byte
         self.oversized = False  # the current request declared a body over the limit (answered already)
         self.expect = False  # a "100 Continue" owed once the requests before this one are answered
         self.upgrade = None  # [request, body bytes still to read] of an Upgrade request with a body
@@ -158,9 +163,20 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.queue.clear()
         self.queued_bytes = 0
+        self._drop_body()
+        self.held = b""
+        self.headers = {}
         self.server.connections.discard(self)
 
+    def _drop_body(self) -> None:
+        """The unfinished body is no longer held: out of the server's count (and freed now, not
+        when a collection breaks the connection's cycle with its parser)."""
+        self.server.partial_bytes -= self.partial
+        self.partial = 0
+        self.body = []
+
     def data_received(self, data: bytes):
+        self.sent_any = True
         if self.closing:  # lingering: dropped
             self.last_input = _now()
             return
@@ -252,7 +268,8 @@ class Connection(asyncio.Protocol):
         self.msg_no += 1
         self.head_raw = 0
         self.trailer_raw = None
-        self.url, self.headers, self.body = b"", {}, []
+        self._drop_body()
+        self.url, self.headers = b"", {}
         self.fields = self.head_bytes = self.trailer_bytes = self.body_size = 0
         self.started = _now()
 
@@ -302,8 +319,16 @@ class Connection(asyncio.Protocol):
             return
         limit = self.server.on_loop.limit
         if self.body_size < limit:
-            self.body.append(chunk[:limit - self.body_size])
+            piece = chunk[:limit - self.body_size]
+            self.body.append(piece)
+            self.partial += len(piece)
+            self.server.partial_bytes += len(piece)
         self.body_size += len(chunk)
+        if self.partial > PARTIAL_SMALL and self.server.partial_bytes > PARTIAL_BUDGET:
+            self._drop_body()
+            self._refuse(503, f"the fake holds too many unfinished request bodies ({PARTIAL_BUDGET >> 20} MiB "
+                              f"in all): send a body whole, or retry")
+            raise _Refused
 
     def on_message_complete(self):
         self.trailer_raw = None
@@ -367,7 +392,8 @@ class Connection(asyncio.Protocol):
             raise _Refused from None
         req = HttpRequest(parser.get_method().decode("latin-1"), raw_path, query, self.headers,
                           b"".join(self.body), parser.get_http_version(), keep_alive, self)
-        self.headers, self.body = {}, []
+        self._drop_body()
+        self.headers = {}
         self.started = None
         return req
 
@@ -496,6 +522,7 @@ class Connection(asyncio.Protocol):
         self.queue.clear()
         self.queued_bytes = 0
         self.held = b""
+        self._drop_body()
         self.out_at = now
         self.drained_at = None if self.transport.get_write_buffer_size() else now
         if linger and not self.eof and self.transport.can_write_eof():
@@ -539,7 +566,7 @@ class Connection(asyncio.Protocol):
                 and now - self.started > REQUEST_TIMEOUT:
             self._refuse(408, f"request timeout: a request must arrive within {REQUEST_TIMEOUT:g} s")
         elif self.started is None and not self.busy and not self.queue and not self.held \
-                and now - self.last_active > KEEP_ALIVE:
+                and now - self.last_active > (KEEP_ALIVE if self.sent_any else FIRST_BYTE):
             self._close()
 
 
@@ -590,6 +617,7 @@ class HttpServer:
     def __init__(self, on_loop: OnLoop):
         self.on_loop = on_loop
         self.connections: set[Connection] = set()
+        self.partial_bytes = 0  # unfinished request bodies held by its connections (PARTIAL_BUDGET)
         self.stopping = False
 
     async def serve(self, sock, stop: asyncio.Event) -> None:

@@ -137,8 +137,27 @@ def worker_app():
         apply_file(app.extensions["kie_mock"], scenario_file, remember_only=shared_store(cfg.store))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app.extensions["kie_mock"].after_reset.append(heap.settle)
+    warm_up(app)
     heap.settle()  # what this process built so far lives as long as it does
     return app
+
+
+def warm_up(app) -> None:
+    """Read and compile now what the first requests would: the schemas, each branch's check,
+    the modules a refusal's sentence and a Flask request import. Else a worker that met its
+    first cover while its descriptors were all taken (idle connections) answered 500: it could
+    not open the files."""
+    import encodings.idna  # noqa: F401 (werkzeug imports it on its first request)
+
+    from . import rules
+
+    good = {"uploadUrl": "https://a.example/a.mp3", "customMode": False, "instrumental": False,
+            "model": "V3_5", "prompt": "x", "callBackUrl": "https://a.example/cb"}
+    for body in (good, {**good, "callBackUrl": "not a url", "styleWeight": 2}, {**good, "customMode": True},
+                 {**good, "customMode": True, "instrumental": True}, {}):
+        rules.check_upload_cover(body)
+    with app.test_client() as client:
+        client.get("/_mock/health")
 
 
 def worker_rsgi_app():
@@ -220,7 +239,21 @@ def run(cfg: Config, workers: int = 1, scenario_file: str | None = None, server:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def _raise_fd_limit() -> None:
+    """Open files: the soft limit up to the hard one (often 1,024 of 1,048,576). Every connection
+    holds a descriptor: at 1,024 a few hundred idle clients per worker locked everyone out."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+    except (ImportError, ValueError, OSError):  # not Unix, or not allowed: keep what there is
+        pass
+
+
 def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | None, schedulers: int = 1) -> int:
+    _raise_fd_limit()
     server = server or os.environ.get("KIE_MOCK_HTTP_SERVER") or default_server(cfg.store)
     try:
         if server not in SERVERS:

@@ -123,3 +123,68 @@ def test_random_bodies_at_volume_get_envelopes_and_memory_stays_bounded(server):
         assert after < before + 200 * 1024, f"RSS grew from {before} KiB to {after} KiB over 600 requests"
     else:
         pytest.fail("could not find the server process to measure its memory")
+
+
+WARMED_WORKER = r"""
+import base64, os, pickle, resource, sys
+from mock_server import server
+from mock_server.config import Config
+
+os.environ[server.ENV_CONFIG] = base64.b64encode(pickle.dumps(Config(store="memory", clock="virtual"))).decode()
+app = server.worker_app()
+highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while len(held) < 10000:  # the gaps below the limit taken too: no descriptor left at all
+        held.append(open("/dev/null"))
+    raise SystemExit("descriptors are still free")
+except OSError:
+    pass
+c = app.test_client()
+auth = {"Authorization": "Bearer kie-mock-key"}
+good = {"uploadUrl": "https://s.example/a.mp3", "customMode": True, "instrumental": False, "model": "V4_5",
+        "style": "rock", "title": "t", "prompt": "p", "callBackUrl": "https://s.example/cb",
+        "vocalGender": "f", "styleWeight": 0.5}
+print(c.post("/api/v1/generate/upload-cover", json=good, headers=auth).get_json()["code"],
+      c.post("/api/v1/generate/upload-cover", json={**good, "callBackUrl": "no url"}, headers=auth).get_json()["code"],
+      c.get("/_mock/health").status_code, c.get("/api/v1/chat/credit", headers=auth).get_json()["data"])
+"""
+
+
+def test_a_worker_answers_its_first_requests_without_opening_a_file():
+    """With every descriptor taken by idle connections, a fresh worker answered its first cover
+    (and Flask's first request) with a 500: the schemas and lazy imports could not be opened."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", WARMED_WORKER], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["200", "422", "200", "988"], r.stdout + r.stderr[-2000:]
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_one(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "serve", "--port", str(number)],
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "listening" in proc.stdout.readline()
+        _healthy(number)
+        pid = _server_pid(number)
+        limits = open(f"/proc/{pid}/limits").read()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3] != "256", line  # the soft limit, in the worker that serves
+    finally:
+        proc.terminate()
+        proc.wait(30)

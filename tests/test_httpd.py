@@ -870,3 +870,56 @@ def test_the_admin_token_header_is_read_as_a_proxy_would_pass_it(name, value, st
         with socket.create_connection(("127.0.0.1", port)) as c, c.makefile("rb") as f:
             c.sendall(request("GET", "/_mock/clock", headers={name: value}))
             assert read_response(f)[0] == status
+
+
+def test_unfinished_bodies_are_bounded_per_worker_and_a_small_cover_still_gets_in(monkeypatch):
+    """Many connections each holding most of a 1 MiB body grew a worker by hundreds of MiB (and
+    a closed connection's buffer lived until a full collection): past the budget, a connection
+    whose unfinished body is over PARTIAL_SMALL is refused (503); small bodies never are."""
+    monkeypatch.setattr(httpd, "PARTIAL_BUDGET", 1 << 20)
+    monkeypatch.setattr(httpd, "PARTIAL_SMALL", 64 << 10)
+    head = request("POST", URL, headers={"Content-Length": str(1 << 20)})
+    with running() as (port, svc):
+        hogs = []
+        for _ in range(8):  # 8 x 200 KiB would be 1.6 MiB
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(head + b"x" * (200 << 10))
+            hogs.append(c)
+        time.sleep(0.3)
+        server = svc.httpd
+        refused = []
+        for c in hogs:
+            c.settimeout(0.2)
+            try:
+                refused.append(c.recv(65536).split(b" ", 2)[1] == b"503")
+            except socket.timeout:
+                refused.append(False)
+        assert sum(refused) >= 2, refused  # 1.6 MiB asked for, 1 MiB allowed
+        assert server.partial_bytes == (8 - sum(refused)) * (200 << 10) <= (1 << 20) + 8 * (64 << 10)
+        with socket.create_connection(("127.0.0.1", port)) as c, c.makefile("rb") as f:
+            c.sendall(request("POST", URL, COVER))  # over the budget still: a whole small cover is served
+            status, _, data = read_response(f)
+            assert status == 200 and orjson.loads(data)["code"] == 200
+        for c in hogs:
+            c.close()
+        deadline = time.monotonic() + 5
+        while server.partial_bytes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.partial_bytes == 0  # freed as the connections closed
+
+
+def test_a_connection_that_never_sends_a_byte_is_closed_sooner_than_an_idle_keep_alive_one(monkeypatch):
+    monkeypatch.setattr(httpd, "FIRST_BYTE", 0.5)
+    monkeypatch.setattr(httpd, "SWEEP_EVERY", 0.1)
+    with running() as (port, _):
+        silent = socket.create_connection(("127.0.0.1", port))
+        used = socket.create_connection(("127.0.0.1", port))
+        with used.makefile("rb") as f:
+            used.sendall(request("GET", "/api/v1/chat/credit"))
+            assert read_response(f)[0] == 200
+            silent.settimeout(5)
+            assert silent.recv(1) == b""  # closed by the server
+            used.sendall(request("GET", "/api/v1/chat/credit"))  # the one that spoke is kept
+            assert read_response(f)[0] == 200
+        silent.close()
+        used.close()
