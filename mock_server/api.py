@@ -73,6 +73,7 @@ class ApiRequest:
     """What the handlers read of a request, straight from the WSGI environ."""
 
     inline = False  # True on an event loop: a handler that would wait raises MustBlock (or Delay) instead
+    timed = False  # served by an event-loop server (in its pool or not): an injected latency raises Delay
     delayed = False  # its injected latency was served: run again, it does not wait again
 
     def __init__(self, environ: dict):
@@ -124,6 +125,9 @@ class ApiRequest:
         raw = self.raw_body(max_bytes)
         if len(raw) > max_bytes:
             return Rejection(422, f"request body too large: the limit is {max_bytes} bytes", None, "size")
+        if length and length.isascii() and length.isdigit() and len(raw) < int(length):  # (a WSGI server
+            return Rejection(422, f"request body ended early: {len(raw)} of the {length} bytes its "  # may hand
+                                  f"Content-Length announced", None, "size")  # over what came before a close)
         if not raw.strip():
             return Rejection(422, "request body is empty: send a JSON object", None, "json")
         self.body_text = raw
@@ -204,7 +208,7 @@ def _prelude(svc: Service, req: ApiRequest):
         req.view = view
         delay = faults.latency_for(view.settings, prefer)
         if delay and not req.delayed:
-            if req.inline:
+            if req.inline or req.timed:  # a timer on the loop, not a sleeping thread
                 raise Delay(delay)
             time.sleep(delay)
         rej = svc.gate(key, prefer, view.settings, view.armed, req.path)

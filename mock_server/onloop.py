@@ -22,6 +22,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from . import api
+from .stores import networked
 
 POOL_THREADS = 8
 WAITING = object()  # OnLoop.api: the answer comes later
@@ -56,6 +57,7 @@ class OnLoop:
         self.svc, self.wsgi_app, self.multiprocess = svc, wsgi_app, multiprocess
         self.limit = svc.cfg.max_body_bytes + 1  # body bytes kept: one more says "too large"
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="kie-mock-http")
+        self.pooled = networked(svc.cfg.store)  # Redis: API requests in the pool, their round trips overlap
         self.batcher = AcceptBatcher(svc.store)
         self._journal_on_loop(svc)
 
@@ -124,6 +126,8 @@ class OnLoop:
         handler = api.ROUTES.get((req.method, req.path))
         if handler is None or (handler is api.upload_cover and self.svc.cfg.source_check):
             return None
+        if self.pooled:
+            return self._in_pool(handler, req, answer)
         return self._run(handler, req, answer)
 
     def _run(self, handler, req, answer):
@@ -153,21 +157,32 @@ class OnLoop:
         if resp is WAITING:
             return
         if resp is None:  # it must wait for a lock after all: in the pool
-            req.inline = False
-
-            def done(fut) -> None:
-                try:
-                    answered = fut.result()
-                except BaseException as exc:  # cancelled (stopping) included
-                    answered = api.bug(exc)
-                _deliver(answer, answered)
-            try:
-                asyncio.get_running_loop().run_in_executor(self.pool, api.handle, self.svc, handler, req) \
-                    .add_done_callback(done)
-            except RuntimeError as exc:  # the pool is shut down: stopping
-                _deliver(answer, api.bug(exc))
+            self._in_pool(handler, req, answer)
             return
         _deliver(answer, resp)
+
+    def _in_pool(self, handler, req, answer):
+        """Run the API request in the pool (its waits there, not on the loop): WAITING, and
+        answer(ApiResponse) on the loop once it is done. An injected latency is still a timer on
+        the loop: the request comes back to the pool when it is up."""
+        req.inline, req.timed = False, True
+
+        def done(fut) -> None:
+            try:
+                answered = fut.result()
+            except api.Delay as delay:
+                req.delayed = True
+                asyncio.get_running_loop().call_later(delay.seconds, self._in_pool, handler, req, answer)
+                return
+            except BaseException as exc:  # cancelled (stopping) included
+                answered = api.bug(exc)
+            _deliver(answer, answered)
+        try:
+            asyncio.get_running_loop().run_in_executor(self.pool, api.handle, self.svc, handler, req) \
+                .add_done_callback(done)
+        except RuntimeError as exc:  # the pool is shut down: stopping
+            _deliver(answer, api.bug(exc))
+        return WAITING
 
     def wsgi(self, environ: dict) -> asyncio.Future:
         """The Flask app (control API, files, API requests that may wait) in the pool: a future

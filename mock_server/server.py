@@ -2,7 +2,7 @@
 
 The server is chosen by measurement (README "Benchmarks", bench/README.md):
 
-- **builtin** (httpd.py; the default with the memory and sqlite stores): the fake's own
+- **builtin** (httpd.py; the default, for every store): the fake's own
   HTTP/1.1 server, asyncio protocols on uvloop with httptools' parser, the three API endpoints
   run on each worker's event loop (an injected latency is a timer there), anything that may
   wait (a store lock held elsewhere, the uploadUrl check, the control API, files) in a thread
@@ -10,9 +10,11 @@ The server is chosen by measurement (README "Benchmarks", bench/README.md):
   sharing them, POST upload-cover, default SQLite store, one worker: 14,000-15,300 req/s,
   against 9,400-10,400 on granian's RSGI interface with the same app code (a constant answer:
   89,700 req/s against 37,400). Workers are forked by this process after it binds the socket,
-  and share it.
-- **granian** (Rust; the default with a Redis store): its WSGI interface (threads, in which
-  Redis round trips overlap) or, with `KIE_MOCK_HTTP_INTERFACE=rsgi`, the same on-loop API as
+  and share it. With a Redis store the API requests run in the pool, where round trips
+  overlap: 1,800 covers/s with one worker.
+- **granian** (Rust): its WSGI interface (threads, in which Redis round trips overlap: 3,600
+  covers/s, but a slow request body holds a thread, so a few slow clients stall the rest) or,
+  with `KIE_MOCK_HTTP_INTERFACE=rsgi`, the same on-loop API as
   the built-in server (rsgi.py). `KIE_MOCK_HTTP_INTERFACE=wsgi|rsgi` overrides
   (`KIE_MOCK_HTTP_THREADS`: WSGI threads per worker, default 4).
 - `KIE_MOCK_HTTP_SERVER=builtin|granian|gunicorn-gthread|gunicorn-sync|werkzeug` picks one
@@ -55,6 +57,7 @@ import traceback
 
 from . import heap
 from .config import Config, url_host
+from .stores import networked
 
 ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
 ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
@@ -74,7 +77,7 @@ class ServeError(Exception):
 
 
 def shared_store(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://", "unix://")) or (
+    return networked(url) or (
         url.startswith("sqlite:") and url[len("sqlite:"):] not in ("", ":memory:"))
 
 
@@ -296,10 +299,12 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
 
 
 def default_server(store: str) -> str:
-    """The built-in server (httpd.py: API requests on the event loop) for the in-process stores;
-    granian's WSGI threads for Redis, whose network round trips overlap in threads (measured,
-    POST upload-cover: 1,330 req/s on WSGI threads against 950 on an event loop)."""
-    return "granian" if store.startswith(("redis://", "rediss://", "unix://")) else "builtin"
+    """The built-in server (httpd.py) for every store. With Redis its API requests run in the
+    worker's thread pool, where the round trips overlap. (granian's WSGI threads, used for Redis
+    before, did 1.5x the covers a second but blocked a thread on each slow body: four clients
+    that stopped halfway through their bodies held every other client off as long as they
+    liked, and 128 idle connections held them off for 30 s.)"""
+    return "builtin"
 
 
 def worker_on_loop():
@@ -575,7 +580,7 @@ def default_interface(store: str) -> str:
     """RSGI (requests on the event loop) for the in-process stores; WSGI threads for Redis, whose
     network round trips overlap in threads (measured, POST upload-cover: 1,330 req/s on WSGI
     threads against 950 on the loop)."""
-    return "wsgi" if store.startswith(("redis://", "rediss://", "unix://")) else "rsgi"
+    return "wsgi" if networked(store) else "rsgi"
 
 
 def _event_loop():

@@ -188,3 +188,32 @@ def test_serve_raises_its_open_files_limit_to_the_hard_one(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_on_redis_clients_that_stop_halfway_through_their_bodies_hold_up_nobody():
+    """On Redis the fake ran on granian's WSGI threads, where each slow body blocked a thread: four
+    clients that sent 5 bytes of a 1,000-byte body held every other client off for as long as they
+    stayed. Now the built-in server reads bodies on its event loop for every store, and a Redis
+    store's round trips overlap in its pool; an injected latency there is still a timer."""
+    import contextlib
+
+    from test_transport import serving
+    from test_workers import redis_url
+
+    with serving("--store", redis_url(), "--rate-limit", "0", "--clock", "virtual", front_end="builtin") as port:
+        head = request_bytes("POST", URL, b"", {"Content-Length": "1000", "Connection": "keep-alive"})
+        with contextlib.ExitStack() as stack:
+            for _ in range(16):
+                c = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+                c.sendall(head + b'{"pro')
+            for _ in range(3):  # answered while they wait (raw() gives up after 10 s)
+                _healthy(port)
+            slow = [threading.Thread(target=lambda: results.append(
+                raw(port, request_bytes("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=1"}))[0]))
+                for _ in range(12)]
+            results: list = []
+            for t in slow:
+                t.start()
+            for t in slow:
+                t.join(15)
+            assert results == [200] * 12

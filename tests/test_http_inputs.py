@@ -126,6 +126,18 @@ def test_duplicate_keys_the_last_one_wins(client):
     rejected(client.post(URL, data=bad_last, headers=JSON_HEADERS), "model: must be one of", '"V9"')
 
 
+@pytest.mark.parametrize("declared, code", [(len(VALID) + 1, 422), (len(VALID), 200)])
+def test_a_body_shorter_than_its_content_length_is_refused_not_charged(client, declared, code):
+    """A WSGI server (granian) hands over what came before the client closed: a truncated body
+    that still parses was a task, charged."""
+    r = client.post(URL, data=VALID, headers=JSON_HEADERS, environ_overrides={"CONTENT_LENGTH": str(declared)})
+    env = envelope(r)
+    assert env["code"] == code, env
+    if code == 422:
+        assert env["msg"] == f"request body ended early: {len(VALID)} of the {declared} bytes its Content-Length announced"
+        assert client.get("/api/v1/chat/credit", headers=AUTH).get_json()["data"] == 1000
+
+
 def test_unknown_fields_are_accepted_and_kept_in_param(client):
     status, env = submit(client, body(clientRef="abc-123", extra={"nested": [1, 2]}))
     assert (status, env["code"]) == (200, 200)

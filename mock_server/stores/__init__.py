@@ -12,6 +12,15 @@ from .base import Store
 from .memory import MemoryStore
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def networked(url: str) -> bool:
+    """A store reached over the network (Redis): each call is a round trip, worth overlapping in
+    threads rather than waited for on an event loop."""
+    return url.startswith(REDIS_SCHEMES)
+
+
 def open_store(url: str) -> Store:
     if url in ("memory", "memory:"):
         return MemoryStore()
@@ -19,11 +28,11 @@ def open_store(url: str) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(url[len("sqlite:"):] or ":memory:")
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if networked(url):
         from .redis import RedisStore
 
         return RedisStore(url)
     raise ValueError(f"unknown store {mask_url(url)!r}: use memory, sqlite:PATH or redis://HOST:PORT/DB")
 
 
-__all__ = ["Store", "MemoryStore", "open_store"]
+__all__ = ["Store", "MemoryStore", "open_store", "networked"]
