@@ -103,6 +103,9 @@ def _check_args(args) -> None:
         raise UsageError("--request-timeout: seconds > 0")
     if not 0 <= args.callback_port <= 65535:
         raise UsageError("--callback-port: 0..65535")
+    if args.callback_url and not args.callback_port:
+        raise UsageError("--callback-url needs --callback-port: the local port your tunnel forwards that URL to "
+                         "(the receiver listens there, on 127.0.0.1)")
     args.base_url = _url(args.base_url, "--base-url")
     args.callback_url = _url(args.callback_url, "--callback-url")
     args.upload_url = _url(args.upload_url, "--upload-url")
@@ -219,10 +222,16 @@ def _run(args, checks) -> int:
         control = ControlClient.for_app(app, args.admin_token)
         name = f"in-process app {args.app}" if args.app else "in-process fake (kie-mock)"
     api_key = args.api_key or VERIFY_KEY
-    try:
-        probe = transport.send("GET", "/api/v1/chat/credit", {}, {"Authorization": f"Bearer {api_key}"}, None)
-    except Exception as exc:
-        raise UsageError(f"cannot reach {args.base_url}: {exc}") from None
+    for attempt in range(3):  # a flaky service's one reset or 5xx is not "cannot reach"
+        try:
+            probe = transport.send("GET", "/api/v1/chat/credit", {}, {"Authorization": f"Bearer {api_key}"}, None)
+        except Exception as exc:
+            if attempt == 2:
+                raise UsageError(f"cannot reach {args.base_url} (3 tries): {exc}") from None
+        else:
+            if probe.status < 500 and probe.code != 500 or attempt == 2:
+                break
+        time.sleep(attempt + 1)
     if probe.json() is None:
         notes.append(f"note: {name} did not answer chat/credit with JSON (HTTP {probe.status})")
     is_fake = control.available()
@@ -231,6 +240,12 @@ def _run(args, checks) -> int:
             raise UsageError("the target is a kie-mock fake whose control API needs its admin token: pass "
                              "--admin-token (or set KIE_MOCK_ADMIN_TOKEN) to the token it was started with")
         control = None
+        if probe.code == 401:  # else every check would report the key's refusal as the service's
+            raise UsageError(f"{name} refused the API key (code 401 on chat/credit): check --api-key / $KIE_API_KEY")
+    try:
+        receiver = CallbackReceiver(port=args.callback_port, public_url=args.callback_url).start()
+    except OSError as exc:
+        raise UsageError(f"--callback-port {args.callback_port}: cannot listen on it: {exc.strerror or exc}") from None
     temp_key = None
     if is_fake and not args.replay:
         # A key of our own on a fake: credits that do not run out, and no one else's state or rate window.
@@ -246,9 +261,9 @@ def _run(args, checks) -> int:
             notes.append(f"note: the balance ({bal}) is below --allow-spend ({limit}); the budget is the balance")
             budget.limit = bal
     recorder = Recorder([api_key, args.api_key or ""]) if args.record else None
-    target = Target(transport, api_key, pacer=_rate(args.rate, remote), recorder=recorder, name=name)
+    target = Target(transport, api_key, pacer=_rate(args.rate, remote), recorder=recorder, name=name,
+                    retry_transient=0 if is_fake else 2)
     callback_public = bool(args.callback_url) or not remote
-    receiver = CallbackReceiver(port=args.callback_port, public_url=args.callback_url).start()
     timeout = args.callback_timeout or (20.0 if is_fake else 600.0)
     ctx = Context(target, budget=budget, receiver=receiver, control=control, examples=args.examples,
                   seed=args.seed, upload_url=args.upload_url or DEFAULT_UPLOAD_URL,
@@ -278,7 +293,10 @@ def _run(args, checks) -> int:
         print("\nDISAGREEMENTS\n" + table)
     extra = notes + [f"requests: {target.requests} in {elapsed:.1f}s"
                      + (f"; waited {target.pacer.waited:.1f}s for pacing" if target.pacer and target.pacer.waited else "")
-                     + (f"; backed off {len(target.backoffs)}x on 429" if target.backoffs else "")]
+                     + (f"; backed off {len(target.backoffs)}x on 429" if target.backoffs else "")
+                     + (f"; tried {len(target.transients)} request(s) again after a 5xx or a dropped connection "
+                        f"({', '.join(target.transients[:3])}{', ...' if len(target.transients) > 3 else ''})"
+                        if target.transients else "")]
     print("\n" + report.summary(results, name, budget.describe(), extra))
     if args.junit_xml:
         report.junit_xml(results, args.junit_xml)

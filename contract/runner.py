@@ -275,16 +275,25 @@ class Context:
         ex = self.target.call("GET", S.CREDIT, label="budget")
         return ex.reply.data if ex.reply.code == 200 else None
 
+    def may_send_rejected(self) -> bool:
+        """Whether a body the contract rejects may still be sent: once the target has accepted one
+        (and charged for it), only while another such acceptance would fit in the budget. So a
+        lenient target costs at most one cover beyond --allow-spend, the one that showed it."""
+        b = self.budget
+        if b.limit is None or b.surprises == 0 or b.affordable():
+            return True
+        self.stop_free_bodies = True
+        return False
+
     def send_rejected(self, body, *, label: str, auth=..., headers: dict | None = None) -> Exchange:
         """POST a body the contract rejects (free). If the target accepts it anyway, that costs."""
-        if self.stop_free_bodies:
-            raise Skip("stopped sending: the target accepted several bodies the contract rejects, "
-                       "and each acceptance costs credits beyond the budget")
-        ex = self.target.call("POST", S.UPLOAD_COVER, json=body, label=label, auth=auth, headers=headers)
+        if not self.may_send_rejected():
+            raise Skip("stopped sending: the target accepted bodies the contract rejects, and one more "
+                       "acceptance would exceed the budget (--allow-spend)")
+        ex = self.target.call("POST", S.UPLOAD_COVER, json=body, label=label, auth=auth, headers=headers,
+                              idempotent=True)
         if ex.reply.code == 200 and isinstance(ex.reply.data, dict) and "taskId" in ex.reply.data:
             self.budget.charge_surprise()
-            if self.budget.limit is not None and self.budget.spent >= self.budget.limit and self.budget.surprises >= 3:
-                self.stop_free_bodies = True
         return ex
 
 

@@ -263,7 +263,7 @@ class Target:
 
     def __init__(self, transport, api_key: str, *, pacer: Pacer | None = None, recorder: Recorder | None = None,
                  retry_429: int = 3, max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep,
-                 name: str = ""):
+                 name: str = "", retry_transient: int = 0):
         self.transport = transport
         self.api_key = api_key
         self.pacer = pacer
@@ -275,6 +275,8 @@ class Target:
         self.requests = 0
         self.backoffs: list[float] = []
         self.limited: list[Exchange] = []  # the 429 answers it backed off on (the runner judges them)
+        self.retry_transient = retry_transient  # tries more after a 5xx or a dropped connection (a real target)
+        self.transients: list[str] = []  # what was retried: "POST /path: HTTP 500" ...
         self._downloads = urllib3.PoolManager(num_pools=4, retries=False, timeout=urllib3.Timeout(total=60))
 
     @property
@@ -294,8 +296,12 @@ class Target:
 
     def call(self, method: str, path: str, *, json: Any = ..., data: bytes | str | None = None,
              params: dict | None = None, headers: dict | None = None, auth: str | None | type(...) = ...,
-             label: str = "", retry_429: bool = True) -> Exchange:
-        """Send one request. `auth=...` sends our key, None sends none, a string is sent as is."""
+             label: str = "", retry_429: bool = True, idempotent: bool | None = None) -> Exchange:
+        """Send one request. `auth=...` sends our key, None sends none, a string is sent as is.
+        `idempotent` (default: a GET): sending it again cannot create a second task, so a 5xx
+        answer or a dropped connection is tried again (up to `retry_transient` times, after 1, 2
+        s): what a flaky real service does once is not a contract break. A cover the contract
+        accepts is never sent twice."""
         h = {"Accept": "application/json"}
         if auth is ...:
             h["Authorization"] = self.auth_header()
@@ -312,13 +318,30 @@ class Target:
             body_sent = data
         h.update(headers or {})
         h = {k: v for k, v in h.items() if v is not None}
-        attempts = 0
+        attempts = transient = 0
+        retry = self.retry_transient if (method == "GET" if idempotent is None else idempotent) else 0
         while True:
             if self.pacer and path.startswith("/api/"):
                 self.pacer.wait()
-            reply = self.transport.send(method, path, dict(params or {}), h, raw)
+            try:
+                reply = self.transport.send(method, path, dict(params or {}), h, raw)
+            except TimeoutError:
+                raise
+            except Exception as exc:  # a reset, a refused connection: the request may be tried again
+                self.requests += 1
+                if transient >= retry:
+                    raise
+                transient += 1
+                self.transients.append(f"{method} {path}: {type(exc).__name__}")
+                self.sleep(float(transient))
+                continue
             self.requests += 1
             ex = Exchange(method, path, dict(params or {}), h, body_sent, reply, label)
+            if (reply.status >= 500 or reply.code == 500) and transient < retry:
+                transient += 1
+                self.transients.append(f"{method} {path}: HTTP {reply.status}, code {reply.code}")
+                self.sleep(float(transient))
+                continue
             if self.recorder:
                 self.recorder.add(ex)
             limited = reply.status == 429 or reply.code == 429

@@ -387,3 +387,106 @@ def test_the_pytest_plugin_returns_429s_cleans_up_after_a_test_and_refuses_an_un
     down = run("--kie-base-url", "http://127.0.0.1:1")  # not up: a failure, not "the real service" with skips
     assert down.returncode == 1 and "cannot reach http://127.0.0.1:1" in down.stdout, down.stdout[-3000:]
     assert "skipped" not in down.stdout.splitlines()[-1]
+
+
+# -- a real service's flakiness, a lenient one's cost ---------------------------------------------------
+def _not_a_fake(on_api=None, on_request=None):
+    """other_server() (no control API), with `on_api(n, environ, status, headers, body)` editing the
+    n-th answer under /api/ and `on_request` editing the bodies sent."""
+    from contract.broken import Rewrite
+
+    inner = other_server()
+    count = [0]
+
+    def on_response(environ, status, headers, body):
+        if on_api and environ.get("PATH_INFO", "").startswith("/api/"):
+            count[0] += 1
+            return on_api(count[0], environ, status, headers, body)
+        return status, headers, body
+
+    return Rewrite(inner, on_request=on_request, on_response=on_response), inner
+
+
+def test_a_transient_500_is_tried_again_not_reported_and_never_crashes_a_suite():
+    """A flaky service's one HTTP 500 on a request that cannot create a task: sent again (after 1,
+    2 s), not a disagreement; schemathesis's ServerError (empty message) crashed spec.negative."""
+    flaky = {5, 30, 31, 90}  # the 30th and its retry: two in a row
+
+    def on_api(n, environ, status, headers, body):
+        if n in flaky:
+            return "500 INTERNAL SERVER ERROR", [("Content-Type", "application/json")], \
+                b'{"code":500,"msg":"Server Error","data":null}'
+        return status, headers, body
+
+    app, inner = _not_a_fake(on_api)
+    slept = []
+    try:
+        target = Target(WsgiTransport(app), "kie-mock-key", sleep=slept.append, retry_transient=2)
+        ctx = Context(target, budget=Budget(0), is_fake=False, examples=2)
+        results = run_checks(ctx, only=lambda c: c.tier == "free")
+    finally:
+        stop_app(inner)
+    assert [(r.check, r.status, r.reason) for r in results if r.status != "passed"] == []
+    assert len(target.transients) == 4 and slept.count(1.0) == 3 and slept.count(2.0) == 1, (target.transients, slept)
+
+
+def test_a_500_that_stays_is_judged_and_a_spending_request_is_never_sent_twice():
+    def always(n, environ, status, headers, body):
+        return "500 INTERNAL SERVER ERROR", [("Content-Type", "application/json")], \
+            b'{"code":500,"msg":"Server Error","data":null}'
+
+    app, inner = _not_a_fake(always)
+    try:
+        target = Target(WsgiTransport(app), "kie-mock-key", sleep=lambda s: None, retry_transient=2)
+        ex = target.call("GET", "/api/v1/chat/credit")
+        assert ex.reply.status == 500 and target.requests == 3  # tried twice more, then judged as it came
+        cover = target.call("POST", "/api/v1/generate/upload-cover", json={"model": "V3_5"})
+        assert cover.reply.status == 500 and target.requests == 4  # a POST is not idempotent by default
+    finally:
+        stop_app(inner)
+
+
+def test_a_target_that_accepts_what_the_contract_rejects_costs_at_most_one_cover_beyond_the_budget():
+    """Every body made valid on the way in: each rejected-body POST becomes a charged task. The
+    run used to spend 216 credits against --allow-spend 24 (spec.negative never looked)."""
+    from contract import strategies
+
+    good = json.dumps({"uploadUrl": strategies.DEFAULT_UPLOAD_URL, "customMode": False, "instrumental": False,
+                       "model": "V3_5", "prompt": "x", "callBackUrl": "https://example.com/cb"}).encode()
+
+    def lenient(environ, body):
+        if environ.get("PATH_INFO") == "/api/v1/generate/upload-cover" and environ.get("HTTP_AUTHORIZATION"):
+            environ["CONTENT_TYPE"] = "application/json"
+            return good
+        return body
+
+    app, inner = _not_a_fake(on_request=lenient)
+    try:
+        target = Target(WsgiTransport(app), "kie-mock-key", sleep=lambda s: None)
+        ctx = Context(target, budget=Budget(24), is_fake=False, examples=2)
+        svc = inner.app.extensions["kie_mock"]
+        before = svc.credit("kie-mock-key")
+        results = run_checks(ctx, only=lambda c: c.tier == "free")
+        charged = before - svc.credit("kie-mock-key")
+    finally:
+        stop_app(inner)
+    assert ctx.budget.surprises >= 2 and ctx.budget.spent == charged <= 24 + 12, (ctx.budget.spent, charged)
+    assert any("would exceed the budget" in r.reason for r in results), [r.reason for r in results]
+    assert any(r.disagreements for r in results)  # what it did accept is still reported
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--callback-url", "https://tunnel.example/x"], "--callback-url needs --callback-port"),
+    (["--callback-port", "{busy}"], "cannot listen on it"),
+    (["--base-url", "{other}", "--api-key", "wrong-key"], "refused the API key"),
+])
+def test_setup_mistakes_of_a_real_run_are_usage_errors(capsys, other, args, says):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [a.format(busy=busy.getsockname()[1], other=other[0]) for a in args]
+        code, out, err = verify(capsys, *args)
+    assert code == 2 and says in err, err
+    assert "Traceback" not in out + err
