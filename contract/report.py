@@ -76,17 +76,17 @@ def junit_xml(results: list[Result], path, name: str = "kie-mock verify") -> Non
     for r in results:
         case = ET.SubElement(suite, "testcase", classname=f"contract.{r.suite}.{r.tier}", name=r.check,
                              time=f"{r.duration:.3f}")
+        rows = [f"{d.rule} | {d.request} | spec: {d.spec} | target: {d.target}" for d in r.disagreements]
         if r.status == "failed":
             first = r.disagreements[0] if r.disagreements else None
             msg = f"{first.rule}: expected {first.spec}; got {first.target}" if first else r.reason
             el = ET.SubElement(case, "failure", message=msg[:500], type="disagreement")
-            el.text = "\n".join(f"{d.rule} | {d.request} | spec: {d.spec} | target: {d.target}"
-                                for d in r.disagreements)
+            el.text = "\n".join(rows)
         elif r.status == "skipped":
             ET.SubElement(case, "skipped", message=r.reason[:500])
-        elif r.status == "error":
+        elif r.status == "error":  # what it found before it could not go on is kept
             el = ET.SubElement(case, "error", message=r.reason[:500])
-            el.text = "\n".join(r.notes)
+            el.text = "\n".join(rows + r.notes)
         if r.notes and r.status != "error":
             ET.SubElement(case, "system-out").text = "\n".join(r.notes)
     root = ET.Element("testsuites")

@@ -48,14 +48,19 @@ def errors(name: str, instance) -> list[str]:
 
 
 def _closest(err) -> list:
-    """The leaf errors of `err`: for a oneOf/anyOf, those of the branch with the fewest errors
-    (on a tie, the one whose errors lie deepest), recursively."""
+    """The leaf errors of `err`: for a oneOf/anyOf, those of the branch whose type matched (an
+    array of tracks over the `null` branch), then with the fewest errors (on a tie, the one whose
+    errors lie deepest), recursively."""
     if not err.context:
         return [err]
     branches: dict = {}
     for sub in err.context:
         branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-    best = min(branches.values(), key=lambda errs: (len(errs), -max(len(e.absolute_path) for e in errs)))
+
+    def wrong_type(errs) -> bool:  # the value is not even of this branch's type
+        return any(e.validator == "type" and e.absolute_path == err.absolute_path for e in errs)
+    best = min(branches.values(),
+               key=lambda errs: (wrong_type(errs), len(errs), -max(len(e.absolute_path) for e in errs)))
     return [leaf for sub in best for leaf in _closest(sub)]
 
 

@@ -321,6 +321,27 @@ def test_a_schema_disagreement_names_the_field_inside_a_oneof():
     assert S.errors("callback.json", body) == ["data/data/1/title: 123 is not of type 'string'"]
 
 
+def test_a_field_missing_from_both_tracks_of_record_info_is_named_not_the_null_branch():
+    """sunoData is an array of tracks or null: with two tracks each missing `duration` the null
+    branch had fewer errors (one: "not of type 'null'") and the report showed the whole array."""
+    from contract import schemas as S
+
+    track = {"id": "t1", "audioUrl": "http://x/a.mp3", "sourceAudioUrl": "http://x/b.mp3",
+             "streamAudioUrl": "http://x/c", "sourceStreamAudioUrl": "http://x/d", "imageUrl": "http://x/e.jpeg",
+             "sourceImageUrl": "http://x/f.jpeg", "prompt": "p", "modelName": "chirp-v3-5", "title": "t",
+             "tags": "", "createTime": "2026-01-01 00:00:00", "duration": 198.44}
+    data = {"taskId": "abc", "parentMusicId": "", "param": "{}", "status": "SUCCESS", "type": "UPLOAD_COVER",
+            "operationType": "upload_cover", "errorCode": None, "errorMessage": None,
+            "response": {"taskId": "abc", "sunoData": [track, dict(track, id="t2")]}}
+    body = {"code": 200, "msg": "success", "data": data}
+    assert S.errors("record-info-response.json", body) == []
+    for t in data["response"]["sunoData"]:
+        del t["duration"]
+    got = S.errors("record-info-response.json", body)
+    assert got == ["data/response/sunoData/0: 'duration' is a required property",
+                   "data/response/sunoData/1: 'duration' is a required property"], got
+
+
 def test_a_request_shows_the_url_a_rule_is_about_and_hides_the_runs_own():
     from contract.target import summarize
 
@@ -490,3 +511,19 @@ def test_setup_mistakes_of_a_real_run_are_usage_errors(capsys, other, args, says
         code, out, err = verify(capsys, *args)
     assert code == 2 and says in err, err
     assert "Traceback" not in out + err
+
+
+def test_junit_keeps_the_disagreements_of_a_check_that_then_errored(tmp_path):
+    from contract.report import junit_xml
+    from contract.runner import CheckDef
+
+    def finds_then_crashes(ctx):
+        ctx.disagree("envelope.fields", "GET /api/v1/chat/credit", "code, msg, data", "keys ['message']")
+        raise ConnectionResetError("reset by peer")
+
+    ctx = Context(Target(Scripted([]), "k"), budget=Budget(None), is_fake=False)
+    results = run_checks(ctx, [CheckDef("x.crash", "x", "free", finds_then_crashes, "")])
+    junit_xml(results, tmp_path / "r.xml")
+    error = ET.parse(tmp_path / "r.xml").getroot().find("testsuite/testcase/error")
+    assert error.get("message") == "ConnectionResetError: reset by peer"
+    assert "envelope.fields | GET /api/v1/chat/credit | spec: code, msg, data | target: keys ['message']" in error.text
