@@ -158,12 +158,38 @@ def test_replay_fails_when_the_recording_says_otherwise(capsys, tmp_path):
             x["response"]["json"]["data"] = {"balance": 5}
     (rec / "exchanges.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     cbs = [json.loads(x) for x in (rec / "callbacks.jsonl").read_text().splitlines()]
-    (rec / "callbacks.jsonl").write_text("".join(json.dumps(x) + "\n" for x in cbs if x["json"]["data"]
-                                                 ["callbackType"] != "text"))
+    cbs[-1]["json"]["data"]["callbackType"] = "error"  # the recorded task failed; the fake's completes
+    (rec / "callbacks.jsonl").write_text("".join(json.dumps(x) + "\n" for x in cbs))
     code, out, _ = verify(capsys, "--replay", str(rec))
     assert code == 1
     assert "[replay:credit.balance]" in out and "replay.shape" in out
     assert "replay.callback-stages" in out
+
+
+def test_replay_allows_what_the_contract_allows_a_real_service(capsys, tmp_path):
+    """A real service's recording: createTime in epoch ms, the text and first stages skipped, a
+    stage called back twice, and a 500 of its own. None of it is the fake's fault."""
+    rec = tmp_path / "rec"
+    code, out, _ = verify(capsys, "--record", str(rec), "--suite", "credit.balance", "--suite", "lifecycle")
+    assert code == 0, out
+
+    def epoch_ms(value):
+        if isinstance(value, dict):
+            return {k: (1758044664461 if k == "createTime" else epoch_ms(v)) for k, v in value.items()}
+        return [epoch_ms(v) for v in value] if isinstance(value, list) else value
+
+    lines = [epoch_ms(json.loads(x)) for x in (rec / "exchanges.jsonl").read_text().splitlines()]
+    credit = next(x for x in lines if x["path"] == "/api/v1/chat/credit")
+    lines.insert(lines.index(credit), dict(credit, response={"status": 500, "headers": {}, "json": {
+        "code": 500, "msg": "Server Error", "data": None}}))
+    (rec / "exchanges.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cbs = [epoch_ms(json.loads(x)) for x in (rec / "callbacks.jsonl").read_text().splitlines()]
+    complete = [c for c in cbs if c["json"]["data"]["callbackType"] == "complete"]
+    assert complete and any(t.get("createTime") == 1758044664461 for t in complete[0]["json"]["data"]["data"])
+    (rec / "callbacks.jsonl").write_text("".join(json.dumps(x) + "\n" for x in complete * 2))
+    code, out, _ = verify(capsys, "--replay", str(rec))
+    assert code == 0, out
+    assert "0 disagreement(s)" in out
 
 
 def test_without_a_reachable_receiver_the_lifecycle_is_followed_by_polling():
