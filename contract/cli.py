@@ -197,6 +197,28 @@ def verify(args) -> int:
         return EXIT_USAGE
 
 
+def _interrupt_on_sigterm():
+    """SIGTERM (a CI job cancelled or timed out) stops the run as Ctrl-C does: the checks done so
+    far are still reported, written to --junit-xml and recorded. The previous handler, or None
+    outside the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore(previous) -> None:
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(args, checks) -> int:
     from . import report
     from .control_client import ControlClient
@@ -270,6 +292,7 @@ def _run(args, checks) -> int:
                   callback_public=callback_public, callback_timeout=timeout, is_fake=is_fake, recorder=recorder)
     progress = Progress(quiet=args.quiet)
     started = time.monotonic()
+    on_term = _interrupt_on_sigterm()
     try:
         if args.replay:
             from .replay import replay
@@ -279,6 +302,7 @@ def _run(args, checks) -> int:
         else:
             results = run_checks(ctx, checks, progress=progress)
     finally:
+        _restore(on_term)
         receiver.stop()
         if temp_key and control:
             try:

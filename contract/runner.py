@@ -324,11 +324,16 @@ def run_checks(ctx: Context, checks: list[CheckDef] | None = None, *, progress=N
             r.status = "error"
             r.reason = f"{type(exc).__name__}: {exc}"
             r.notes.append(traceback.format_exc(limit=6))
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a CI job cancelled): what ran so far is reported
+            r.status = "error"
+            r.reason = f"interrupted: this check and the {len(checks) - i} after it did not finish"
         r.duration = time.monotonic() - started
         r.requests = ctx.target.requests - before
         results.append(r)
         if progress:
             progress.done(i, len(checks), r)
+        if r.reason.startswith("interrupted:") and r.status == "error":
+            break
     return results
 
 

@@ -553,3 +553,23 @@ def test_junit_keeps_the_disagreements_of_a_check_that_then_errored(tmp_path):
     error = ET.parse(tmp_path / "r.xml").getroot().find("testsuite/testcase/error")
     assert error.get("message") == "ConnectionResetError: reset by peer"
     assert "envelope.fields | GET /api/v1/chat/credit | spec: code, msg, data | target: keys ['message']" in error.text
+
+
+def test_sigterm_mid_run_still_writes_the_report_the_junit_xml_and_the_recording(tmp_path):
+    """A CI job cancelled or timed out sends SIGTERM: the run used to die with nothing written."""
+    import signal
+    import time
+
+    junit, rec = tmp_path / "r.xml", tmp_path / "rec"
+    proc = subprocess.Popen([sys.executable, "-m", "mock_server", "verify", "--examples", "50", "--junit-xml",
+                             str(junit), "--record", str(rec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(4)  # the in-process fake is up and some checks have run
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err[-2000:])
+    assert "interrupted: this check and the" in out + err and "Traceback" not in err
+    cases = ET.parse(junit).getroot().findall("testsuite/testcase")
+    assert 0 < len(cases) < len(all_checks())
+    assert cases[-1].find("error").get("message").startswith("interrupted:")
+    assert (rec / "exchanges.jsonl").read_text().strip()
