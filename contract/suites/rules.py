@@ -78,8 +78,8 @@ def at_limit(ctx):
     """Every text field at its limit, per mode and model: accepted."""
     cases = [c for c in T.boundary_cases(**ctx.urls()) if c.expected == 200]
     for i, case in enumerate(cases):
-        if not ctx.budget.affordable():
-            raise Skip(f"budget exhausted after {i} of {len(cases)} at-limit bodies")
+        if _budget_out(ctx, i, len(cases), "at-limit bodies"):
+            return
         _accept(ctx, case)
 
 
@@ -97,9 +97,20 @@ def legal_weights(ctx):
             body = dict(base, **dict(zip(S.WEIGHTS, chunk)))
             cases.append(T.Labelled(body, "multipleOf", "weights", 200, "", f"legal weights {chunk} accepted"))
     for i, case in enumerate(cases):
-        if not ctx.budget.affordable():
-            raise Skip(f"budget exhausted after {i} of {len(cases)} weight bodies")
+        if _budget_out(ctx, i, len(cases), "weight bodies"):
+            return
         _accept(ctx, case)
+
+
+def _budget_out(ctx, done: int, total: int, what: str) -> bool:
+    """Whether the budget stops the check before its next body: skipped when none was sent; else
+    it stands on those sent (passed or failed as they were), with a note of how far it got."""
+    if ctx.budget.affordable():
+        return False
+    if not done:
+        raise Skip(f"budget exhausted before the first of {total} {what}")
+    ctx.note(f"checked {done} of {total} {what}: the budget (--allow-spend) ran out")
+    return True
 
 
 @check("rules.valid-examples", "rules", "spends")
@@ -107,8 +118,8 @@ def valid_examples(ctx):
     """Hypothesis: valid bodies of every mode and model (lengths at the limits, any legal weight): accepted."""
     bodies = [_with_urls(ctx, b) for b in _drawn("valid", ctx.examples, ctx.seed)]
     for i, body in enumerate(bodies):
-        if not ctx.budget.affordable():
-            raise Skip(f"budget exhausted after {i} of {len(bodies)} examples")
+        if _budget_out(ctx, i, len(bodies), "examples"):
+            return
         b = S.branch_for(body["customMode"], body["instrumental"], body["model"])
         _accept(ctx, T.Labelled(body, "valid", None, 200, f"{b.scope} {body['model']}",
                                 "the schema accepts this body"))
