@@ -38,6 +38,14 @@ STOP_WAIT = 12.0  # seconds a stopping scheduler waits for its jobs in progress 
 FLOW = 2  # a job's "flow": stages on their own time, callbacks in order (jobs stored before 2026-11 have none)
 
 
+URL_SHOWN = 2048  # characters of a callBackUrl an attempt keeps (the task keeps it whole)
+
+
+def _shown(url: str) -> str:
+    """A URL as the attempts journal keeps it: a 900 KB one made each /_mock/callbacks answer 100 MB."""
+    return url if len(url) <= URL_SHOWN else f"{url[:URL_SHOWN]}…({len(url)} characters)"
+
+
 class Scheduler:
     def __init__(self, store, clock, cfg: Config, deliver=None, owner: str | None = None,
                  poll_interval: float = 0.05, claims: bool = True):
@@ -327,7 +335,7 @@ class Scheduler:
         if self.store.get_task(task["taskId"]) is None:
             return None
         self.store.log("attempts", {
-            "task_id": task["taskId"], "stage": stage, "attempt": attempt, "url": task["callBackUrl"],
+            "task_id": task["taskId"], "stage": stage, "attempt": attempt, "url": _shown(task["callBackUrl"]),
             "at": now, "wall_time": time.time(), "status": result.status, "error": result.error,
             "duration": round(result.duration, 4), "ok": result.ok, "duplicate": duplicate,
             "signed": bool(headers),

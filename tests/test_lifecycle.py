@@ -302,6 +302,21 @@ def test_any_non_2xx_answer_is_a_failed_attempt(client, clock, delivery, answer,
     assert delivery.stages() == ["text", "text"]
 
 
+@pytest.mark.parametrize("length", [2047, 2048, 2049, 100_000])
+def test_an_attempt_keeps_at_most_2048_characters_of_its_url(client, clock, delivery, service, length):
+    """A 900 KB callBackUrl is legal; every attempt kept it whole, and /_mock/callbacks answered 100 MB."""
+    prefix = "https://api.example.com/callback/"
+    url = prefix + "a" * (length - len(prefix))
+    submit(client, body(callBackUrl=url))
+    clock.advance(2)
+    assert delivery.calls[0]["url"] == url  # called back at the URL as given
+    shown = service.store.read_log("attempts")[0]["url"]
+    if length <= 2048:
+        assert shown == url
+    else:
+        assert shown == url[:2048] + f"…({len(url)} characters)"
+
+
 def test_real_http_failures_are_journaled_refused_timeout_and_status():
     slow = threading.Event()
 
