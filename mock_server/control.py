@@ -225,7 +225,7 @@ def get_task(task_id: str):
     task = svc.store.get_task(task_id)
     if task is None:
         return fail(404, "no such task")
-    return ok({**_task_view(task), "recordInfo": lifecycle.record_info(task),
+    return ok({**_task_view(task), "recordInfo": lifecycle.record_info(task, svc.clock.now()),
                "jobs": svc.store.list_jobs(task_id)})
 
 

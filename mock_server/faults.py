@@ -93,7 +93,7 @@ class Prefer:
             raise PreferError("Prefer: transport is how a forced code is answered: add code=N")
         if params and scenario is None:
             raise PreferError(f"Prefer: {', '.join(params)} is a parameter of a scenario: "
-                              f"add scenario=delayed-callbacks (delay) or scenario=empty-files (seconds)")
+                              f"add scenario=delayed-callbacks (delay) or scenario=empty-files or empty-urls (seconds)")
         if scenario is not None:
             try:
                 scenario = Scenario.parse(scenario, params)

@@ -214,12 +214,22 @@ def callback_body(task: dict, stage: str) -> dict:
             "data": {"callbackType": stage, "task_id": task["taskId"], "data": tracks_at(task, stage)}}
 
 
+def _urls_empty_yet(task: dict, now: float | None) -> bool:
+    seconds = Scenario.from_dict(task["scenario"]).empty_urls_for
+    done = task.get("completed_at")
+    return bool(seconds) and task.get("stage") == "complete" and done is not None and now is not None \
+        and now < done + seconds
+
+
 def camel(track: dict) -> dict:
     return {_CAMEL.get(k, k): v for k, v in track.items()}
 
 
-def record_info(task: dict) -> dict:
+def record_info(task: dict, now: float | None = None) -> dict:
+    """What polling the task says at `now` (the fake's clock)."""
     tracks = tracks_at(task, task["stage"])
+    if tracks and _urls_empty_yet(task, now):  # scenario empty-urls: "output URLs that are empty right after SUCCESS"
+        tracks = [dict(t, audio_url="", source_audio_url="") for t in tracks]
     return {
         "taskId": task["taskId"],
         "parentMusicId": "",

@@ -14,6 +14,8 @@ Names (also listed by GET /_mock/scenarios):
   delayed-callbacks    statuses advance on time, each callback arrives `delay` s late (default 30)
   no-callbacks         statuses advance, no callback is ever sent
   empty-files          after SUCCESS the files serve 0 bytes for `seconds` (default 30)
+  empty-urls           after SUCCESS record-info's audioUrl and sourceAudioUrl are "" for
+                       `seconds` (default 30); the complete callback has them
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from .config import Config
 FAIL_CODES = (400, 408, 413, 500, 501, 531)
 CREATE_FAILED = {"code": 500, "status": "CREATE_TASK_FAILED"}  # fail-create's error stage
 NAMES = ("success", "complete-only", *(f"fail-{c}" for c in FAIL_CODES), "fail-create", "duplicate-callbacks",
-         "delayed-callbacks", "no-callbacks", "empty-files")
+         "delayed-callbacks", "no-callbacks", "empty-files", "empty-urls")
 # The parameters a scenario takes (seconds); the others take none.
-PARAMS = {"delayed-callbacks": ("delay",), "empty-files": ("seconds",)}
+PARAMS = {"delayed-callbacks": ("delay",), "empty-files": ("seconds",), "empty-urls": ("seconds",)}
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ class Scenario:
     @property
     def empty_files_for(self) -> float:
         return float(self.params.get("seconds", 30)) if self.name == "empty-files" else 0.0
+
+    @property
+    def empty_urls_for(self) -> float:
+        return float(self.params.get("seconds", 30)) if self.name == "empty-urls" else 0.0
 
     def plan(self, now: float, cfg: Config) -> list[dict]:
         """[{"stage", "at", "code"?}] in order; times on the fake's clock."""

@@ -209,6 +209,7 @@ def run_scheduler() -> None:
     from .service import Service
 
     _set_name(SCHEDULER_NAME)
+    heap.limit_arenas()  # before its delivery threads start
     cfg: Config = pickle.loads(base64.b64decode(os.environ[ENV_CONFIG]))
     svc = Service(cfg)
     heap.settle()

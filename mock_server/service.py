@@ -240,7 +240,7 @@ class Service:
                 return Rejection(429, f"Rate limited: at most {per_second} record-info queries per second "
                                       f"per task; retry after {retry_after:.1f} s", "taskId", "rate",
                                  retry_after=max(1, math.ceil(retry_after)))
-        return lifecycle.record_info(task)
+        return lifecycle.record_info(task, self.clock.now())
 
     def credit(self, key: str) -> int:
         return (self.store.get_account(key) or {}).get("credits", 0)

@@ -774,6 +774,28 @@ def test_empty_files_for_a_chosen_time_armed(client, clock, ctl):
     assert len(_get(client, url).data) > 1000
 
 
+@pytest.mark.parametrize("prefer, seconds", [("scenario=empty-urls", 30), ("scenario=empty-urls, seconds=5", 5)])
+def test_empty_urls_in_record_info_right_after_success(client, clock, delivery, prefer, seconds):
+    """The notes: "output URLs that are empty ... right after SUCCESS". Polling says SUCCESS with
+    audioUrl "" for a while; the complete callback carries the URLs all along."""
+    task_id = accepted(client, headers={"Prefer": prefer})
+    clock.advance(5)
+    first = record_info(client, task_id)["data"]
+    assert first["status"] == "FIRST_SUCCESS" and first["response"]["sunoData"][0]["audioUrl"]  # not before SUCCESS
+    clock.advance(3)
+    info = record_info(client, task_id)
+    assert list(RECORD.iter_errors(info)) == [] and info["data"]["status"] == "SUCCESS"
+    tracks = info["data"]["response"]["sunoData"]
+    assert [(t["audioUrl"], t["sourceAudioUrl"]) for t in tracks] == [("", "")] * 2
+    assert all(t["streamAudioUrl"] and t["imageUrl"] for t in tracks)
+    assert all(t["audio_url"] for t in delivery.calls[-1]["body"]["data"]["data"])  # the callback has them
+    clock.advance(seconds - 0.001)
+    assert record_info(client, task_id)["data"]["response"]["sunoData"][0]["audioUrl"] == ""
+    clock.advance(0.001)
+    urls = [t["audioUrl"] for t in record_info(client, task_id)["data"]["response"]["sunoData"]]
+    assert all(u.endswith(".mp3") for u in urls) and len(_get(client, urls[0]).data) > 1000
+
+
 def test_files_of_a_normal_task_are_there_right_after_success(client, clock):
     task_id = accepted(client)
     clock.advance(8)
