@@ -90,8 +90,20 @@ def test_the_run_stops_before_exceeding_the_budget(capsys, other):
     assert code == 0, out
     assert len(svc.store.list_tasks()) - before == 3  # 40 credits at 12 per cover
     assert "spend: 36/40 credits (3 covers at 12)" in out
-    # a check the budget cut short stands on what it sent; one it never began is skipped
-    assert "rules.at-limit [spends]" not in out and re.search(r"rules\.\S+ \[spends\]: budget exhausted before", out)
+    assert re.search(r"rules\.\S+ \[spends\]: budget exhausted before the first", out)
+
+
+def test_a_spending_check_the_budget_cuts_short_stands_on_the_bodies_it_sent():
+    app = other_server()
+    try:
+        ctx = Context(Target(WsgiTransport(app), "kie-mock-key"), budget=Budget(24), is_fake=False)
+        (cut,) = run_checks(ctx, only=lambda c: c.name == "rules.at-limit")
+        (none,) = run_checks(ctx, only=lambda c: c.name == "rules.legal-weights")
+    finally:
+        stop_app(app.app)
+    assert (cut.status, cut.cases, cut.notes[-1]) == (
+        "passed", 2, "checked 2 of 12 at-limit bodies: the budget (--allow-spend) ran out"), cut
+    assert none.status == "skipped" and none.reason == "budget exhausted before the first of 3 weight bodies"
 
 
 def test_a_conforming_server_that_is_not_the_fake_agrees(capsys, other):
