@@ -300,8 +300,8 @@ ROUTES = {
 def bug(exc: BaseException) -> ApiResponse:
     """A bug of the fake: still an envelope (500), and the traceback in the log."""
     traceback.print_exception(exc)
-    return ApiResponse(500, orjson.dumps({"code": 500, "msg": f"Internal Error (kie-mock bug): "
-                                                  f"{type(exc).__name__}", "data": None}), 500)
+    msg = f"Internal Error (kie-mock bug): {type(exc).__name__}"
+    return ApiResponse(500, orjson.dumps({"code": 500, "msg": msg, "data": None}), 500, msg=msg)
 
 
 def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:

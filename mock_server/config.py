@@ -68,6 +68,11 @@ class Config:
             raise ValueError("time scale must not be negative")
         if self.cover_cost < 0:
             raise ValueError("cover cost must not be negative (credits are only ever taken)")
+        for p in self.outbound_allow or ():
+            if p != "*" and "*" in p and all(c in "0123456789.*:" for c in p):
+                # a wildcard is matched as text: it would also allow 10.20.attacker.example
+                raise ValueError(f"outbound allowlist: write a network as an address and prefix, e.g. "
+                                 f"10.20.0.0/16, not {p!r} (wildcards are for names: *.ci.internal)")
         if self.public_url is not None:
             parts = urlsplit(self.public_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -313,8 +313,9 @@ def split_target(url: str) -> tuple[tuple, str, str]:
 def _dropped(sock) -> bool:
     """An idle kept connection that is readable has been closed by the receiver (or sent
     something unasked): not to be used again."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
+    try:  # poll, not select: a descriptor numbered past 1023 (a busy server) is fine
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)

@@ -53,13 +53,17 @@ class LoopRequest(api.ApiRequest):
 class OnLoop:
     """One worker's API on its event loop, and its thread pool for everything else."""
 
-    def __init__(self, svc, wsgi_app, multiprocess: bool = False):
+    def __init__(self, svc, wsgi_app, multiprocess: bool = False, pooled: bool | None = None):
         self.svc, self.wsgi_app, self.multiprocess = svc, wsgi_app, multiprocess
         self.limit = svc.cfg.max_body_bytes + 1  # body bytes kept: one more says "too large"
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="kie-mock-http")
-        self.pooled = networked(svc.cfg.store)  # Redis: API requests in the pool, their round trips overlap
+        # Redis: API requests in the pool, their round trips overlap
+        self.pooled = networked(svc.cfg.store) if pooled is None else pooled
         self.batcher = AcceptBatcher(svc.store)
-        self._journal_on_loop(svc)
+        if self.pooled:  # the journal is written by threads: a Redis round trip must not stall the loop
+            self._ticking = True
+        else:
+            self._journal_on_loop(svc)
 
     # -- the request journal, written on the loop ----------------------------------------------------
     # Another thread that writes to SQLite holds its write lock while it waits for the GIL, which

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import lifecycle
 from .config import Config
 from .delivery import Attempt, HttpDelivery, signed_headers
-from .netpolicy import BLOCKED, Policy, host_of
+from .netpolicy import BLOCKED, Policy, allowed, host_of
 from .scenarios import Scenario
 from .fastschema import checker
 from .spec import validator
@@ -53,6 +53,7 @@ class Scheduler:
         self.claims = claims  # False: this process never works due jobs (another process does)
         self.deliver = deliver or HttpDelivery(cfg.callback_timeout, allow=cfg.outbound_allow)
         self.policy = Policy(cfg.outbound_allow)
+        self.delivery_filters = deliver is None  # its HttpDelivery checks the addresses it connects to
         self.owner = owner or uuid.uuid4().hex[:12]
         self.lease = cfg.callback_timeout * 2 + 5
         self.poll_interval = poll_interval
@@ -328,7 +329,7 @@ class Scheduler:
         if refusal is not None:  # the fake's bug: never sent, and the task goes on as after a failed attempt
             print(f"kie-mock: {refusal}", file=sys.stderr, flush=True)
             result = Attempt(None, f"internal: {refusal}", 0.0)
-        elif self.policy.verdict(host_of(task["callBackUrl"])) is not False:  # a name: checked where it connects
+        elif self._may_call(task["callBackUrl"]):
             result = self.deliver(task["callBackUrl"], data, headers)
         else:
             result = Attempt(None, BLOCKED.format(what="callBackUrl"), 0.0)
@@ -341,6 +342,14 @@ class Scheduler:
             "signed": bool(headers),
         }, self.cfg.journal_limit)
         return result
+
+    def _may_call(self, url: str) -> bool:
+        """The allowlist, as far as it is decided here: a name is checked where the fake's own
+        delivery connects (its allowed addresses only); an injected delivery gets it resolved here."""
+        verdict = self.policy.verdict(host_of(url))
+        if verdict is None and not self.delivery_filters:
+            return allowed(url, self.cfg.outbound_allow)
+        return verdict is not False
 
     @staticmethod
     def _payload(task: dict, stage: str) -> tuple[bytes | None, str | None]:

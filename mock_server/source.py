@@ -89,8 +89,8 @@ class SourceChecker:
             try:
                 return pool.urlopen("GET", path, headers={"Host": host_header}, preload_content=False,
                                     redirect=False, assert_same_host=False)
-            except urllib3.exceptions.NewConnectionError as exc:
-                error = exc
+            except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as exc:
+                error = exc  # the next allowed address
         raise error
 
     def __call__(self, url: str) -> Rejection | None:

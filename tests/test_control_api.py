@@ -504,6 +504,17 @@ def test_request_entries_say_the_msg_and_the_task_asked_about(client, mock):
     assert ok(mock("GET", "/_mock/requests?task_id=none-such")) == []
 
 
+def test_a_bug_of_the_fake_is_journaled_with_its_own_msg(client, mock, service, monkeypatch):
+    def broken(*a, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "record_info", broken)
+    r = client.get("/api/v1/generate/record-info?taskId=x", headers=AUTH)
+    assert (r.status_code, r.get_json()["code"]) == (500, 500)
+    (entry,) = ok(mock("GET", "/_mock/requests?code=500"))
+    assert entry["msg"] == "Internal Error (kie-mock bug): RuntimeError" == r.get_json()["msg"]
+
+
 def test_api_requests_no_handler_saw_are_journaled_too(client, mock):
     """A client's typo of a path, a wrong method: in /_mock/requests with the answer they got
     (the control API's own requests and the files are not journaled)."""

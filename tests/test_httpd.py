@@ -32,13 +32,13 @@ COVER = orjson.dumps(body(callBackUrl="http://127.0.0.1:9/cb"))
 
 
 @contextlib.contextmanager
-def running(sndbuf: int | None = None, **cfg):
+def running(sndbuf: int | None = None, pooled: bool | None = None, **cfg):
     """The built-in server on a free loopback port, in a thread of this process: (port, service).
     `with running(...) as (port, svc)`; the HttpServer is `svc.httpd` (for its connections)."""
     cfg = {"clock": "virtual", "rate_limit": 0, **cfg}
     app = create_app(Config(**cfg), start_scheduler=False)
     svc = app.extensions["kie_mock"]
-    on_loop = OnLoop(svc, app)
+    on_loop = OnLoop(svc, app, pooled=pooled)
     sock = socket.create_server(("127.0.0.1", 0))
     if sndbuf:  # the accepted connections inherit it: the kernel holds less of an answer
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
@@ -923,3 +923,23 @@ def test_a_connection_that_never_sends_a_byte_is_closed_sooner_than_an_idle_keep
             assert read_response(f)[0] == 200
         silent.close()
         used.close()
+
+
+def test_api_requests_in_the_pool_wait_out_a_latency_on_a_timer_not_in_a_thread(monkeypatch):
+    """With a Redis store the API requests run in the pool (8 threads): an injected latency must
+    stay a timer on the loop, else more than 8 slow requests at once were served in rounds."""
+    from mock_server import api
+
+    slept = []
+    monkeypatch.setattr(api.time, "sleep", slept.append)
+    with running(pooled=True) as (port, svc):
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]
+        for c in conns:
+            c.sendall(request("GET", "/api/v1/chat/credit", headers={"Prefer": "latency=0.3"}))
+        for c in conns:
+            with c, c.makefile("rb") as f:
+                status, _, data = read_response(f)
+                assert status == 200 and orjson.loads(data)["data"] == 1000
+        assert slept == []  # no pool thread slept the latency away
+        entries = svc.journal.read(100, path="/api/v1/chat/credit")
+        assert len(entries) == 12 and {e["code"] for e in entries} == {200}  # journaled, by threads

@@ -142,3 +142,32 @@ def test_an_upload_url_is_fetched_only_from_an_allowed_address(dns, origin, answ
         assert seen == [("GET", "/song.mp3", f"{NAME}:{port}")] and dns["lookups"] == 1
     else:
         assert seen == [] and env["msg"].startswith("Failed to fetch the audio file at uploadUrl")
+
+
+def test_an_injected_delivery_still_gets_names_outside_the_list_blocked():
+    """Only the fake's own HTTP delivery filters the addresses it connects to: a delivery given to
+    create_app (a test's, the kit's loopback one) gets the name resolved and judged before."""
+    from conftest import RecordingDelivery
+
+    for allow, sent in ((("10.0.0.0/8",), 0), (("127.0.0.0/8",), 1)):
+        clock, delivery = VirtualClock(0.0), RecordingDelivery()
+        app = create_app(Config(clock="virtual", outbound_allow=allow, retry_delays=()), clock=clock, deliver=delivery)
+        try:
+            submit(app.test_client(), body(callBackUrl="http://localhost:9/cb"))
+            clock.advance(2)
+            attempt = app.extensions["kie_mock"].store.read_log("attempts")[0]
+        finally:
+            app.extensions["kie_mock"].scheduler.stop()
+        assert len(delivery.calls) == sent
+        assert (attempt["error"] or "").startswith("blocked") is (sent == 0), attempt
+
+
+@pytest.mark.parametrize("pattern, refused", [("10.20.*", True), ("10.*.0.1", True), ("*.ci.internal", False),
+                                              ("*", False), ("10.20.0.0/16", False), ("hooks-*.example", False)])
+def test_a_wildcard_written_for_a_network_is_refused_at_start(pattern, refused):
+    """10.20.* is matched as text: it would also allow the name 10.20.attacker.example."""
+    if refused:
+        with pytest.raises(ValueError, match="10.20.0.0/16"):
+            Config(outbound_allow=(pattern,)).check()
+    else:
+        assert Config(outbound_allow=(pattern,)).check().outbound_allow == (pattern,)
