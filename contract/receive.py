@@ -62,7 +62,8 @@ def receive(args) -> int:
         data = call.json.get("data") if isinstance(call.json, dict) else None
         which = (data.get("task_id"), data.get("callbackType")) if isinstance(data, dict) else (None, None)
         with printing:
-            failures = refused.pop(which, 0) + 1 if call.status >= 300 else 0
+            prior = refused.pop(which, 0)  # a success ends the run of failures
+            failures = prior + 1 if call.status >= 300 else 0
             if failures:
                 refused[which] = failures
             text = describe(call, failures) + ("\n" + json.dumps(call.json, indent=2) if args.json else "")

@@ -290,8 +290,10 @@ class Context:
         if not self.may_send_rejected():
             raise Skip("stopped sending: the target accepted bodies the contract rejects, and one more "
                        "acceptance would exceed the budget (--allow-spend)")
+        # sent again after a 5xx only if no target could take it for a cover: a valid body refused
+        # for its auth (auth.malformed) would be a second task on a target that accepts it
         ex = self.target.call("POST", S.UPLOAD_COVER, json=body, label=label, auth=auth, headers=headers,
-                              idempotent=True)
+                              idempotent=not (isinstance(body, dict) and S.request_valid(body)))
         if ex.reply.code == 200 and isinstance(ex.reply.data, dict) and "taskId" in ex.reply.data:
             self.budget.charge_surprise()
         return ex

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from contract.broken import other_server
-from contract.runner import Budget, Context, run_checks, all_checks
+from contract.runner import Budget, Context, Result, run_checks, all_checks
 from contract.servers import ServerThread, make_fake, stop_app
 from contract.target import Pacer, Reply, Target, WsgiTransport
 from mock_server.cli import main
@@ -586,3 +586,25 @@ def test_sigterm_mid_run_still_writes_the_report_the_junit_xml_and_the_recording
     assert 0 < len(cases) < len(all_checks())
     assert cases[-1].find("error").get("message").startswith("interrupted:")
     assert (rec / "exchanges.jsonl").read_text().strip()
+
+
+def test_a_valid_cover_refused_only_for_its_auth_is_not_sent_again_after_a_500():
+    """auth.malformed sends a valid body under `Basic`: a target that took it would make a task,
+    so a 5xx is not followed by a second try; an invalid body is tried again."""
+    def always(n, environ, status, headers, body):
+        return "500 INTERNAL SERVER ERROR", [("Content-Type", "application/json")], \
+            b'{"code":500,"msg":"Server Error","data":null}'
+
+    app, inner = _not_a_fake(always)
+    try:
+        target = Target(WsgiTransport(app), "kie-mock-key", sleep=lambda s: None, retry_transient=2)
+        ctx = Context(target, budget=Budget(0), is_fake=False)
+        ctx.result = Result("x", "x", "free")
+        valid = {"uploadUrl": "https://s.example/a.mp3", "customMode": False, "instrumental": False,
+                 "model": "V3_5", "prompt": "x", "callBackUrl": "https://s.example/cb"}
+        ctx.send_rejected(valid, label="x", auth="Basic abc")
+        assert target.requests == 1
+        ctx.send_rejected(dict(valid, model="V9"), label="x")
+        assert target.requests == 1 + 3
+    finally:
+        stop_app(inner)
