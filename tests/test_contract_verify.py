@@ -490,14 +490,20 @@ def test_a_transient_500_is_tried_again_not_reported_and_never_crashes_a_suite()
     assert len(target.transients) == 4 and slept.count(1.0) == 3 and slept.count(2.0) == 1, (target.transients, slept)
 
 
-def test_a_500_that_stays_is_judged_and_a_spending_request_is_never_sent_twice():
-    def always(n, environ, status, headers, body):
-        return "500 INTERNAL SERVER ERROR", [("Content-Type", "application/json")], \
-            b'{"code":500,"msg":"Server Error","data":null}'
+def _always_500(n, environ, status, headers, body):
+    return "500 INTERNAL SERVER ERROR", [("Content-Type", "application/json")], \
+        b'{"code":500,"msg":"Server Error","data":null}'
 
-    app, inner = _not_a_fake(always)
+
+def _failing_target():
+    """A target that answers every API request 500, tried again twice: (target, the app to stop)."""
+    app, inner = _not_a_fake(_always_500)
+    return Target(WsgiTransport(app), "kie-mock-key", sleep=lambda s: None, retry_transient=2), inner
+
+
+def test_a_500_that_stays_is_judged_and_a_spending_request_is_never_sent_twice():
+    target, inner = _failing_target()
     try:
-        target = Target(WsgiTransport(app), "kie-mock-key", sleep=lambda s: None, retry_transient=2)
         ex = target.call("GET", "/api/v1/chat/credit")
         assert ex.reply.status == 500 and target.requests == 3  # tried twice more, then judged as it came
         cover = target.call("POST", "/api/v1/generate/upload-cover", json={"model": "V3_5"})
@@ -591,13 +597,8 @@ def test_sigterm_mid_run_still_writes_the_report_the_junit_xml_and_the_recording
 def test_a_valid_cover_refused_only_for_its_auth_is_not_sent_again_after_a_500():
     """auth.malformed sends a valid body under `Basic`: a target that took it would make a task,
     so a 5xx is not followed by a second try; an invalid body is tried again."""
-    def always(n, environ, status, headers, body):
-        return "500 INTERNAL SERVER ERROR", [("Content-Type", "application/json")], \
-            b'{"code":500,"msg":"Server Error","data":null}'
-
-    app, inner = _not_a_fake(always)
+    target, inner = _failing_target()
     try:
-        target = Target(WsgiTransport(app), "kie-mock-key", sleep=lambda s: None, retry_transient=2)
         ctx = Context(target, budget=Budget(0), is_fake=False)
         ctx.result = Result("x", "x", "free")
         valid = {"uploadUrl": "https://s.example/a.mp3", "customMode": False, "instrumental": False,
