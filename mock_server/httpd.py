@@ -54,7 +54,7 @@ REQUEST_TIMEOUT = 30.0  # from a request's first byte to its last
 KEEP_ALIVE = 75.0  # idle time between requests
 FIRST_BYTE = 10.0  # a new connection that has sent nothing by then is closed (idle ones hold descriptors)
 PARTIAL_BUDGET = 64 << 20  # bytes of unfinished request bodies a worker holds for all its connections
-PARTIAL_SMALL = 64 << 10  # an unfinished body this small is never refused for the budget (a cover is ~1 KiB)
+PARTIAL_SMALL = 64 << 10  # an unfinished body this small is refused only past twice the budget (a cover is ~1 KiB)
 DRAIN_TIMEOUT = 5.0  # at shutdown: how long requests in progress may take to finish
 SWEEP_EVERY = 1.0  # how often the timeouts are checked
 LINGER = 2.0  # after a refusal or an unread body: input read and dropped this long before the close
@@ -324,7 +324,8 @@ class Connection(asyncio.Protocol):
             self.partial += len(piece)
             self.server.partial_bytes += len(piece)
         self.body_size += len(chunk)
-        if self.partial > PARTIAL_SMALL and self.server.partial_bytes > PARTIAL_BUDGET:
+        held = self.server.partial_bytes
+        if held > PARTIAL_BUDGET and (self.partial > PARTIAL_SMALL or held > 2 * PARTIAL_BUDGET):
             self._drop_body()
             self._refuse(503, f"the fake holds too many unfinished request bodies ({PARTIAL_BUDGET >> 20} MiB "
                               f"in all): send a body whole, or retry")

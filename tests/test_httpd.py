@@ -943,3 +943,27 @@ def test_api_requests_in_the_pool_wait_out_a_latency_on_a_timer_not_in_a_thread(
         assert slept == []  # no pool thread slept the latency away
         entries = svc.journal.read(100, path="/api/v1/chat/credit")
         assert len(entries) == 12 and {e["code"] for e in entries} == {200}  # journaled, by threads
+
+
+def test_many_small_unfinished_bodies_are_bounded_too(monkeypatch):
+    """Bodies under PARTIAL_SMALL are spared up to twice the budget, then refused as well."""
+    monkeypatch.setattr(httpd, "PARTIAL_BUDGET", 1 << 20)
+    monkeypatch.setattr(httpd, "PARTIAL_SMALL", 64 << 10)
+    head = request("POST", URL, headers={"Content-Length": str(1 << 20)})
+    with running() as (port, svc):
+        conns = []
+        for _ in range(48):  # 48 x 60 KiB = 2.8 MiB asked for
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(head + b"x" * (60 << 10))
+            conns.append(c)
+        time.sleep(0.5)
+        assert (1 << 20) < svc.httpd.partial_bytes <= (2 << 20) + (60 << 10)
+        refused = 0
+        for c in conns:
+            c.settimeout(0.05)
+            try:
+                refused += c.recv(65536).split(b" ", 2)[1] == b"503"
+            except socket.timeout:
+                pass
+            c.close()
+        assert refused >= 48 - (2 << 20) // (60 << 10) - 1
