@@ -24,7 +24,8 @@ from werkzeug.wsgi import get_input_stream
 from . import faults
 from .envelope import http_status
 from .rules import Rejection
-from .service import Accepted, CoverDraft, Service, WouldWait, mask_key
+from .config import mask_key
+from .service import Accepted, CoverDraft, Service, WouldWait
 
 bp = Blueprint("api", __name__)
 

@@ -17,7 +17,8 @@ from .envelope import respond
 from .admin import BadRequest, number, arm, put_account as _put_account, update_settings
 from .faults import ERROR_CODES
 from .scenarios import NAMES, Scenario
-from .service import Service, mask_key
+from .config import mask_key
+from .service import Service
 
 PREFIX = "/_mock"
 TASK_STATUSES = ("PENDING", "TEXT_SUCCESS", "FIRST_SUCCESS", "SUCCESS", "CREATE_TASK_FAILED",

@@ -95,10 +95,14 @@ def _resolve(host: str, port: int, deadline: float) -> list:
 
 
 def resolve_allowed(policy: Policy, host: str, port: int, deadline: float, what: str) -> list:
-    """`_resolve`, keeping only the addresses `policy` allows; Blocked when none is left. The
-    caller connects to these, so what was checked is what is reached."""
+    """`_resolve`, keeping only the addresses `policy` allows; Blocked (before any lookup) for a
+    host it refuses outright, or when none is left. The caller connects to these, so what was
+    checked is what is reached."""
+    verdict = policy.verdict(host)
+    if verdict is False:
+        raise Blocked(BLOCKED.format(what=what))
     infos = _resolve(host, port, deadline)
-    if policy.verdict(host) is None:
+    if verdict is None:
         infos = policy.pick(infos)
         if not infos:
             raise Blocked(BLOCKED.format(what=what) + f" ({host} resolves to no allowed address)")
@@ -172,8 +176,6 @@ class HttpDelivery:
             request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         except (ValueError, UnicodeError) as exc:
             return Attempt(None, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
-        if self.policy.verdict(key[1]) is False:
-            return Attempt(None, BLOCKED.format(what="callBackUrl"), time.monotonic() - started)
         deadline = started + self.timeout
         sock = self._take(key)
         try:

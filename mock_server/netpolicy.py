@@ -63,6 +63,24 @@ class Policy:
                 out.append(info)
         return out
 
+    def allows(self, url: str, resolve=None) -> bool:
+        """True when a request to `url` may be made: its host passes without a lookup, or (a
+        name) one of its addresses, as `resolve(host, port)` gives them (getaddrinfo), is allowed.
+        For a caller that does not connect through `pick`'s addresses itself."""
+        host = host_of(url)
+        ok = self.verdict(host)
+        if ok is not None:
+            return ok
+        if resolve is None:
+            import socket
+
+            def resolve(name, port):
+                return socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
+        try:
+            return bool(self.pick(resolve(host, 80)))
+        except (OSError, UnicodeError):
+            return False
+
     def _inside(self, address) -> bool:
         mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
         return any(address in net or (mapped is not None and mapped in net) for net in self.nets)
@@ -84,22 +102,8 @@ def _literal(host: str):
 
 
 def allowed(url: str, patterns: tuple[str, ...] | None, resolve=None) -> bool:
-    """True when a request to `url` may be made: its host passes without a lookup, or (a name)
-    one of its addresses, as `resolve(host, port)` gives them (getaddrinfo), is allowed."""
-    policy = Policy(patterns)
-    host = host_of(url)
-    ok = policy.verdict(host)
-    if ok is not None:
-        return ok
-    if resolve is None:
-        import socket
-
-        def resolve(name, port):
-            return socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
-    try:
-        return bool(policy.pick(resolve(host, 80)))
-    except (OSError, UnicodeError):
-        return False
+    """`Policy(patterns).allows(url, resolve)`."""
+    return Policy(patterns).allows(url, resolve)
 
 
 def is_loopback_host(host: str) -> bool:

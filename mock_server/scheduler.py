@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import lifecycle
 from .config import Config
 from .delivery import Attempt, HttpDelivery, signed_headers
-from .netpolicy import BLOCKED, Policy, allowed, host_of
+from .netpolicy import BLOCKED, Policy, host_of
 from .scenarios import Scenario
 from .fastschema import checker
 from .spec import validator
@@ -346,10 +346,9 @@ class Scheduler:
     def _may_call(self, url: str) -> bool:
         """The allowlist, as far as it is decided here: a name is checked where the fake's own
         delivery connects (its allowed addresses only); an injected delivery gets it resolved here."""
-        verdict = self.policy.verdict(host_of(url))
-        if verdict is None and not self.delivery_filters:
-            return allowed(url, self.cfg.outbound_allow)
-        return verdict is not False
+        if self.delivery_filters:
+            return self.policy.verdict(host_of(url)) is not False
+        return self.policy.allows(url)
 
     @staticmethod
     def _payload(task: dict, stage: str) -> tuple[bytes | None, str | None]:

@@ -258,7 +258,7 @@ def _raise_fd_limit() -> None:
 
 def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | None, schedulers: int = 1) -> int:
     _raise_fd_limit()
-    server = server or os.environ.get("KIE_MOCK_HTTP_SERVER") or default_server(cfg.store)
+    server = server or os.environ.get("KIE_MOCK_HTTP_SERVER") or default_server()
     try:
         if server not in SERVERS:
             raise ServeError(f"KIE_MOCK_HTTP_SERVER must be one of {', '.join(SERVERS)}, got {server!r}")
@@ -299,7 +299,7 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
     return _run_werkzeug(cfg, line)
 
 
-def default_server(store: str) -> str:
+def default_server() -> str:
     """The built-in server (httpd.py) for every store. With Redis its API requests run in the
     worker's thread pool, where the round trips overlap. (granian's WSGI threads, used for Redis
     before, did 1.5x the covers a second but blocked a thread on each slow body: four clients

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import faults, lifecycle
 from .clock import make_clock
-from .config import Config, mask_key  # noqa: F401 (mask_key: the HTTP layer's)
+from .config import Config
 from .journal import RequestJournal
 from .rules import Rejection, check_upload_cover
 from .scenarios import Scenario

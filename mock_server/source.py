@@ -54,8 +54,6 @@ class SourceChecker:
                 resp = self.pool.request("GET", url, preload_content=False)
             else:  # the addresses checked are the ones connected to, and a redirect is not followed
                 resp = self._pinned(url)
-                if resp is None:
-                    return blocked
         except Blocked:
             return blocked
         except (urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
@@ -73,12 +71,10 @@ class SourceChecker:
         return data
 
     def _pinned(self, url: str):
-        """GET `url` under the allowlist: None when its host is refused without a lookup; else the
-        name resolved once (within the timeout) and the first allowed address that answers
-        connected to, the Host header and TLS name still the URL's."""
+        """GET `url` under the allowlist (Blocked when it allows no address of its host): the name
+        resolved once (within the timeout) and the first allowed address that answers connected
+        to, the Host header and TLS name still the URL's."""
         (scheme, host, port), path, host_header = split_target(url)
-        if self.policy.verdict(host) is False:
-            return None
         timeout = self.cfg.source_timeout
         error: Exception = OSError(f"{host} has no address")
         for info in resolve_allowed(self.policy, host, port, time.monotonic() + timeout, "uploadUrl"):
