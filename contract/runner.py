@@ -156,7 +156,6 @@ class Context:
         self.recorder = recorder
         self.spec_checks = spec_checks
         self.result: Result | None = None
-        self.stop_free_bodies = False
         self.shared: dict = {}  # what one check leaves for the next (the lifecycle's task)
 
     # -- reporting --------------------------------------------------------------------------------
@@ -280,23 +279,25 @@ class Context:
         (and charged for it), only while another such acceptance would fit in the budget. So a
         lenient target costs at most one cover beyond --allow-spend, the one that showed it."""
         b = self.budget
-        if b.limit is None or b.surprises == 0 or b.affordable():
-            return True
-        self.stop_free_bodies = True
-        return False
+        return b.limit is None or b.surprises == 0 or b.affordable()
 
     def send_rejected(self, body, *, label: str, auth=..., headers: dict | None = None) -> Exchange:
         """POST a body the contract rejects (free). If the target accepts it anyway, that costs."""
         if not self.may_send_rejected():
             raise Skip("stopped sending: the target accepted bodies the contract rejects, and one more "
                        "acceptance would exceed the budget (--allow-spend)")
-        # sent again after a 5xx only if no target could take it for a cover: a valid body refused
-        # for its auth (auth.malformed) would be a second task on a target that accepts it
         ex = self.target.call("POST", S.UPLOAD_COVER, json=body, label=label, auth=auth, headers=headers,
-                              idempotent=not (isinstance(body, dict) and S.request_valid(body)))
+                              idempotent=resendable(body))
         if ex.reply.code == 200 and isinstance(ex.reply.data, dict) and "taskId" in ex.reply.data:
             self.budget.charge_surprise()
         return ex
+
+
+def resendable(body) -> bool:
+    """Whether a POST of this body to upload-cover may be sent again after a 5xx: no target could
+    take it for a cover. A valid body refused only for its auth or Content-Type would be a second
+    task on a target that accepts it."""
+    return not S.request_valid(body)
 
 
 # -- running --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from .. import schemas as S
-from ..runner import Skip, check
+from ..runner import Skip, check, resendable
 from ..strategies import draw_examples
 from ..target import Exchange
 
@@ -250,7 +250,7 @@ def run_case(ctx, case, spends_allowed: bool) -> None:
         ctx.shared.setdefault("spec_limits", []).extend(_at_limit_fields(body))
     call = {"json": body} if body is not ... else {"data": data}
     ex = ctx.target.call(method, path, params=query, headers=headers, auth=headers.get("Authorization"),
-                         label=ctx.result.check, idempotent=not may_spend, **call)
+                         label=ctx.result.check, idempotent=method == "GET" or resendable(body), **call)
     code = ex.reply.code
     if may_spend and code != 200:
         ctx.budget.release()
