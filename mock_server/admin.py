@@ -12,7 +12,7 @@ import uuid
 from .config import mask_key
 from .envelope import TRANSPORTS
 from .faults import API_PATHS, ERROR_CODES, code_kind
-from .scenarios import NAMES as SCENARIO_NAMES
+from .scenarios import JOIN as SCENARIO_JOIN, NAMES as SCENARIO_NAMES
 from .scenarios import Scenario
 
 
@@ -54,11 +54,13 @@ def _finite(value) -> bool:
 
 
 def scenario_name(value, what: str) -> str:
-    """A scenario's name exactly as documented (not null, "", or padded)."""
+    """A scenario's name, or names joined by "+", exactly as documented (not null, "", or padded)."""
     if not isinstance(value, str):
         raise BadRequest(f"{what}: a scenario name is required (got {value!r}); known: {', '.join(SCENARIO_NAMES)}")
-    if value not in SCENARIO_NAMES:
-        raise BadRequest(f"{what}: unknown scenario {value!r}; known: {', '.join(SCENARIO_NAMES)}")
+    for part in value.split(SCENARIO_JOIN):
+        if part not in SCENARIO_NAMES:
+            raise BadRequest(f"{what}: unknown scenario {part!r}; known: {', '.join(SCENARIO_NAMES)} "
+                             f"(combine them with {SCENARIO_JOIN}, e.g. fail-531{SCENARIO_JOIN}duplicate-callbacks)")
     return value
 
 

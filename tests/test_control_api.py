@@ -18,7 +18,7 @@ from openapi_spec_validator import validate as validate_openapi
 
 from conftest import AUTH, KEY, body, submit
 from mock_server.control_client import ControlClient, ControlError
-from mock_server.scenarios import NAMES
+from mock_server.scenarios import NAMES, Scenario
 from test_failures import T0, accepted, auth, credits, make_fake, record_info, serve  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +126,26 @@ def test_documented_scenario_names_and_codes_are_the_fakes(mock):
     schemas = SPEC["components"]["schemas"]
     assert data["scenarios"] == list(NAMES) == schemas["ScenarioName"]["enum"]
     assert data["codes"] == schemas["ForcedCode"]["enum"]
+
+
+def test_the_documented_combination_pattern_takes_what_the_fake_plays():
+    """Every name a combination can be written with matches the control API's Scenario pattern,
+    and a string with an unknown part does not."""
+    import itertools
+    pattern = re.compile(SPEC["components"]["schemas"]["Scenario"]["pattern"])
+    played = 0
+    for size in (1, 2, 3):
+        for parts in itertools.permutations(NAMES, size):
+            name = "+".join(parts)
+            assert pattern.fullmatch(name), name
+            try:
+                Scenario.parse(name)
+                played += 1
+            except ValueError:
+                pass
+    assert played > len(NAMES)
+    for bad in ("", "+", "fail-531+", "+fail-531", "fail-531 +duplicate-callbacks", "fail-999", "fail-531,duplicate-callbacks"):
+        assert not pattern.fullmatch(bad), bad
 
 
 # ==================================================================================================

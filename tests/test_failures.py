@@ -33,7 +33,7 @@ from mock_server import api, lifecycle, media
 from mock_server.app import create_app
 from mock_server.clock import VirtualClock
 from mock_server.config import Config
-from mock_server.control_client import ControlClient
+from mock_server.control_client import ControlClient, ControlError
 from mock_server.faults import ERROR_CODES
 from mock_server.spec import validator
 
@@ -740,6 +740,103 @@ def test_no_callbacks_ever_but_record_info_succeeds(client, clock, delivery, ctl
     assert delivery.calls == [] and ctl.callbacks(task_id=task_id) == []
     data = record_info(client, task_id)["data"]
     assert data["status"] == "SUCCESS" and len(data["response"]["sunoData"]) == 2
+
+
+# Scenarios combined with "+": a plan (which stages happen) with what callbacks and files do
+def test_a_late_failure_whose_callbacks_come_twice_refunds_once(client, clock, delivery, ctl):
+    ctl.put_account("team-key", credits=12)
+    task_id = accepted(client, headers={**auth("team-key"), "Prefer": "scenario=fail-531+duplicate-callbacks"})
+    assert credits(client, "team-key") == 0
+    clock.advance(100)
+    assert delivery.stages(task_id) == ["text", "text", "error", "error"]
+    bodies = [c["body"] for c in delivery.calls]
+    assert bodies[0] == bodies[1] and bodies[2] == bodies[3] and bodies[2]["code"] == 531
+    data = record_info(client, task_id, "team-key")["data"]
+    assert (data["status"], data["errorCode"]) == ("GENERATE_AUDIO_FAILED", 531)
+    assert credits(client, "team-key") == 12  # refunded once, though its callback came twice
+    assert [e["duplicate"] for e in reversed(ctl.callbacks(task_id=task_id))] == [False, True] * 2
+
+
+def test_delayed_and_duplicated_callbacks_each_come_late_and_twice(client, clock, delivery):
+    task_id = accepted(client, headers={"Prefer": "scenario=delayed-callbacks+duplicate-callbacks, delay=5"})
+    clock.advance(6.99)  # text at t=2, its callback due at 7
+    assert delivery.calls == [] and record_info(client, task_id)["data"]["status"] == "FIRST_SUCCESS"
+    clock.advance(0.01)
+    assert delivery.stages(task_id) == ["text", "text"]
+    clock.advance(6)
+    assert delivery.stages(task_id) == ["text", "text", "first", "first", "complete", "complete"]
+
+
+def test_a_plan_combined_with_empty_files_armed_with_its_parameter(client, clock, delivery, ctl):
+    ctl.arm(scenario="complete-only+empty-files", params={"seconds": 5})
+    task_id = accepted(client)
+    clock.advance(8)
+    assert delivery.stages(task_id) == ["complete"]
+    url = record_info(client, task_id)["data"]["response"]["sunoData"][0]["audioUrl"]
+    clock.advance(4.99)  # complete at t=8, empty until 13
+    assert len(_get(client, url).data) == 0
+    clock.advance(0.01)
+    assert len(_get(client, url).data) > 1000
+
+
+def test_a_default_scenario_may_be_a_combination(client, clock, delivery, ctl):
+    assert ctl.update_settings(default_scenario="no-callbacks+fail-400")["default_scenario"] == "fail-400+no-callbacks"
+    task_id = accepted(client)
+    clock.advance(100)
+    assert delivery.calls == [] and record_info(client, task_id)["data"]["status"] == "SENSITIVE_WORD_ERROR"
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("duplicate-callbacks+fail-531", "fail-531+duplicate-callbacks"),  # the plan first, then as listed
+    ("empty-urls+empty-files+complete-only", "complete-only+empty-files+empty-urls"),
+    ("success+no-callbacks", "no-callbacks"),  # success is what no plan means
+    ("success", "success"),
+    ("fail-create+delayed-callbacks", "fail-create+delayed-callbacks"),
+])
+def test_a_combination_is_kept_under_one_name(client, service, given, kept):
+    task_id = accepted(client, headers={"Prefer": f"scenario={given}"})
+    assert service.store.get_task(task_id)["scenario"]["name"] == kept
+
+
+COMBINATIONS_REFUSED = [
+    ("fail-531+fail-400", "a task follows one plan"),
+    ("success+complete-only", "a task follows one plan"),
+    ("no-callbacks+duplicate-callbacks", "no callback to duplicate"),
+    ("delayed-callbacks+no-callbacks", "no callback to delay"),
+    ("fail-400+empty-files", "never reaches SUCCESS"),
+    ("fail-create+empty-urls", "never reaches SUCCESS"),
+    ("duplicate-callbacks+duplicate-callbacks", "names a part twice"),
+    ("fail-531+", "unknown scenario ''"),
+    ("fail-531+explode", "unknown scenario 'explode'"),
+]
+
+
+@pytest.mark.parametrize("name, reason", COMBINATIONS_REFUSED)
+def test_a_combination_that_cannot_be_played_is_a_422_and_charges_nothing(client, name, reason):
+    assert_rejected(submit(client, headers={"Prefer": f"scenario={name}"}), 422, msg_part=reason)
+    assert credits(client) == 1000
+
+
+@pytest.mark.parametrize("name, reason", COMBINATIONS_REFUSED)
+def test_a_combination_that_cannot_be_played_is_refused_by_the_control_api(ctl, name, reason):
+    for call in (lambda: ctl.arm(scenario=name), lambda: ctl.update_settings(default_scenario=name)):
+        with pytest.raises(ControlError) as err:
+            call()
+        assert err.value.status == 400 and reason in str(err.value)
+    assert ctl.faults() == [] and ctl.settings()["default_scenario"] == "success"
+
+
+@pytest.mark.parametrize("prefer, reason", [
+    ("scenario=fail-531+duplicate-callbacks, delay=5", "takes no parameters"),
+    ("scenario=delayed-callbacks+empty-files, delay=5, wait=3", None),  # unknown preferences are ignored
+    ("scenario=delayed-callbacks+empty-files, delay=5, seconds=3", None),
+])
+def test_a_combination_takes_the_parameters_of_its_parts(client, service, prefer, reason):
+    if reason:
+        assert_rejected(submit(client, headers={"Prefer": prefer}), 422, msg_part=reason)
+    else:
+        task_id = accepted(client, headers={"Prefer": prefer})
+        assert service.store.get_task(task_id)["scenario"]["name"] == "delayed-callbacks+empty-files"
 
 
 def _get(client, url: str):
