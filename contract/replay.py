@@ -135,8 +135,14 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
             if progress:
                 progress.stream.write(f"[{i:>2}/{len(order)}] {r.check:<40} SKIPPED ({r.reason})\n")
             continue
-        for rec in (e for e in exchanges if (e.get("check") or "?") == name):
-            _one(ctx, rec, key, ids, tokens, state)
+        try:
+            for rec in (e for e in exchanges if (e.get("check") or "?") == name):
+                _one(ctx, rec, key, ids, tokens, state)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a CI job cancelled): what was replayed is reported
+            r.duration = time.monotonic() - started
+            r.status = "error"
+            r.reason = f"interrupted: this check and the {len(order) - i} after it did not finish"
+            return _interrupted(by_check, progress, i, len(order))
         r.duration = time.monotonic() - started
         r.status = "failed" if r.disagreements else "passed"
         if progress:
@@ -144,9 +150,19 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
     if callbacks:
         r = Result("replay:callbacks", "replay", "free")
         ctx.result = r
-        _callbacks(ctx, callbacks, ids, tokens)
-        r.status = "failed" if r.disagreements else "passed"
         by_check["replay:callbacks"] = r
+        try:
+            _callbacks(ctx, callbacks, ids, tokens)
+        except KeyboardInterrupt:
+            r.status, r.reason = "error", "interrupted: the recorded callbacks were not all compared"
+            return _interrupted(by_check, progress, len(order), len(order))
+        r.status = "failed" if r.disagreements else "passed"
+    return list(by_check.values())
+
+
+def _interrupted(by_check: dict, progress, i: int, total: int) -> list[Result]:
+    if progress:
+        progress.stream.write(f"[{i:>2}/{total}] interrupted\n")
     return list(by_check.values())
 
 

@@ -151,6 +151,39 @@ def test_a_whole_recording_of_a_fake_replays_against_a_fake_without_disagreement
     assert re.search(r"\b\d+ passed, 0 failed, 9 skipped, 0 errors", out), out  # the 9 control checks
 
 
+def test_replay_interrupted_reports_what_it_replayed(capsys, tmp_path):
+    """Ctrl-C or SIGTERM (a cancelled CI job) during --replay: the checks replayed so far are
+    returned with the one interrupted, instead of a traceback and no report."""
+    from contract.replay import replay
+
+    rec = tmp_path / "rec"
+    code, out, _ = verify(capsys, "--record", str(rec), *SUITES)
+    assert code == 0, out
+
+    class InterruptedAt:
+        def __init__(self, inner, at):
+            self.inner, self.at, self.sent = inner, at, 0
+            self.base_url = inner.base_url
+
+        def send(self, *args):
+            self.sent += 1
+            if self.sent == self.at:
+                raise KeyboardInterrupt
+            return self.inner.send(*args)
+
+    app = make_fake()
+    try:
+        transport = InterruptedAt(WsgiTransport(app), at=4)
+        ctx = Context(Target(transport, "kie-mock-key"), budget=Budget(None), is_fake=True)
+        results = replay(ctx, rec)
+    finally:
+        stop_app(app)
+    assert transport.sent == 4 and results, results
+    *done, last = results
+    assert all(r.status == "passed" for r in done), done
+    assert last.status == "error" and last.reason.startswith("interrupted: this check and the"), last
+
+
 def test_replay_names_a_transport_difference(capsys, other, tmp_path):
     """The other server mirrors codes as HTTP statuses; the default fake does not: replay says so."""
     url, _ = other
