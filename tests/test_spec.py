@@ -135,6 +135,18 @@ def test_trap_stock_jsonschema_multipleof_rejects_exact_hundredths(value):
     assert Validator(HUNDREDTHS).is_valid(value)
 
 
+def test_the_weights_description_names_exactly_the_legal_values_a_stock_validator_refuses():
+    """The schema tells users of other tools which weights their float-dividing validator will
+    refuse: that list is what stock jsonschema does refuse of the 101 legal values, no more, no less."""
+    from mock_server.schema_gen import FLOAT_DIVISION_REFUSES, WEIGHT
+
+    stock = Draft202012Validator(HUNDREDTHS)
+    refused = [f"{i / 100:.2f}" for i in range(101) if not stock.is_valid(float(f"{i / 100:.2f}"))]
+    assert refused == FLOAT_DIVISION_REFUSES and len(refused) == 10
+    assert all(Validator(HUNDREDTHS).is_valid(float(v)) for v in refused)
+    assert ", ".join(refused) in WEIGHT["description"]
+
+
 @pytest.mark.parametrize("value, ok", [
     (0.65, True), (1e-2, True), (0, True), (1, True), (-0.0, True), (1.0, True),
     (0.295, False), (0.001, False), (5e-324, False), (0.1 + 0.2, False),  # 0.30000000000000004
