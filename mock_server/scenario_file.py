@@ -15,7 +15,9 @@ failure setup into their repository.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -23,6 +25,10 @@ import yaml
 from .admin import BadRequest, arm, put_account, update_settings
 
 SECTIONS = ("settings", "accounts", "faults")
+# Kept in the store's settings (not one the control API shows or takes): the fingerprint of
+# the scenario file last applied to this store. A restart, or a second instance on a shared
+# store, finds it there and leaves the state alone; a reset forgets it.
+APPLIED = "_scenario_file"
 
 
 def load(path: str | Path) -> dict:
@@ -42,7 +48,17 @@ def load(path: str | Path) -> dict:
     return data
 
 
+def fingerprint(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def apply(svc, data: dict) -> None:
+    """Apply the file's content, and note in the store that it was (see APPLIED)."""
+    _apply(svc, data)
+    svc.store.update_settings({APPLIED: fingerprint(data)})
+
+
+def _apply(svc, data: dict) -> None:
     accounts = data.get("accounts") or {}
     faults = data.get("faults") or []
     if not isinstance(accounts, dict) or not isinstance(faults, list):
@@ -58,11 +74,21 @@ def apply(svc, data: dict) -> None:
 
 def apply_file(svc, path: str | Path, *, remember_only: bool = False) -> None:
     """Apply the file to the service's store (unless `remember_only`: another process did),
-    and remember it, so that POST /_mock/reset comes back to the same start state."""
+    and remember it, so that POST /_mock/reset comes back to the same start state.
+
+    A store that has this same content applied already (since its last reset) is left as it is:
+    restarting the fake on its SQLite file, or starting a second instance on a shared Redis, keeps
+    the balances, settings and faults the team has come to, instead of winding them back. A file
+    whose content changed is applied."""
     try:
         data = load(path)
         if not remember_only:
-            apply(svc, data)
+            if svc.store.get_settings().get(APPLIED) == fingerprint(data):
+                print(f"kie-mock: scenario file {path}: already applied to this store, whose state is kept "
+                      f"(POST /_mock/reset applies it again)", file=sys.stderr, flush=True)
+            else:
+                apply(svc, data)
     except BadRequest as exc:
         raise SystemExit(f"kie-mock: {exc}") from None
     svc.startup = data
+

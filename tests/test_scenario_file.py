@@ -13,6 +13,7 @@ import pytest
 import urllib3
 
 from conftest import AUTH, KEY, body, submit
+from mock_server.config import mask_key
 from mock_server.control_client import ControlClient
 from mock_server.scenario_file import apply_file
 from test_failures import T0, accepted, auth, credits, make_fake, record_info, serve, start_serve, stop  # noqa: F401
@@ -196,6 +197,36 @@ def test_reset_on_a_shared_store_comes_back_to_the_scenario_file(tmp_path):
         for _ in range(4):  # whichever worker takes it
             ctl.reset()
             assert now() == before
+
+
+def test_a_restart_on_the_same_store_keeps_the_state_the_file_led_to(tmp_path):
+    """A restart (or a second instance on a shared store) does not wind the team's state back to
+    the file: balances spent, settings changed and faults used stay as they are. A changed file is
+    applied; a reset applies the file again."""
+    path, store = tmp_path / "failures.yaml", f"sqlite:{tmp_path / 's.sqlite'}"
+    path.write_text(YAML)
+    args = ("--store", store, "--clock", "real", "--scenario-file", str(path))
+
+    def state(ctl):
+        team = [a["credits"] for a in ctl.accounts() if a["key"] == mask_key("team-key")]
+        return ctl.settings(), {"team-key": team[0]}, ctl.faults()
+    with serve(*args) as base:
+        ctl = ControlClient(base)
+        ctl.set_credits("team-key", 7)
+        ctl.update_settings(rate_limit=9)
+        ctl.clear_faults()
+    with serve(*args) as base:  # the same file, the same store
+        ctl = ControlClient(base)
+        settings, accounts, faults = state(ctl)
+        assert (settings["rate_limit"], accounts["team-key"], faults) == (9, 7, [])
+        ctl.reset()
+        settings, accounts, faults = state(ctl)
+        assert (settings["rate_limit"], accounts["team-key"], len(faults)) == (3, 11, 3)
+        ctl.set_credits("team-key", 7)
+    path.write_text(YAML.replace("team-key: {credits: 11", "team-key: {credits: 20"))
+    with serve(*args) as base:  # the file changed: applied
+        settings, accounts, faults = state(ControlClient(base))
+        assert (accounts["team-key"], len(faults)) == (20, 6)  # its faults armed again, after the 3 left
 
 
 @pytest.mark.parametrize("text, reason", [
