@@ -440,6 +440,37 @@ def test_redis_reset_only_deletes_its_own_prefix():
         client.close()
 
 
+def test_redis_reset_leaves_a_deployment_whose_prefix_extends_ours_and_leaves_none_of_ours():
+    """Two deployments on one Redis, "P" and "P teamb:": a reset of the first used to delete
+    every key matching "P*", the second's accounts and tasks included."""
+    import redis
+
+    from mock_server.stores.redis import split_url
+
+    url = store_url("redis", None)
+    plain, _ = split_url(url)
+    ours, theirs = open_store(url), open_store(url[:-1] + ":teamb:")
+    client = redis.Redis.from_url(plain)
+    try:
+        for s in (ours, theirs):
+            s.put_account("a", 5)
+            s.rate_acquire("cover:a", 1.0, 1, 100.0)
+            s.put_task(task("t1"))
+            s.add_job(job("j1", "t1"))
+            s.claim_due(1e12, "w", 10)
+            s.log("attempts", {"n": 1}, 10)
+            s.arm_fault({"id": "f", "key": "*", "kind": "code", "code": 500, "count": 1})
+            s.update_settings({"x": 1})
+        before = set(client.scan_iter(match=theirs.prefix + "*"))
+        ours.reset()
+        assert set(client.scan_iter(match=ours.prefix + "*")) == before  # none of ours is left
+        assert theirs.get_account("a")["credits"] == 5 and theirs.get_task("t1") is not None
+        assert len(theirs.list_faults()) == 1 and theirs.get_settings() == {"x": 1}
+    finally:
+        theirs.reset()
+        client.close()
+
+
 def test_state_survives_reopening(shared_url):
     s = open_store(shared_url)
     s.reset()

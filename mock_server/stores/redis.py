@@ -1,7 +1,8 @@
 """Redis store: several instances of the fake (behind a load balancer) share one Redis.
 
-Every key lives under a prefix (default "kie-mock:"; `redis://host:port/db?prefix=name:`), so
-`reset()` deletes only ours. How the atomicity promises of `base.Store` hold: each verb that
+Every key lives under a prefix (default "kie-mock:"; `redis://host:port/db?prefix=name:`), and
+`reset()` deletes the keys of the layout below by name: not another deployment's, even one whose
+prefix extends ours ("kie-mock:teamb:"). How the atomicity promises of `base.Store` hold: each verb that
 reads and then writes is one Lua script, which Redis runs without interleaving anything else.
 
 Layout (P = prefix):
@@ -296,13 +297,20 @@ class RedisStore(Store):
         except Exception:
             pass
 
+    # What reset() deletes: the keys of the layout above, by name. Not every key that starts with
+    # the prefix: another deployment's prefix may extend ours ("kie-mock:" and "kie-mock:teamb:").
+    _FAMILIES = ("rate:", "task:", "job:", "taskjobs:", "log:", "fault:")
+    _SINGLES = ("acct:credits", "acct:hmac", "acct:order", "tasks", "tasks:exp", "tasks:seq", "due", "faults",
+                "faults:seq", "settings")
+
     def reset(self) -> None:
-        batch = []
-        for key in self.r.scan_iter(match=self._glob(self.prefix) + "*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                self.r.unlink(*batch)
-                batch = []
+        batch = [self.prefix + name for name in self._SINGLES]
+        for family in self._FAMILIES:
+            for key in self.r.scan_iter(match=self._glob(self.prefix + family) + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    self.r.unlink(*batch)
+                    batch = []
         if batch:
             self.r.unlink(*batch)
 
