@@ -25,6 +25,7 @@ from . import faults
 from .envelope import http_status
 from .rules import Rejection
 from .config import mask_key
+from .stores import OutageLog, unavailable
 from .service import Accepted, CoverDraft, Service, WouldWait
 
 bp = Blueprint("api", __name__)
@@ -299,10 +300,23 @@ ROUTES = {
 
 
 def bug(exc: BaseException) -> ApiResponse:
-    """A bug of the fake: still an envelope (500), and the traceback in the log."""
-    traceback.print_exception(exc)
-    msg = f"Internal Error (kie-mock bug): {type(exc).__name__}"
+    """A bug of the fake, or a store it cannot use: still an envelope (500), and the reason in
+    the log (a bug's traceback; an unavailable store at most once every few seconds)."""
+    msg = internal_error(exc)
     return ApiResponse(500, orjson.dumps({"code": 500, "msg": msg, "data": None}), 500, msg=msg)
+
+
+STORE_OUTAGE = OutageLog("API requests")
+
+
+def internal_error(exc: BaseException) -> str:
+    """The msg of a 500 the fake did not mean to answer, after saying why in the log."""
+    reason = unavailable(exc)
+    if reason is not None:
+        STORE_OUTAGE.failed(reason)
+        return f"Internal Error: the fake's store is unavailable ({reason})"
+    traceback.print_exception(exc)
+    return f"Internal Error (kie-mock bug): {type(exc).__name__}"
 
 
 def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
@@ -319,6 +333,8 @@ def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
 
 def finish(svc: Service, req: ApiRequest, resp: ApiResponse) -> ApiResponse:
     """Journal the answered request."""
+    if STORE_OUTAGE._last is not None and resp.status < 500:
+        STORE_OUTAGE.recovered()
     journal(svc, req.method, req.path, req.key_masked, resp.status, resp.code, resp.task_id, resp.msg)
     return resp
 

@@ -76,10 +76,9 @@ def create_app(config: Config | None = None, *, store=None, clock=None, deliver=
         return answer(422, f"bad request: {exc.description}", transport=cfg.transport)
 
     @app.errorhandler(Exception)
-    def crash(exc: Exception):  # a bug of the fake: still an envelope, and visible in the log
-        app.logger.exception("unhandled error")
+    def crash(exc: Exception):  # a bug of the fake, or a store it cannot use: still an envelope, and in the log
         answer = api_refusal if request.path.startswith(api.PREFIX) else respond
-        return answer(500, f"Internal Error (kie-mock bug): {type(exc).__name__}", status=500)
+        return answer(500, api.internal_error(exc), status=500)
 
     if fast_path:  # the API endpoints straight from WSGI (api.py); the rest through Flask
         app.wsgi_app = api.FastPath(service, app.wsgi_app)

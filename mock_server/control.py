@@ -17,6 +17,7 @@ from .envelope import respond
 from .admin import BadRequest, number, arm, put_account as _put_account, update_settings
 from .faults import ERROR_CODES
 from .scenarios import NAMES, Scenario
+from .stores import unavailable
 from .config import mask_key
 from .service import Service
 
@@ -89,8 +90,15 @@ def _choice_arg(name: str, choices) -> str | None:
 
 @bp.get("/health")
 def health():
-    """Liveness, and what this fake is configured with."""
+    """Liveness, and what this fake is configured with; 503 while the store cannot be used."""
     svc = _svc()
+    try:
+        svc.store.get_settings()
+    except Exception as exc:
+        reason = unavailable(exc)
+        if reason is None:
+            raise
+        return fail(503, f"the fake's store is unavailable ({reason})")
     return ok({"status": "ok", "clock": "virtual" if svc.clock.virtual else "real", "now": svc.clock.now(),
                "store": svc.cfg.store.split(":", 1)[0], "transport": svc.cfg.transport})
 

@@ -32,8 +32,10 @@ from .netpolicy import BLOCKED, Policy, host_of
 from .scenarios import Scenario
 from .fastschema import checker
 from .spec import validator
+from .stores import OutageLog, unavailable
 
 PURGE_EVERY = 60.0
+OUTAGE_RETRY_MAX = 2.0  # seconds between the rounds of a scheduler whose store is down
 STOP_WAIT = 12.0  # seconds a stopping scheduler waits for its jobs in progress (the supervisor allows 15)
 FLOW = 2  # a job's "flow": stages on their own time, callbacks in order (jobs stored before 2026-11 have none)
 
@@ -58,6 +60,7 @@ class Scheduler:
         self.lease = cfg.callback_timeout * 2 + 5
         self.poll_interval = poll_interval
         self._wake = threading.Event()
+        self._outage = OutageLog("callbacks")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -173,6 +176,7 @@ class Scheduler:
             self._pool = None
 
     def _loop(self) -> None:
+        failures = 0  # rounds in a row that the store failed
         while not self._stop.is_set():
             now = self.clock.now()
             try:
@@ -189,12 +193,22 @@ class Scheduler:
                     self._last_purge = now
                     self.store.purge_tasks(now)
                 nxt = self.store.next_due() if self.claims else None
-            except Exception:  # a store hiccup must not kill the scheduler
-                traceback.print_exc()
+                if failures:
+                    failures = 0
+                    self._outage.recovered()
+            except Exception as exc:  # a store hiccup must not kill the scheduler
+                reason = unavailable(exc)
+                if reason is None:
+                    traceback.print_exc()
+                else:
+                    self._outage.failed(reason)
                 nxt = None
+                failures += 1
             full = self._busy >= self.cfg.delivery_workers  # then a finishing job wakes us
             wait = self.poll_interval if nxt is None or full else min(max(nxt - self.clock.now(), 0),
                                                                       self.poll_interval)
+            if failures:  # the store is down: try again less and less often, up to every 2 s
+                wait = min(self.poll_interval * 2 ** min(failures, 10), OUTAGE_RETRY_MAX)
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()

@@ -7,6 +7,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import sys
+import threading
+import time
+
 from ..config import mask_url
 from .base import Store
 from .memory import MemoryStore
@@ -35,4 +40,55 @@ def open_store(url: str) -> Store:
     raise ValueError(f"unknown store {mask_url(url)!r}: use memory, sqlite:PATH or redis://HOST:PORT/DB")
 
 
-__all__ = ["Store", "MemoryStore", "open_store", "networked"]
+# SQLite's words for a file it cannot use (as opposed to a statement of ours that is wrong)
+_SQLITE_UNAVAILABLE = ("disk i/o error", "unable to open database", "database or disk is full", "readonly database",
+                       "database is locked", "malformed", "file is not a database")
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why the store cannot be used, when `exc` says so (Redis down or unreachable, an SQLite
+    file that cannot be read or written): a short reason for the answer and the log. None for
+    any other exception (a bug of the fake)."""
+    redis = sys.modules.get("redis")
+    if redis is not None and isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        pass
+    elif isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc).lower() for w in _SQLITE_UNAVAILABLE):
+        pass
+    else:
+        return None
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+class OutageLog:
+    """Says on stderr that the store is unavailable: at once the first time, then at most once
+    every `every` seconds with the count meanwhile (an outage under load would otherwise write a
+    line per request), and once when it works again (`recovered`)."""
+
+    def __init__(self, what: str, every: float = 10.0):
+        self.what, self.every = what, every
+        self._lock = threading.Lock()
+        self._last = None  # when a line was last written (None: no outage going on)
+        self._since_line = 0
+
+    def failed(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._since_line += 1
+            if self._last is not None and now - self._last < self.every:
+                return
+            count, self._since_line, first = self._since_line, 0, self._last is None
+            self._last = now
+        more = "" if first else f" ({count} times in the last {self.every:g} s)"
+        print(f"kie-mock: {self.what}: the store is unavailable{more}: {reason}", file=sys.stderr, flush=True)
+
+    def recovered(self) -> None:
+        if self._last is None:
+            return
+        with self._lock:
+            if self._last is None:
+                return
+            self._last, self._since_line = None, 0
+        print(f"kie-mock: {self.what}: the store answers again", file=sys.stderr, flush=True)
+
+
+__all__ = ["Store", "MemoryStore", "open_store", "networked", "unavailable", "OutageLog"]

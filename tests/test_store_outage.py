@@ -1,0 +1,155 @@
+"""A store the fake cannot use (Redis stopped, an SQLite file it cannot read or write): the API
+says so in its 500 instead of calling it a bug of the fake, /_mock/health answers 503 so a load
+balancer can take the instance out, the log says it once every few seconds instead of a line per
+request, the scheduler backs off instead of retrying 50 times a second, and all of it comes back
+when the store does."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import redis
+
+from conftest import AUTH, body
+from mock_server.app import create_app
+from mock_server.config import Config
+from mock_server.stores import OutageLog, unavailable
+from test_stores import IN_CI, need_redis
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, so it can be stopped and started again on its port."""
+
+    def __init__(self):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            need_redis()  # fails in CI, skips elsewhere, with the way to get one
+            pytest.skip("redis-server is not on PATH")
+        self.exe, self.port, self.proc = exe, _free_port(), None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis():
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_down_is_said_as_such_and_health_answers_503_until_it_is_back(private_redis, capfd):
+    app = create_app(Config(store=private_redis.url, clock="virtual"), start_scheduler=False)
+    client = app.test_client()
+    try:
+        assert client.get("/_mock/health").status_code == 200
+        private_redis.stop()
+        for _ in range(5):
+            cover = client.post("/api/v1/generate/upload-cover", json=body(), headers=AUTH).get_json()
+            assert cover["code"] == 500 and cover["data"] is None
+            assert cover["msg"].startswith("Internal Error: the fake's store is unavailable (ConnectionError")
+        health = client.get("/_mock/health")
+        assert health.status_code == 503 and health.get_json()["code"] == 503
+        assert "store is unavailable (ConnectionError" in health.get_json()["msg"]
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and err.count("the store is unavailable") == 1  # once, not per request
+
+        private_redis.start()  # back, and empty (no persistence): the answers come back
+        assert client.get("/_mock/health").status_code == 200
+        assert client.get("/api/v1/chat/credit", headers=AUTH).get_json()["code"] in (200, 401)
+        assert "the store answers again" in capfd.readouterr().err
+    finally:
+        app.extensions["kie_mock"].scheduler.stop()
+
+
+def test_the_scheduler_backs_off_while_the_store_is_down(capfd):
+    app = create_app(Config(store="memory", clock="real"), start_scheduler=False)
+    svc = app.extensions["kie_mock"]
+    calls = []
+
+    def down(*args, **kwargs):
+        calls.append(time.monotonic())
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    svc.store.claim_due = down
+    svc.scheduler.start()
+    try:
+        time.sleep(1.6)
+    finally:
+        svc.scheduler.stop()
+    # poll interval 0.05 s: about 32 rounds without backing off; 0.1, 0.2, 0.4, 0.8 s with it
+    assert 2 <= len(calls) <= 6, len(calls)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("callbacks: the store is unavailable") == 1
+
+
+@pytest.mark.parametrize("exc, why", [
+    (redis.ConnectionError("Connection refused"), "ConnectionError: Connection refused"),
+    (redis.TimeoutError("Timeout reading from socket"), "TimeoutError: Timeout reading from socket"),
+    (redis.BusyLoadingError("Redis is loading the dataset in memory"), "BusyLoadingError"),
+    (sqlite3.OperationalError("disk I/O error"), "OperationalError: disk I/O error"),
+    (sqlite3.OperationalError("database or disk is full"), "database or disk is full"),
+    (sqlite3.OperationalError("attempt to write a readonly database"), "readonly database"),
+    (sqlite3.DatabaseError("database disk image is malformed"), "malformed"),
+])
+def test_what_counts_as_a_store_that_cannot_be_used(exc, why):
+    assert why in unavailable(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    sqlite3.OperationalError("no such column: x"),  # a statement of ours that is wrong: a bug
+    redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+    KeyError("taskId"), ValueError("x"),
+])
+def test_a_bug_is_not_taken_for_an_outage(exc):
+    assert unavailable(exc) is None
+
+
+def test_the_outage_log_says_it_once_per_period_with_the_count_then_once_when_it_is_over(capfd, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    log = OutageLog("API requests", every=10)
+    for _ in range(50):
+        log.failed("ConnectionError: refused")
+    now[0] += 9.99
+    log.failed("ConnectionError: refused")
+    assert capfd.readouterr().err.splitlines() == [
+        "kie-mock: API requests: the store is unavailable: ConnectionError: refused"]
+    now[0] += 0.01
+    log.failed("ConnectionError: refused")
+    log.recovered()
+    log.recovered()
+    assert capfd.readouterr().err.splitlines() == [
+        "kie-mock: API requests: the store is unavailable (51 times in the last 10 s): ConnectionError: refused",
+        "kie-mock: API requests: the store answers again"]
