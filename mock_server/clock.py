@@ -25,11 +25,27 @@ class VirtualClock:
 
     def __init__(self, start: float | None = None):
         self._now = time.time() if start is None else start
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one advance at a time
+        self._set = threading.Lock()  # _now only goes up, whoever moves it
         self.listeners: list = []
 
     def now(self) -> float:
         return self._now
+
+    def observe(self, t: float) -> None:
+        """Another process sharing the store advanced the clock to `t`: catch up (never back)."""
+        if t > self._now:
+            self._raise_to(t)
+
+    def adopt(self, t: float) -> None:
+        """Take the shared clock's time as it is (at start, before anything ran on this one)."""
+        with self._set:
+            self._now = t
+
+    def _raise_to(self, t: float) -> None:
+        with self._set:
+            if t > self._now:
+                self._now = t
 
     def advance(self, seconds: float) -> float:
         if seconds < 0:
@@ -42,10 +58,10 @@ class VirtualClock:
                 if not dues:
                     break
                 due, index = min(dues)
-                self._now = max(self._now, due)
+                self._raise_to(due)
                 self.listeners[index].run_due()
-            self._now = target
-            return target
+            self._raise_to(target)
+            return self._now
 
 
 def make_clock(kind: str):

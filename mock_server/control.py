@@ -42,11 +42,14 @@ def fail(code: int, msg: str) -> Response:
 
 @bp.before_request
 def _guard():
-    token = _svc().cfg.admin_token
+    svc = _svc()
+    token = svc.cfg.admin_token
     given = request.headers.get("X-Admin-Token", "")
     # compared as bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401)
     if token and not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8")):
         return fail(401, "control API: missing or wrong X-Admin-Token")
+    if request.endpoint != "control.health":  # health answers 503 itself when the store is down
+        svc.sync_clock()
     return None
 
 
@@ -198,7 +201,10 @@ def advance():
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(unknown)}; advance takes seconds")
     seconds = number(body, "seconds", None, 0, 10**9)
-    return ok({"now": svc.clock.advance(seconds), "virtual": True})
+    svc.sync_clock()  # from the shared time, if another instance moved it
+    now = svc.clock.advance(seconds)
+    svc.share_clock()
+    return ok({"now": now, "virtual": True})
 
 
 # -- tasks, requests, callbacks ---------------------------------------------------------------------

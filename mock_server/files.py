@@ -60,6 +60,7 @@ def serve(task_id: str, name: str):
     """A track's audio or cover image."""
     svc = current_app.extensions["kie_mock"]
     match = _NAME.match(name)
+    svc.sync_clock()
     task = svc.live_task(task_id) if match else None
     if task is None:
         return _not_found(f"/files/{task_id}/{name}")

@@ -89,9 +89,6 @@ def check(cfg: Config, workers: int) -> None:
             f"--workers {workers} needs a store the worker processes share, and {cfg.store!r} lives inside one "
             f"process (each worker would have its own tasks, credits and rate windows). Use --store "
             f"sqlite:PATH (the default for serve) or --store redis://HOST:PORT/DB, or --workers 1.")
-    if workers > 1 and cfg.clock == "virtual":
-        raise ServeError("--clock virtual needs --workers 1: each worker process would have its own clock, "
-                         "and POST /_mock/clock/advance would move only one of them.")
 
 
 def _free_port(host: str) -> int:

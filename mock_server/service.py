@@ -15,7 +15,10 @@ from .journal import RequestJournal
 from .rules import Rejection, check_upload_cover
 from .scenarios import Scenario
 from .scheduler import Scheduler
-from .stores import Store, open_store
+from .stores import MemoryStore, Store, open_store
+
+# The shared virtual clock's time, in the store's settings (not one the control API shows or takes)
+CLOCK_NOW = "_clock_now"
 
 
 class WouldWait(Exception):
@@ -65,7 +68,33 @@ class Service:
         self.startup: dict | None = None  # the scenario file's content, re-applied by reset()
         self.after_reset: list = []  # callables run once reset() is done (a server's heap.settle)
         self._scenario_cache: tuple | None = None
+        self._shared_clock = not isinstance(self.store, MemoryStore)  # another process may move it
+        self.join_clock()
         self.seed_accounts()
+
+    # -- a virtual clock shared through the store -----------------------------------------------
+    def join_clock(self) -> None:
+        """A virtual clock takes the time of the instances already on the store (kept in its
+        settings, under CLOCK_NOW), or puts its own there for those that come after."""
+        if self.clock.virtual:
+            stored = self.store.get_settings().get(CLOCK_NOW)
+            if stored is None:
+                self.share_clock()
+            else:
+                self.clock.adopt(stored)
+
+    def share_clock(self) -> None:
+        """After this instance moved its virtual clock: every other one catches up on its next
+        request (the prelude reads the settings) or control call (`sync_clock`)."""
+        if self.clock.virtual:
+            self.store.update_settings({CLOCK_NOW: self.clock.now()})
+
+    def sync_clock(self) -> None:
+        """Catch up with the shared virtual clock before a control call or a file answered."""
+        if self.clock.virtual and self._shared_clock:
+            stored = self.store.get_settings().get(CLOCK_NOW)
+            if stored is not None:
+                self.clock.observe(stored)
 
     def seed_accounts(self) -> None:
         """Create the configured keys that the store does not know yet (a restart keeps balances)."""
@@ -77,6 +106,7 @@ class Service:
         """Back to the start state: configured keys, and the scenario file given at start."""
         self.journal.clear()
         self.store.reset()
+        self.share_clock()  # the clock is not moved back: the instances keep agreeing on it
         self.seed_accounts()
         if self.startup:
             from .scenario_file import apply
@@ -115,6 +145,8 @@ class Service:
             return None, None, Rejection(401, "You do not have access permissions: malformed Authorization header "
                                               "(expected 'Bearer <API key>')", "Authorization", "auth")
         account, settings, armed = self.store.prelude(key)
+        if self.clock.virtual and CLOCK_NOW in settings:  # another instance may have advanced it
+            self.clock.observe(settings[CLOCK_NOW])
         if account is None:
             return None, None, Rejection(401, "You do not have access permissions: unknown API key",
                                          "Authorization", "auth")

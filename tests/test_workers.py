@@ -254,6 +254,56 @@ def test_rate_limit_exact_across_workers_and_instances(kind, tmp_path):
             assert get_json(base, CREDIT)["data"] == 1000 - 20 * 12
 
 
+def _advance(base: str, seconds: float) -> float:
+    r = HTTP.request("POST", base + "/_mock/clock/advance", body=json.dumps({"seconds": seconds}).encode(),
+                     headers={"Content-Type": "application/json"})
+    env = json.loads(r.data)
+    assert env["code"] == 200, env
+    return env["data"]["now"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_virtual_clocks_of_workers_and_instances_share_one_time(kind, tmp_path, receiver):
+    """Each instance used to keep a clock of its own: advancing through a load balancer moved one,
+    record-info then differed by instance, and the rate window ran on two times (two workers were
+    refused a virtual clock for that). The time is now kept in the store: a process that starts
+    takes it, one that advances puts it there, and the others catch up on their next request."""
+    url = redis_url() if kind == "two-instances-redis" else f"sqlite:{tmp_path / 'kie.sqlite'}"
+    env = {"KIE_MOCK_STAGE_DELAYS": "2,5,8", "KIE_MOCK_RATE_LIMIT": "2", "KIE_MOCK_RATE_WINDOW": "10",
+           "KIE_MOCK_RECORD_INFO_PER_SECOND": "0"}
+    with ExitStack() as stack:
+        if kind == "two-instances-redis":
+            stack.callback(_reset_redis, url)
+        if kind == "two-workers":  # whichever worker takes each request
+            a = b = stack.enter_context(serve("--store", url, "--clock", "virtual", "--workers", "2", env=env)).base
+        else:
+            a = stack.enter_context(serve("--store", url, "--clock", "virtual", env=env)).base
+            time.sleep(1.1)  # the second starts later: on its own it would start a second ahead
+            b = stack.enter_context(serve("--store", url, "--clock", "virtual", env=env)).base
+        t0 = get_json(a, "/_mock/clock")["data"]["now"]
+        assert {get_json(x, "/_mock/clock")["data"]["now"] for x in (a, b) * 5} == {t0}
+
+        status, env_ = post_cover(b, body(callBackUrl=receiver.url))
+        task_id = env_["data"]["taskId"]
+        assert _advance(a, 8) == t0 + 8  # a runs what fell due: b's task's stages and callbacks
+        assert receiver.stages(task_id) == ["text", "first", "complete"]
+        for base in (a, b) * 5:
+            assert get_json(base, "/_mock/clock")["data"]["now"] == t0 + 8
+            assert get_json(base, f"{RECORD}?taskId={task_id}")["data"]["status"] == "SUCCESS"
+
+        # one rate window on one time: 2 covers per 10 s, counted on both instances
+        _advance(a, 10)  # the first cover leaves the window
+        assert [post_cover(x, body(callBackUrl="http://127.0.0.1:9/cb"))[0] for x in (a, b, b)] == [200, 200, 429]
+        _advance(b, 9.99)
+        assert post_cover(a, body(callBackUrl="http://127.0.0.1:9/cb"))[0] == 429  # a is at b's time, not its own
+        _advance(b, 0.01)
+        assert post_cover(a, body(callBackUrl="http://127.0.0.1:9/cb"))[0] == 200
+
+        HTTP.request("POST", b + "/_mock/reset")  # the clock is not moved back, and a newcomer takes it
+        c = stack.enter_context(serve("--store", url, "--clock", "virtual", env=env)).base
+        assert get_json(c, "/_mock/clock")["data"]["now"] == t0 + 28
+
+
 def test_workers_need_a_shared_store():
     for store in ("memory", "sqlite::memory:"):
         r = subprocess.run([sys.executable, "-m", "mock_server", "serve", "--workers", "2", "--store", store],
