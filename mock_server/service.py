@@ -6,6 +6,7 @@ from the clock; later work from the scheduler.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from . import faults, lifecycle
@@ -19,6 +20,7 @@ from .stores import MemoryStore, Store, open_store
 
 # The shared virtual clock's time, in the store's settings (not one the control API shows or takes)
 CLOCK_NOW = "_clock_now"
+SEEDED = "_seeded"  # the configured keys were put in this store (a store without it lost its state)
 
 
 class WouldWait(Exception):
@@ -97,10 +99,30 @@ class Service:
                 self.clock.observe(stored)
 
     def seed_accounts(self) -> None:
-        """Create the configured keys that the store does not know yet (a restart keeps balances)."""
+        """Create the configured keys that the store does not know yet (a restart keeps balances),
+        and mark the store as seeded (SEEDED)."""
         for key, credits in self.cfg.api_keys.items():
             if self.store.get_account(key) is None:
                 self.store.put_account(key, credits, self.cfg.webhook_hmac_keys.get(key))
+        self.store.update_settings({SEEDED: True})
+
+    def _lost_state(self, key: str) -> bool:
+        """A configured key the store does not know, in a store that is no longer marked as seeded:
+        it lost everything behind the fake's back (a Redis restarted without persistence, or
+        flushed). Seed it again, as a start would: the keys, the virtual time, the scenario file.
+        True when it did (a key deleted through the control API leaves the mark, and stays
+        unknown)."""
+        if key not in self.cfg.api_keys or SEEDED in self.store.get_settings():
+            return False
+        print("kie-mock: the store has lost its state (a Redis restarted empty, or flushed?): the configured "
+              "keys are seeded again", file=sys.stderr, flush=True)
+        self.share_clock()
+        self.seed_accounts()
+        if self.startup:
+            from .scenario_file import apply
+
+            apply(self, self.startup)
+        return True
 
     def reset(self) -> None:
         """Back to the start state: configured keys, and the scenario file given at start."""
@@ -145,6 +167,8 @@ class Service:
             return None, None, Rejection(401, "You do not have access permissions: malformed Authorization header "
                                               "(expected 'Bearer <API key>')", "Authorization", "auth")
         account, settings, armed = self.store.prelude(key)
+        if account is None and self._lost_state(key):
+            account, settings, armed = self.store.prelude(key)
         if self.clock.virtual and CLOCK_NOW in settings:  # another instance may have advanced it
             self.clock.observe(settings[CLOCK_NOW])
         if account is None:

@@ -15,7 +15,7 @@ import time
 import pytest
 import redis
 
-from conftest import AUTH, body
+from conftest import AUTH, KEY, body
 from mock_server.app import create_app
 from mock_server.config import Config
 from mock_server.stores import OutageLog, unavailable
@@ -85,10 +85,15 @@ def test_redis_down_is_said_as_such_and_health_answers_503_until_it_is_back(priv
         err = capfd.readouterr().err
         assert "Traceback" not in err and err.count("the store is unavailable") == 1  # once, not per request
 
-        private_redis.start()  # back, and empty (no persistence): the answers come back
+        private_redis.start()  # back, and empty (no persistence): the configured keys are seeded again
         assert client.get("/_mock/health").status_code == 200
-        assert client.get("/api/v1/chat/credit", headers=AUTH).get_json()["code"] in (200, 401)
-        assert "the store answers again" in capfd.readouterr().err
+        assert client.get("/api/v1/chat/credit", headers=AUTH).get_json() == {"code": 200, "msg": "success",
+                                                                              "data": 1000}
+        err = capfd.readouterr().err
+        assert "the store answers again" in err and "the configured keys are seeded again" in err
+        client.delete("/_mock/accounts/" + KEY)  # a key deleted on purpose stays unknown
+        assert client.get("/api/v1/chat/credit", headers=AUTH).get_json()["code"] == 401
+        assert "seeded again" not in capfd.readouterr().err
     finally:
         app.extensions["kie_mock"].scheduler.stop()
 
