@@ -34,6 +34,11 @@ JSON_TYPES = ("application/json",)
 # A Host header the file URLs may be built on: a name (RFC 3986's reg-name, its unreserved
 # characters: "kie_mock", a compose service, has an underscore) or an IPv4 address, or an IPv6
 # address in brackets; an optional port.
+def _first(value: str | None) -> str:
+    """The first of a header's comma-separated values (the proxy nearest the client), stripped."""
+    return value.split(",", 1)[0].strip() if value else ""
+
+
 _HOST = re.compile(r"^[A-Za-z0-9._~\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
@@ -99,11 +104,15 @@ class ApiRequest:
         return values[0] if values else None
 
     def host_url(self, fallback: str) -> str:
-        """scheme://host/ of this request; a Host header that is not a plain host[:port] is not trusted."""
-        host = self.header("Host") or ""
+        """scheme://host/ the client reached (the file URLs of its task start with it): a proxy's
+        X-Forwarded-Host and X-Forwarded-Proto (their first value) when it sets them, else the
+        Host header and the connection's scheme. A host that is not a plain host[:port] is not
+        trusted (`fallback`), nor a scheme other than http and https (the connection's)."""
+        host = _first(self.header("X-Forwarded-Host")) or self.header("Host") or ""
         if not _HOST.match(host) or (host.startswith("[") and not _ipv6(host[1:host.index("]")])):
             return fallback
-        return f"{self.scheme()}://{host}/"
+        scheme = _first(self.header("X-Forwarded-Proto")).lower()
+        return f"{scheme if scheme in ('http', 'https') else self.scheme()}://{host}/"
 
     def content_type(self) -> str:
         return self.environ.get("CONTENT_TYPE") or ""

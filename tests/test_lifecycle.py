@@ -551,6 +551,27 @@ def test_file_urls_use_the_host_header_only_when_it_is_a_valid_host(client, cloc
     assert audio.startswith(base + "files/"), audio
 
 
+@pytest.mark.parametrize("headers, base", [
+    ({"Host": "kie2:9706", "X-Forwarded-Host": "mock.example", "X-Forwarded-Proto": "https"}, "https://mock.example/"),
+    ({"Host": "kie2", "X-Forwarded-Host": "mock.example:8443, proxy.internal"}, "http://mock.example:8443/"),
+    ({"Host": "mock.example", "X-Forwarded-Proto": "HTTPS, http"}, "https://mock.example/"),
+    ({"Host": "mock.example", "X-Forwarded-Proto": "gopher"}, "http://mock.example/"),  # not a scheme for files
+    ({"Host": "mock.example", "X-Forwarded-Host": "a b"}, None),  # not a host: the configured address
+    ({"Host": "mock.example", "X-Forwarded-Host": ""}, "http://mock.example/"),
+])
+def test_file_urls_follow_what_a_proxy_says_the_client_reached(client, clock, delivery, service, headers, base):
+    """Behind nginx the Host is the upstream's name (`kie2`): file URLs made of it are of no use to
+    the client. A proxy's X-Forwarded-Host and -Proto say what the client reached."""
+    base = base or f"http://{service.cfg.host}:{service.cfg.port}/"
+    _, env = submit(client, headers=headers)
+    task_id = env["data"]["taskId"]
+    clock.advance(60)
+    audio = delivery.calls[-1]["body"]["data"]["data"][0]["audio_url"]
+    assert audio.startswith(base + "files/"), audio
+    info = client.get(f"/api/v1/generate/record-info?taskId={task_id}", headers=AUTH).get_json()
+    assert info["data"]["response"]["sunoData"][0]["audioUrl"].startswith(base + "files/")
+
+
 def test_jobs_stored_by_an_older_kie_mock_still_run_their_way(client, clock, delivery, service):
     """A store written before stages kept their own time holds stage jobs without "flow" (whose
     next stage waits for the callback) and retries with "chain": after an upgrade they run to the
