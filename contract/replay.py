@@ -126,43 +126,36 @@ def replay(ctx: Context, directory, progress=None) -> list[Result]:
     state = {"finals": finals, "tokens_by_task": {}}
     order = list(dict.fromkeys(e.get("check") or "?" for e in exchanges))
     tiers = {c.name: c.tier for c in all_checks()}
-    for i, name in enumerate(order, 1):
-        r = by_check[name] = Result(f"replay:{name}", "replay", "control" if tiers.get(name) == "control" else "free")
-        ctx.result = r
-        started = time.monotonic()
-        if r.tier == "control":
-            r.status, r.reason = "skipped", "a control-tier check: its answers came from the recorded fake's state"
-            if progress:
-                progress.stream.write(f"[{i:>2}/{len(order)}] {r.check:<40} SKIPPED ({r.reason})\n")
-            continue
-        try:
+    r, i, comparing = None, 0, False
+    try:
+        for i, name in enumerate(order, 1):
+            r = by_check[name] = Result(f"replay:{name}", "replay", "control" if tiers.get(name) == "control" else "free")
+            ctx.result = r
+            started = time.monotonic()
+            if r.tier == "control":
+                r.status, r.reason = "skipped", "a control-tier check: its answers came from the recorded fake's state"
+                if progress:
+                    progress.stream.write(f"[{i:>2}/{len(order)}] {r.check:<40} SKIPPED ({r.reason})\n")
+                continue
             for rec in (e for e in exchanges if (e.get("check") or "?") == name):
                 _one(ctx, rec, key, ids, tokens, state)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a CI job cancelled): what was replayed is reported
             r.duration = time.monotonic() - started
-            r.status = "error"
-            r.reason = f"interrupted: this check and the {len(order) - i} after it did not finish"
-            return _interrupted(by_check, progress, i, len(order))
-        r.duration = time.monotonic() - started
-        r.status = "failed" if r.disagreements else "passed"
-        if progress:
-            progress.stream.write(f"[{i:>2}/{len(order)}] {r.check:<40} {r.status.upper()} ({r.cases} exchanges)\n")
-    if callbacks:
-        r = Result("replay:callbacks", "replay", "free")
-        ctx.result = r
-        by_check["replay:callbacks"] = r
-        try:
+            r.status = "failed" if r.disagreements else "passed"
+            if progress:
+                progress.stream.write(f"[{i:>2}/{len(order)}] {r.check:<40} {r.status.upper()} ({r.cases} exchanges)\n")
+        r, comparing = None, True
+        if callbacks:
+            r = by_check["replay:callbacks"] = Result("replay:callbacks", "replay", "free")
+            ctx.result = r
             _callbacks(ctx, callbacks, ids, tokens)
-        except KeyboardInterrupt:
-            r.status, r.reason = "error", "interrupted: the recorded callbacks were not all compared"
-            return _interrupted(by_check, progress, len(order), len(order))
-        r.status = "failed" if r.disagreements else "passed"
-    return list(by_check.values())
-
-
-def _interrupted(by_check: dict, progress, i: int, total: int) -> list[Result]:
-    if progress:
-        progress.stream.write(f"[{i:>2}/{total}] interrupted\n")
+            r.status = "failed" if r.disagreements else "passed"
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a CI job cancelled): what was replayed is reported
+        if r is not None:
+            r.status = "error"
+            r.reason = ("interrupted: the recorded callbacks were not all compared" if comparing
+                        else f"interrupted: this check and the {len(order) - i} after it did not finish")
+        if progress:
+            progress.stream.write("interrupted\n")
     return list(by_check.values())
 
 

@@ -25,7 +25,7 @@ from . import faults
 from .envelope import http_status
 from .rules import Rejection
 from .config import mask_key
-from .stores import OutageLog, unavailable
+from .stores import API_OUTAGE, unavailable
 from .service import Accepted, CoverDraft, Service, WouldWait
 
 bp = Blueprint("api", __name__)
@@ -34,12 +34,13 @@ JSON_TYPES = ("application/json",)
 # A Host header the file URLs may be built on: a name (RFC 3986's reg-name, its unreserved
 # characters: "kie_mock", a compose service, has an underscore) or an IPv4 address, or an IPv6
 # address in brackets; an optional port.
-def _first(value: str | None) -> str:
-    """The first of a header's comma-separated values (the proxy nearest the client), stripped."""
-    return value.split(",", 1)[0].strip() if value else ""
-
-
 _HOST = re.compile(r"^[A-Za-z0-9._~\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def _last(value: str | None) -> str:
+    """The last of a header's comma-separated values (what the proxy nearest to the fake set;
+    the ones before it came from further away, the client included), stripped."""
+    return value.rsplit(",", 1)[-1].strip() if value else ""
 
 
 def _ipv6(text: str) -> bool:
@@ -105,13 +106,13 @@ class ApiRequest:
 
     def host_url(self, fallback: str) -> str:
         """scheme://host/ the client reached (the file URLs of its task start with it): a proxy's
-        X-Forwarded-Host and X-Forwarded-Proto (their first value) when it sets them, else the
-        Host header and the connection's scheme. A host that is not a plain host[:port] is not
-        trusted (`fallback`), nor a scheme other than http and https (the connection's)."""
-        host = _first(self.header("X-Forwarded-Host")) or self.header("Host") or ""
+        X-Forwarded-Host and X-Forwarded-Proto (their last value: the nearest proxy's) when it sets
+        them, else the Host header and the connection's scheme. A host that is not a plain
+        host[:port] is not trusted (`fallback`), nor a scheme other than http and https."""
+        host = _last(self.header("X-Forwarded-Host")) or self.header("Host") or ""
         if not _HOST.match(host) or (host.startswith("[") and not _ipv6(host[1:host.index("]")])):
             return fallback
-        scheme = _first(self.header("X-Forwarded-Proto")).lower()
+        scheme = _last(self.header("X-Forwarded-Proto")).lower()
         return f"{scheme if scheme in ('http', 'https') else self.scheme()}://{host}/"
 
     def content_type(self) -> str:
@@ -315,14 +316,11 @@ def bug(exc: BaseException) -> ApiResponse:
     return ApiResponse(500, orjson.dumps({"code": 500, "msg": msg, "data": None}), 500, msg=msg)
 
 
-STORE_OUTAGE = OutageLog("API requests")
-
-
 def internal_error(exc: BaseException) -> str:
     """The msg of a 500 the fake did not mean to answer, after saying why in the log."""
     reason = unavailable(exc)
     if reason is not None:
-        STORE_OUTAGE.failed(reason)
+        API_OUTAGE.failed(reason)
         return f"Internal Error: the fake's store is unavailable ({reason})"
     traceback.print_exception(exc)
     return f"Internal Error (kie-mock bug): {type(exc).__name__}"
@@ -342,8 +340,6 @@ def start(svc: Service, handler, req: ApiRequest) -> ApiResponse | PendingCover:
 
 def finish(svc: Service, req: ApiRequest, resp: ApiResponse) -> ApiResponse:
     """Journal the answered request."""
-    if STORE_OUTAGE._last is not None and resp.status < 500:
-        STORE_OUTAGE.recovered()
     journal(svc, req.method, req.path, req.key_masked, resp.status, resp.code, resp.task_id, resp.msg)
     return resp
 

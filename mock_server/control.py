@@ -8,6 +8,7 @@ When an admin token is configured, every call needs `X-Admin-Token: <token>`.
 from __future__ import annotations
 
 import hmac
+import os
 
 import orjson
 from flask import Blueprint, Response, current_app, request
@@ -19,7 +20,7 @@ from .faults import ERROR_CODES
 from .scenarios import NAMES, Scenario
 from .stores import unavailable
 from .config import mask_key
-from .service import Service
+from .service import CLOCK_NOW, Service
 
 PREFIX = "/_mock"
 TASK_STATUSES = ("PENDING", "TEXT_SUCCESS", "FIRST_SUCCESS", "SUCCESS", "CREATE_TASK_FAILED",
@@ -96,14 +97,16 @@ def health():
     """Liveness, and what this fake is configured with; 503 while the store cannot be used."""
     svc = _svc()
     try:
-        svc.store.get_settings()
+        settings = svc.store.get_settings()
     except Exception as exc:
         reason = unavailable(exc)
         if reason is None:
             raise
         return fail(503, f"the fake's store is unavailable ({reason})")
+    if svc.clock.virtual and CLOCK_NOW in settings:
+        svc.clock.observe(settings[CLOCK_NOW])
     return ok({"status": "ok", "clock": "virtual" if svc.clock.virtual else "real", "now": svc.clock.now(),
-               "store": svc.cfg.store.split(":", 1)[0], "transport": svc.cfg.transport})
+               "store": svc.cfg.store.split(":", 1)[0], "transport": svc.cfg.transport, "pid": os.getpid()})
 
 
 @bp.post("/reset")

@@ -49,7 +49,13 @@ def load(path: str | Path) -> dict:
 
 
 def fingerprint(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    def keyed(node):  # YAML keys may be numbers and strings in one mapping, which sort_keys cannot order
+        if isinstance(node, dict):
+            return {str(k): keyed(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [keyed(v) for v in node]
+        return node
+    return hashlib.sha256(json.dumps(keyed(data), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def apply(svc, data: dict) -> None:

@@ -198,12 +198,12 @@ class Scheduler:
                     self._outage.recovered()
             except Exception as exc:  # a store hiccup must not kill the scheduler
                 reason = unavailable(exc)
-                if reason is None:
+                if reason is None:  # a bug: said each time, and no reason to wait longer
                     traceback.print_exc()
                 else:
                     self._outage.failed(reason)
+                    failures += 1
                 nxt = None
-                failures += 1
             full = self._busy >= self.cfg.delivery_workers  # then a finishing job wakes us
             wait = self.poll_interval if nxt is None or full else min(max(nxt - self.clock.now(), 0),
                                                                       self.poll_interval)

@@ -16,7 +16,7 @@ from .journal import RequestJournal
 from .rules import Rejection, check_upload_cover
 from .scenarios import Scenario
 from .scheduler import Scheduler
-from .stores import MemoryStore, Store, open_store
+from .stores import API_OUTAGE, MemoryStore, Store, open_store
 
 # The shared virtual clock's time, in the store's settings (not one the control API shows or takes)
 CLOCK_NOW = "_clock_now"
@@ -73,23 +73,23 @@ class Service:
         self._shared_clock = not isinstance(self.store, MemoryStore)  # another process may move it
         self.join_clock()
         self.seed_accounts()
+        self.store.update_settings({SEEDED: True})
 
     # -- a virtual clock shared through the store -----------------------------------------------
     def join_clock(self) -> None:
         """A virtual clock takes the time of the instances already on the store (kept in its
         settings, under CLOCK_NOW), or puts its own there for those that come after."""
-        if self.clock.virtual:
+        if self.clock.virtual and not self.store.claim_setting(CLOCK_NOW, self.clock.now()):
             stored = self.store.get_settings().get(CLOCK_NOW)
-            if stored is None:
-                self.share_clock()
-            else:
+            if stored is not None:
                 self.clock.adopt(stored)
 
     def share_clock(self) -> None:
         """After this instance moved its virtual clock: every other one catches up on its next
-        request (the prelude reads the settings) or control call (`sync_clock`)."""
+        request (the prelude reads the settings) or control call (`sync_clock`). The store keeps
+        the latest time of all (two advances at once never take it back), and this clock takes it."""
         if self.clock.virtual:
-            self.store.update_settings({CLOCK_NOW: self.clock.now()})
+            self.clock.observe(self.store.raise_setting(CLOCK_NOW, self.clock.now()))
 
     def sync_clock(self) -> None:
         """Catch up with the shared virtual clock before a control call or a file answered."""
@@ -99,41 +99,41 @@ class Service:
                 self.clock.observe(stored)
 
     def seed_accounts(self) -> None:
-        """Create the configured keys that the store does not know yet (a restart keeps balances),
-        and mark the store as seeded (SEEDED)."""
+        """Create the configured keys that the store does not know yet (a restart keeps balances)."""
         for key, credits in self.cfg.api_keys.items():
             if self.store.get_account(key) is None:
                 self.store.put_account(key, credits, self.cfg.webhook_hmac_keys.get(key))
-        self.store.update_settings({SEEDED: True})
 
-    def _lost_state(self, key: str) -> bool:
-        """A configured key the store does not know, in a store that is no longer marked as seeded:
-        it lost everything behind the fake's back (a Redis restarted without persistence, or
-        flushed). Seed it again, as a start would: the keys, the virtual time, the scenario file.
-        True when it did (a key deleted through the control API leaves the mark, and stays
-        unknown)."""
-        if key not in self.cfg.api_keys or SEEDED in self.store.get_settings():
-            return False
-        print("kie-mock: the store has lost its state (a Redis restarted empty, or flushed?): the configured "
-              "keys are seeded again", file=sys.stderr, flush=True)
-        self.share_clock()
-        self.seed_accounts()
-        if self.startup:
-            from .scenario_file import apply
-
-            apply(self, self.startup)
-        return True
-
-    def reset(self) -> None:
-        """Back to the start state: configured keys, and the scenario file given at start."""
-        self.journal.clear()
-        self.store.reset()
+    def _seed(self) -> None:
+        """What a start puts in an empty store: the virtual time, the configured keys, the
+        scenario file. Made by the one process that claimed SEEDED (after a reset, or a loss)."""
         self.share_clock()  # the clock is not moved back: the instances keep agreeing on it
         self.seed_accounts()
         if self.startup:
             from .scenario_file import apply
 
             apply(self, self.startup)
+
+    def _lost_state(self, key: str) -> bool:
+        """A configured key the store does not know, in a store that is no longer marked as seeded:
+        it lost everything behind the fake's back (a Redis restarted without persistence, or
+        flushed). Seed it again, as a start would. True when this process did (a key deleted
+        through the control API leaves the mark, and stays unknown; of several requests at once,
+        or a reset going on, one claims the mark and seeds)."""
+        if key not in self.cfg.api_keys or SEEDED in self.store.get_settings() \
+                or not self.store.claim_setting(SEEDED, True):
+            return False
+        print("kie-mock: the store has lost its state (a Redis restarted empty, or flushed?): the configured "
+              "keys are seeded again", file=sys.stderr, flush=True)
+        self._seed()
+        return True
+
+    def reset(self) -> None:
+        """Back to the start state: configured keys, and the scenario file given at start."""
+        self.journal.clear()
+        self.store.reset()
+        if self.store.claim_setting(SEEDED, True):  # else a request in between found the store empty, and seeds it
+            self._seed()
         for then in self.after_reset:
             then()
 
@@ -167,6 +167,8 @@ class Service:
             return None, None, Rejection(401, "You do not have access permissions: malformed Authorization header "
                                               "(expected 'Bearer <API key>')", "Authorization", "auth")
         account, settings, armed = self.store.prelude(key)
+        if API_OUTAGE.active:  # the store answered
+            API_OUTAGE.recovered()
         if account is None and self._lost_state(key):
             account, settings, armed = self.store.prelude(key)
         if self.clock.virtual and CLOCK_NOW in settings:  # another instance may have advanced it

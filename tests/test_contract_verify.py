@@ -171,17 +171,19 @@ def test_replay_interrupted_reports_what_it_replayed(capsys, tmp_path):
                 raise KeyboardInterrupt
             return self.inner.send(*args)
 
+    checks = [json.loads(line).get("check") for line in (rec / "exchanges.jsonl").read_text().splitlines()]
+    at = checks.index(next(c for c in checks if c != checks[0])) + 1  # the first request of the second check
     app = make_fake()
     try:
-        transport = InterruptedAt(WsgiTransport(app), at=4)
+        transport = InterruptedAt(WsgiTransport(app), at=at)
         ctx = Context(Target(transport, "kie-mock-key"), budget=Budget(None), is_fake=True)
         results = replay(ctx, rec)
     finally:
         stop_app(app)
-    assert transport.sent == 4 and results, results
-    *done, last = results
-    assert all(r.status == "passed" for r in done), done
-    assert last.status == "error" and last.reason.startswith("interrupted: this check and the"), last
+    assert transport.sent == at and [r.check for r in results] == [f"replay:{c}" for c in dict.fromkeys(checks)][:2]
+    first, second = results
+    assert first.status == "passed" and first.cases == at - 1, first
+    assert second.status == "error" and second.reason.startswith("interrupted: this check and the"), second
 
 
 def test_replay_names_a_transport_difference(capsys, other, tmp_path):

@@ -553,8 +553,10 @@ def test_file_urls_use_the_host_header_only_when_it_is_a_valid_host(client, cloc
 
 @pytest.mark.parametrize("headers, base", [
     ({"Host": "kie2:9706", "X-Forwarded-Host": "mock.example", "X-Forwarded-Proto": "https"}, "https://mock.example/"),
-    ({"Host": "kie2", "X-Forwarded-Host": "mock.example:8443, proxy.internal"}, "http://mock.example:8443/"),
-    ({"Host": "mock.example", "X-Forwarded-Proto": "HTTPS, http"}, "https://mock.example/"),
+    # several values: the last is the one the proxy nearest to the fake set (the others came from
+    # further away, the client included)
+    ({"Host": "kie2", "X-Forwarded-Host": "client.example, mock.example:8443"}, "http://mock.example:8443/"),
+    ({"Host": "mock.example", "X-Forwarded-Proto": "http, HTTPS"}, "https://mock.example/"),
     ({"Host": "mock.example", "X-Forwarded-Proto": "gopher"}, "http://mock.example/"),  # not a scheme for files
     ({"Host": "mock.example", "X-Forwarded-Host": "a b"}, None),  # not a host: the configured address
     ({"Host": "mock.example", "X-Forwarded-Host": ""}, "http://mock.example/"),

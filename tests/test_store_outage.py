@@ -79,11 +79,14 @@ def test_redis_down_is_said_as_such_and_health_answers_503_until_it_is_back(priv
             cover = client.post("/api/v1/generate/upload-cover", json=body(), headers=AUTH).get_json()
             assert cover["code"] == 500 and cover["data"] is None
             assert cover["msg"].startswith("Internal Error: the fake's store is unavailable (ConnectionError")
+            # answered without the store (no key): says nothing of whether it is back
+            assert client.get("/api/v1/chat/credit").get_json()["code"] == 401
         health = client.get("/_mock/health")
         assert health.status_code == 503 and health.get_json()["code"] == 503
         assert "store is unavailable (ConnectionError" in health.get_json()["msg"]
         err = capfd.readouterr().err
         assert "Traceback" not in err and err.count("the store is unavailable") == 1  # once, not per request
+        assert "answers again" not in err
 
         private_redis.start()  # back, and empty (no persistence): the configured keys are seeded again
         assert client.get("/_mock/health").status_code == 200

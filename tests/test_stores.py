@@ -404,6 +404,47 @@ def test_settings_merge(store):
     assert store.get_settings()["latency"] == {"ms": 10}
 
 
+def test_claim_setting_sets_only_once_and_tells_who_did(store):
+    assert store.claim_setting("_seeded", True) is True
+    assert store.claim_setting("_seeded", False) is False
+    assert store.get_settings() == {"_seeded": True}
+    store.reset()
+    assert store.claim_setting("_seeded", True) is True
+
+
+def test_raise_setting_keeps_the_larger_number(store):
+    assert store.raise_setting("_clock_now", 100.5) == 100.5
+    assert store.raise_setting("_clock_now", 10.0) == 100.5  # never back
+    assert store.raise_setting("_clock_now", 1795684890.3861883) == 1795684890.3861883  # full precision
+    assert store.get_settings()["_clock_now"] == 1795684890.3861883
+
+
+def test_claim_and_raise_are_atomic_across_threads(shared_url):
+    """One of many claims wins; the largest of many raises stays, whatever the interleaving."""
+    stores = [open_store(shared_url) for _ in range(8)]
+    try:
+        stores[0].reset()
+        start = threading.Barrier(len(stores))
+        claimed, raised = [], []
+
+        def one(i, s):
+            start.wait(10)
+            claimed.append(s.claim_setting("_seeded", i))
+            for v in range(i, 200, len(stores)):
+                raised.append(s.raise_setting("_clock_now", float(v)))
+
+        threads = [threading.Thread(target=one, args=(i, s)) for i, s in enumerate(stores)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(claimed) == [False] * 7 + [True]
+        assert stores[0].get_settings()["_clock_now"] == 199.0 and max(raised) == 199.0
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_reset_forgets_everything(store):
     store.put_account("a", 1)
     store.rate_acquire("cover:a", 1.0, 1, 100.0)

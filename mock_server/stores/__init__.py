@@ -81,6 +81,11 @@ class OutageLog:
         more = "" if first else f" ({count} times in the last {self.every:g} s)"
         print(f"kie-mock: {self.what}: the store is unavailable{more}: {reason}", file=sys.stderr, flush=True)
 
+    @property
+    def active(self) -> bool:
+        """An outage was said and not yet its end (a cheap check before `recovered`)."""
+        return self._last is not None
+
     def recovered(self) -> None:
         if self._last is None:
             return
@@ -91,4 +96,8 @@ class OutageLog:
         print(f"kie-mock: {self.what}: the store answers again", file=sys.stderr, flush=True)
 
 
-__all__ = ["Store", "MemoryStore", "open_store", "networked", "unavailable", "OutageLog"]
+# The API requests' outage log: a failed request says it (api.internal_error), a store read
+# that worked ends it (Service.authenticate).
+API_OUTAGE = OutageLog("API requests")
+
+__all__ = ["Store", "MemoryStore", "open_store", "networked", "unavailable", "OutageLog", "API_OUTAGE"]

@@ -174,6 +174,14 @@ class Store(ABC):
     @abstractmethod
     def update_settings(self, changes: dict) -> dict: ...
 
+    @abstractmethod
+    def claim_setting(self, name: str, value) -> bool:
+        """Set `name` only if it is not set: True for the one caller that set it (atomic)."""
+
+    @abstractmethod
+    def raise_setting(self, name: str, value: float) -> float:
+        """Set the number `name` to `value` unless it is larger already; the value it has (atomic)."""
+
     # -- everything -------------------------------------------------------------------------
     @abstractmethod
     def reset(self) -> None:

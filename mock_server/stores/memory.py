@@ -290,3 +290,17 @@ class MemoryStore(Store):
         with self._lock:
             self._settings.update(changes)
             return dict(self._settings)
+
+    def claim_setting(self, name, value):
+        with self._lock:
+            if name in self._settings:
+                return False
+            self._settings[name] = value
+            return True
+
+    def raise_setting(self, name, value):
+        with self._lock:
+            current = self._settings.get(name)
+            if current is None or value > current:
+                self._settings[name] = current = value
+            return current

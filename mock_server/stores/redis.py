@@ -256,6 +256,16 @@ end
 return false
 """
 
+# KEYS[1] settings hash; ARGV name, value (a JSON number). The larger of the two stays.
+_RAISE_SETTING = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (not current) or tonumber(current) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return ARGV[2]
+end
+return current
+"""
+
 _SCRIPTS = {name[1:].lower(): src for name, src in globals().copy().items()
             if name.startswith("_") and not name.startswith("_LUA_") and name.isupper() and isinstance(src, str)}
 
@@ -586,6 +596,12 @@ class RedisStore(Store):
     # -- settings ----------------------------------------------------------------------------------
     def get_settings(self):
         return {_s(k): _loads(v) for k, v in self.r.hgetall(self.k_settings).items()}
+
+    def claim_setting(self, name, value):
+        return bool(self.r.hsetnx(self.k_settings, name, _dumps(value)))
+
+    def raise_setting(self, name, value):
+        return _loads(self._run("raise_setting", [self.k_settings], [name, _dumps(value)]))
 
     def update_settings(self, changes):
         with self.r.pipeline(transaction=True) as pipe:

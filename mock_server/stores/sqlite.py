@@ -838,3 +838,19 @@ class SqliteStore(Store):
                              rows_in)
             return conn.execute("SELECT k, v FROM settings").fetchall()
         return {k: _loads(v) for k, v in self._write_changing(op)}
+
+    def claim_setting(self, name, value):
+        row = (name, _dumps(value))
+        return self._write_changing(
+            lambda c: c.execute("INSERT INTO settings (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING", row).rowcount == 1)
+
+    def raise_setting(self, name, value):
+        def op(conn):
+            row = conn.execute("SELECT v FROM settings WHERE k = ?", (name,)).fetchone()
+            current = _loads(row[0]) if row else None
+            if current is None or value > current:
+                conn.execute("INSERT INTO settings (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                             (name, _dumps(value)))
+                current = value
+            return current
+        return self._write_changing(op)
