@@ -61,6 +61,7 @@ class Scheduler:
         self.poll_interval = poll_interval
         self._wake = threading.Event()
         self._outage = OutageLog("callbacks")
+        self._local = threading.local()  # the job a pool thread works (process)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -223,6 +224,12 @@ class Scheduler:
 
     # -- one job ------------------------------------------------------------------------------
     def process(self, job: dict) -> None:
+        """Work one claimed job, then delete it. A store that fails meanwhile (`stores.unavailable`:
+        down, or its lock held past the wait) leaves the job claimed: it is taken again when its
+        lease runs out, and what it had done is not done twice (a stage) or is at least once (a
+        callback). Deleting it then lost the task's later stages and callbacks."""
+        keep = False
+        self._local.job, self._local.lost = job, False
         try:
             task = self.store.get_task(job["task_id"])
             if task is not None:
@@ -233,12 +240,47 @@ class Scheduler:
                 else:  # stored by an older kie-mock
                     self._delivery(task, job["stage"], job["attempt"], job["index"], job.get("chain", True))
         except Exception as exc:  # journal it; never lose the scheduler thread
-            self.store.log("attempts", {"task_id": job["task_id"], "stage": job.get("stage"),
-                                        "error": f"internal: {exc!r}", "at": self.clock.now()},
-                           self.cfg.journal_limit)
-            traceback.print_exc()
+            reason = unavailable(exc)
+            if reason is not None:
+                keep = True
+                self._outage.failed(f"{reason} (job {job['id']} of task {job['task_id']} is taken again "
+                                    f"when its lease runs out)")
+            else:
+                traceback.print_exc()
+                self._try(self.store.log, "attempts", {"task_id": job["task_id"], "stage": job.get("stage"),
+                                                       "error": f"internal: {exc!r}", "at": self.clock.now()},
+                          self.cfg.journal_limit)
         finally:
-            self.store.finish_job(job["id"])
+            keep = keep or self._local.lost  # a job taken by another is that one's to finish
+            self._local.job = None
+            if not keep:
+                self._try(self.store.finish_job, job["id"])
+
+    def _try(self, fn, *args) -> None:
+        """A store call whose failure is said, not raised (the job stays claimed if it was finish_job)."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            reason = unavailable(exc)
+            if reason is None:
+                traceback.print_exc()
+            else:
+                self._outage.failed(reason)
+
+    def _still_mine(self, task_id: str) -> bool:
+        """The job this thread works is still claimed by this scheduler, its lease not run out. A
+        process paused past its lease (SIGSTOP, a long GC, a stalled VM) finds its job taken by
+        another, which makes the same callback again and goes on from there: going on here too
+        made every later callback twice, out of order."""
+        job = getattr(self._local, "job", None)
+        if job is None:
+            return True
+        now = self.clock.now()
+        mine = any(j["id"] == job["id"] and j.get("owner") == self.owner and (j.get("lease_until") or 0) > now
+                   for j in self.store.list_jobs(task_id))
+        if not mine:
+            self._local.lost = True
+        return mine
 
     def _next_stage(self, task: dict, index: int, flow: int | None) -> None:
         if index + 1 < len(task["plan"]):
@@ -295,6 +337,11 @@ class Scheduler:
             self._next_stage(task, index, flow=FLOW)
         if task.get("delivered_through", -1) == index - 1:
             self._callback(task, index, inline=True)
+        elif task.get("delivered_through", -1) == index and task["stage_index"] > index and not any(
+                j["kind"] == "deliver" and j.get("index") == index + 1 for j in self.store.list_jobs(task["taskId"])):
+            # this stage's callback was delivered and recorded, and the process died before it
+            # planned the next one (whose stage had happened meanwhile): plan it now
+            self._callback(task, index + 1, inline=False)
 
     def _callback(self, task: dict, index: int, inline: bool) -> None:
         """Make the callback of stage `index` (whose stage has happened, and whose predecessor's
@@ -315,7 +362,10 @@ class Scheduler:
 
     def _delivered(self, task: dict, index: int) -> None:
         """Stage `index`'s callback was delivered: the next one, if its stage has happened. (The
-        last one is recorded too: the control API shows the task's callbacks as delivered.)"""
+        last one is recorded too: the control API shows the task's callbacks as delivered.) Not
+        if this job is no longer ours: its new owner makes this callback again and goes on."""
+        if not self._still_mine(task["taskId"]):
+            return
         task = self.store.update_task(task["taskId"], {"delivered_through": index})
         if task is not None and index + 1 < len(task["plan"]) and task.get("stage_index", -1) >= index + 1:
             self._callback(task, index + 1, inline=False)

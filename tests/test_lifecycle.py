@@ -683,6 +683,79 @@ def lifecycle_attempt(status):
     return Attempt(status, None, 0.5)
 
 
+def test_a_store_that_fails_during_a_job_leaves_it_for_its_next_claim(client, clock, delivery, service, monkeypatch):
+    """The job used to be deleted after the failure, and with it the task's later stages and
+    callbacks: the task stayed at FIRST_SUCCESS with no job left. Now it stays claimed, is taken
+    again when its lease runs out, and the task goes on to the end."""
+    import sqlite3
+
+    store = service.store
+    real, failed = store.update_task, []
+
+    def locked_once(task_id, changes):
+        if changes.get("stage_index") == 2 and not failed:  # the complete stage's write
+            failed.append(task_id)
+            raise sqlite3.OperationalError("database is locked")
+        return real(task_id, changes)
+    monkeypatch.setattr(store, "update_task", locked_once)
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    clock.advance(8.5)
+    assert failed == [task_id] and delivery.stages(task_id) == ["text", "first"]
+    (kept,) = store.list_jobs(task_id)
+    assert (kept["kind"], kept["index"], kept["owner"]) == ("stage", 2, service.scheduler.owner)
+    clock.advance(service.scheduler.lease)  # the lease runs out: claimed and run again
+    assert delivery.stages(task_id) == ["text", "first", "complete"]
+    assert _status(client, task_id) == "SUCCESS" and store.list_jobs(task_id) == []
+
+
+def test_a_death_between_a_delivered_callback_and_planning_the_next_loses_nothing(client, clock, delivery, service):
+    """A stage job made its callback while the next stage happened, recorded it delivered, and
+    its process died before planning the next callback. Run again, it plans it."""
+    from mock_server.scheduler import FLOW
+
+    store = service.store
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    for job in store.list_jobs(task_id):
+        store.finish_job(job["id"])
+    task = store.get_task(task_id)
+    changes = lifecycle.apply_stage(task, "text")
+    changes.update(lifecycle.apply_stage({**task, **changes}, "first"))
+    task = store.update_task(task_id, {**changes, "stage_index": 1, "delivered_through": 0})
+    service.scheduler._next_stage(task, 1, flow=FLOW)  # the first stage's job planned the complete one
+    store.add_job({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage", "due": clock.now(), "index": 0,
+                   "flow": FLOW})
+    (job,) = store.claim_due(clock.now(), service.scheduler.owner, 60)  # the text job, run again
+    service.scheduler.process(job)
+    clock.advance(60)
+    assert delivery.stages(task_id) == ["first", "complete"]  # (text: delivered before the death)
+
+
+def test_a_scheduler_that_lost_its_job_to_another_does_not_go_on_from_it(client, clock, delivery, service):
+    """Paused past its lease while its callback was on the way, a scheduler found its job taken
+    by another, which made the callback again and went on: going on here too made every later
+    callback twice, out of order. Only the taken-over callback comes twice now."""
+    store, scheduler = service.store, service.scheduler
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    taken = []
+
+    def slow_receiver(url, data, headers):  # meanwhile the lease ran out, and another scheduler took the job
+        if not taken:
+            taken.extend(store.claim_due(clock.now() + scheduler.lease + 1, "other-scheduler", 60))
+        return RecordingDelivery.__call__(delivery, url, data, headers)
+    scheduler.deliver = slow_receiver
+    clock.advance(2.5)  # text
+    assert delivery.stages(task_id) == ["text"]
+    assert store.get_task(task_id).get("delivered_through", -1) == -1  # not recorded by the one that lost it
+    (text_job,) = [j for j in taken if j.get("index") == 0]  # (the first stage's job was taken too)
+    other = type(scheduler)(store, clock, service.cfg, deliver=slow_receiver, owner="other-scheduler")
+    other.process(text_job)  # the new owner: the callback again, and the rest from there
+    clock.advance(100)  # (the first stage's job, left by "other", is claimed when its lease runs out)
+    assert delivery.stages(task_id) == ["text", "text", "first", "complete"]
+
+
 def test_a_stage_job_run_again_after_its_process_died_neither_rewinds_nor_plans_twice(client, clock, delivery, service):
     """A job whose process died is claimed again once its lease runs out. A stage that happened
     already is not applied again (record-info went from SUCCESS back to FIRST_SUCCESS, and the
@@ -694,9 +767,15 @@ def test_a_stage_job_run_again_after_its_process_died_neither_rewinds_nor_plans_
     task_id = env["data"]["taskId"]
     clock.advance(8.5)  # every stage happened, every callback delivered
     assert delivery.stages(task_id) == ["text", "first", "complete"]
+    def run_again(index):  # a stage job, claimed by this scheduler again after a death
+        job = {"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage", "due": clock.now(), "index": index,
+               "flow": FLOW}
+        service.store.add_job(job)
+        (claimed,) = service.store.claim_due(clock.now(), service.scheduler.owner, 60)
+        service.scheduler.process(claimed)
+
     for index in (1, 0):  # the jobs of earlier stages, run again
-        service.scheduler.process({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage",
-                                   "due": clock.now(), "index": index, "flow": FLOW})
+        run_again(index)
     assert _status(client, task_id) == "SUCCESS" and service.store.list_jobs(task_id) == []
     clock.advance(60)
     assert delivery.stages(task_id) == ["text", "first", "complete"]
@@ -708,8 +787,7 @@ def test_a_stage_job_run_again_after_its_process_died_neither_rewinds_nor_plans_
         service.store.finish_job(job["id"])
     service.store.update_task(task_id, {**lifecycle.apply_stage(service.store.get_task(task_id), "text"),
                                         "stage_index": 0})
-    service.scheduler.process({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage",
-                               "due": clock.now(), "index": 0, "flow": FLOW})
+    run_again(0)
     assert [(j["kind"], j["index"]) for j in service.store.list_jobs(task_id)] == [("stage", 1)]
     clock.advance(60)
     assert delivery.stages(task_id) == ["text", "first", "complete"]
