@@ -88,12 +88,17 @@ def apply_file(svc, path: str | Path, *, remember_only: bool = False) -> None:
     whose content changed is applied."""
     try:
         data = load(path)
-        if not remember_only:
-            if svc.store.get_settings().get(APPLIED) == fingerprint(data):
+        fp = fingerprint(data)
+        stored = svc.store.get_settings().get(APPLIED)
+        if stored == fp:
+            if not remember_only:
                 print(f"kie-mock: scenario file {path}: already applied to this store, whose state is kept "
                       f"(POST /_mock/reset applies it again)", file=sys.stderr, flush=True)
-            else:
-                apply(svc, data)
+        elif stored is None:  # a fresh store, or one wiped by a reset its process died in: of the
+            if svc.store.claim_setting(APPLIED, fp):  # processes starting on it, one applies the file
+                _apply(svc, data)
+        elif not remember_only:  # the file changed
+            apply(svc, data)
     except BadRequest as exc:
         raise SystemExit(f"kie-mock: {exc}") from None
     svc.startup = data

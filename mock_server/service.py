@@ -120,7 +120,8 @@ class Service:
         flushed). Seed it again, as a start would. True when this process did (a key deleted
         through the control API leaves the mark, and stays unknown; of several requests at once,
         or a reset going on, one claims the mark and seeds)."""
-        if key not in self.cfg.api_keys or SEEDED in self.store.get_settings() \
+        accounts = (self.startup or {}).get("accounts") or {}
+        if (key not in self.cfg.api_keys and key not in map(str, accounts)) or SEEDED in self.store.get_settings() \
                 or not self.store.claim_setting(SEEDED, True):
             return False
         print("kie-mock: the store has lost its state (a Redis restarted empty, or flushed?): the configured "

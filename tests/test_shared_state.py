@@ -99,3 +99,27 @@ def test_a_scenario_file_with_number_and_name_keys_is_applied_and_recognised(app
     apply_file(apps(), path)
     assert "already applied to this store" in capsys.readouterr().err
     assert len(svc.store.list_faults()) == 1
+
+
+def test_a_process_that_starts_on_a_store_wiped_by_a_reset_it_died_in_applies_the_file_once(apps, tmp_path):
+    """A worker killed right after a reset wiped the store: its replacement seeded only the
+    configured keys, and the scenario file's accounts and settings stayed gone."""
+    path = tmp_path / "failures.yaml"
+    path.write_text(FILE + "settings: {rate_limit: 5}\n")
+    first = apps()
+    apply_file(first, path)
+    first.store.reset()  # the reset's wipe, and the death before its seeding
+    for _ in range(2):  # the replacement worker and another one: the file applied once
+        apply_file(apps(), path, remember_only=True)
+    assert first.store.get_account("team-key")["credits"] == 7 and len(first.store.list_faults()) == 1
+    assert first.settings()["rate_limit"] == 5
+
+
+def test_a_scenario_files_key_is_seeded_again_when_the_store_lost_its_state(apps, tmp_path):
+    path = tmp_path / "failures.yaml"
+    path.write_text(FILE)
+    svc = apps()
+    apply_file(svc, path)
+    svc.store.reset()  # behind its back
+    key, view, refusal = svc.authenticate("Bearer team-key")
+    assert (key, refusal) == ("team-key", None) and view.account["credits"] == 7
