@@ -56,8 +56,8 @@ import time
 import traceback
 
 from . import heap
-from .config import Config, url_host
-from .stores import networked
+from .config import Config, mask_url, url_host
+from .stores import networked, unavailable
 
 ENV_CONFIG = "KIE_MOCK__WORKER_CONFIG"  # the parent's Config, for the workers (internal)
 ENV_SCENARIO = "KIE_MOCK__WORKER_SCENARIO_FILE"
@@ -277,7 +277,14 @@ def _run(cfg: Config, workers: int, scenario_file: str | None, server: str | Non
         return 2
     if cfg.port == 0:
         cfg = cfg.with_overrides(port=_free_port(cfg.host))
-    scenario_keys = _scenario_keys(_prepare_store(cfg, scenario_file))
+    try:
+        scenario_keys = _scenario_keys(_prepare_store(cfg, scenario_file))
+    except Exception as exc:  # a store it cannot use: one sentence, not a traceback
+        reason = unavailable(exc)
+        if reason is None:
+            raise
+        print(f"kie-mock serve: cannot use the store {mask_url(cfg.store)}: {reason}", file=sys.stderr)
+        return 2
     os.environ[ENV_CONFIG] = base64.b64encode(pickle.dumps(cfg)).decode()
     os.environ[ENV_SERVE_PID] = str(os.getpid())
     if scenario_file:  # each worker remembers it (POST /_mock/reset comes back to it); one applies it

@@ -161,3 +161,16 @@ def test_the_outage_log_says_it_once_per_period_with_the_count_then_once_when_it
     assert capfd.readouterr().err.splitlines() == [
         "kie-mock: API requests: the store is unavailable (51 times in the last 10 s): ConnectionError: refused",
         "kie-mock: API requests: the store answers again"]
+
+
+@pytest.mark.parametrize("content", [b"not a database at all, " * 300, bytes(range(256)) * 40])
+def test_serve_on_a_file_that_is_no_database_says_so_in_one_line(tmp_path, content):
+    """It used to stop with a 39-line traceback."""
+    import sys
+
+    path = tmp_path / "state.sqlite"
+    path.write_bytes(content)
+    r = subprocess.run([sys.executable, "-m", "mock_server", "serve", "--port", "0", "--store", f"sqlite:{path}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == f"kie-mock serve: cannot use the store sqlite:{path}: DatabaseError: file is not a database"
