@@ -388,10 +388,14 @@ def _supervise(sock: socket.socket | None, workers: int, schedulers: int) -> int
         for _ in range(workers):
             spawn(_serve_http(sock))
         while code == 0 and signal.sigwait(signals) == signal.SIGCHLD:
-            for pid, (started, target) in _reap(children):
+            for pid, (started, target), status in _reap(children):
                 what, plural = ("scheduler process", "scheduler processes") if target is run_scheduler \
                     else ("worker", "workers")
-                quick = quick_deaths.get(what, 0) + 1 if time.monotonic() - started < RESPAWN_QUICK else 0
+                # Killed from outside (SIGKILL, SIGTERM: an operator, a chaos test, the OOM killer)
+                # is no sign of a process that cannot start: only its own failures count.
+                killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGKILL, signal.SIGTERM)
+                quick = quick_deaths.get(what, 0) + 1 if time.monotonic() - started < RESPAWN_QUICK \
+                    and not killed else 0
                 quick_deaths[what] = quick
                 if quick >= RESPAWN_GIVE_UP:
                     print(f"kie-mock serve: {quick} {plural} in a row died as they started; stopping",
@@ -410,18 +414,18 @@ def _supervise(sock: socket.socket | None, workers: int, schedulers: int) -> int
     return code
 
 
-def _reap(children: dict[int, tuple]) -> list[tuple[int, tuple]]:
-    """The children that have exited (reaped): (pid, what `children` had for it)."""
+def _reap(children: dict[int, tuple]) -> list[tuple[int, tuple, int]]:
+    """The children that have exited (reaped): (pid, what `children` had for it, wait status)."""
     gone = []
     while children:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
         if pid == 0:
             break
         if pid in children:
-            gone.append((pid, children.pop(pid)))
+            gone.append((pid, children.pop(pid), status))
     return gone
 
 

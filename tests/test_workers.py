@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from conftest import AUTH, alive, body, descendant_pids, named_pids
+from conftest import AUTH, alive, body, child_pids, descendant_pids, named_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 COVER = "/api/v1/generate/upload-cover"
@@ -526,3 +526,46 @@ def test_schedulers_refused_where_they_cannot_work(args, message):
     r = subprocess.run([sys.executable, "-m", "mock_server", "serve", *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+SUPERVISED = """
+import signal, sys, time
+from mock_server import server
+
+def failing():
+    raise RuntimeError("cannot start")
+
+def sleeping():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, server._SIGNALS)  # as the real ones do: SIGTERM stops it
+    time.sleep(600)
+
+server.run_scheduler = failing if sys.argv[1] == "failing" else sleeping
+sys.exit(server._supervise(None, 0, 1))
+"""
+
+
+def test_a_process_that_cannot_start_stops_the_server_after_five_tries():
+    r = subprocess.run([sys.executable, "-c", SUPERVISED, "failing"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("RuntimeError: cannot start") == 5
+    assert "5 scheduler processes in a row died as they started; stopping" in r.stderr
+
+
+def test_processes_killed_from_outside_are_replaced_however_often():
+    """Five SIGKILLs in a row within seconds of each start (an operator, a chaos test, the OOM
+    killer) used to count as "died as they started", and the whole server stopped."""
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISED, "sleeping"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(7):
+            (child,) = wait_for("the scheduler process", lambda: child_pids(proc.pid) or None)
+            os.kill(child, signal.SIGKILL)
+            wait_for("another one", lambda: (child_pids(proc.pid) or [child])[0] != child)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert proc.stderr.read().count("died; starting another") == 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
