@@ -98,6 +98,8 @@ def health():
     svc = _svc()
     try:
         settings = svc.store.get_settings()
+        # and a write, which a store that reads but cannot write (a full disk) refuses
+        svc.store.log("health", {"at": svc.clock.now(), "pid": os.getpid()}, 1)
     except Exception as exc:
         reason = unavailable(exc)
         if reason is None:

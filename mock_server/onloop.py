@@ -22,7 +22,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from . import api
-from .stores import networked
+from .stores import StoreLocked, networked
 
 POOL_THREADS = 8
 WAITING = object()  # OnLoop.api: the answer comes later
@@ -322,7 +322,7 @@ class AcceptBatcher:
                 self.retry = min(max(self.retry * 2, self.RETRY_FIRST), self.RETRY_MAX)
                 loop.call_later(self.retry, self.flush)
                 return
-            results = [TimeoutError(f"the store's write lock stayed held for {self.BUSY_GIVE_UP:g} s")] * len(batch)
+            results = [StoreLocked(f"the store's write lock stayed held for {self.BUSY_GIVE_UP:g} s")] * len(batch)
         self.pending, self.scheduled, self.retry, self.busy_since = [], False, 0.0, None
         self.batches += 1
         self.written += len(batch)

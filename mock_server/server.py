@@ -391,11 +391,13 @@ def _supervise(sock: socket.socket | None, workers: int, schedulers: int) -> int
             for pid, (started, target), status in _reap(children):
                 what, plural = ("scheduler process", "scheduler processes") if target is run_scheduler \
                     else ("worker", "workers")
-                # Killed from outside (SIGKILL, SIGTERM: an operator, a chaos test, the OOM killer)
-                # is no sign of a process that cannot start: only its own failures count.
-                killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGKILL, signal.SIGTERM)
+                # Only its own failures count (an exception: exit status 1; a crash: a signal such as
+                # SIGSEGV). Stopped from outside (SIGKILL, the OOM killer; SIGTERM or SIGINT, which
+                # it takes and exits 0 on) is no sign of a process that cannot start.
+                failed = os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 or os.WIFSIGNALED(status) \
+                    and os.WTERMSIG(status) not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
                 quick = quick_deaths.get(what, 0) + 1 if time.monotonic() - started < RESPAWN_QUICK \
-                    and not killed else 0
+                    and failed else 0
                 quick_deaths[what] = quick
                 if quick >= RESPAWN_GIVE_UP:
                     print(f"kie-mock serve: {quick} {plural} in a row died as they started; stopping",

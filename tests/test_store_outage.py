@@ -18,7 +18,7 @@ import redis
 from conftest import AUTH, KEY, body
 from mock_server.app import create_app
 from mock_server.config import Config
-from mock_server.stores import OutageLog, unavailable
+from mock_server.stores import OutageLog, StoreLocked, unavailable
 from test_stores import IN_CI, need_redis
 
 
@@ -130,6 +130,7 @@ def test_the_scheduler_backs_off_while_the_store_is_down(capfd):
     (sqlite3.OperationalError("database or disk is full"), "database or disk is full"),
     (sqlite3.OperationalError("attempt to write a readonly database"), "readonly database"),
     (sqlite3.DatabaseError("database disk image is malformed"), "malformed"),
+    (StoreLocked("the store's write lock stayed held for 30 s"), "StoreLocked: the store's write lock"),
 ])
 def test_what_counts_as_a_store_that_cannot_be_used(exc, why):
     assert why in unavailable(exc)
@@ -174,3 +175,29 @@ def test_serve_on_a_file_that_is_no_database_says_so_in_one_line(tmp_path, conte
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip() == f"kie-mock serve: cannot use the store sqlite:{path}: DatabaseError: file is not a database"
+
+
+def test_a_store_that_fails_and_works_by_turns_is_said_once_a_period(capfd, monkeypatch):
+    """A full disk: reads work, writes fail. Each read ended the outage and the next write began
+    another, a pair of lines per request."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    log = OutageLog("API requests", every=10)
+    for _ in range(100):
+        log.failed("OperationalError: database or disk is full")
+        log.recovered()
+        now[0] += 0.05  # 5 s in all
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == ["kie-mock: API requests: the store is unavailable: OperationalError: database or disk is full",
+                     "kie-mock: API requests: the store answers again"]
+
+
+def test_health_answers_503_for_a_store_that_reads_but_cannot_write(monkeypatch):
+    app = create_app(Config(store="memory", clock="virtual"), start_scheduler=False)
+    client = app.test_client()
+
+    def full(*args):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(app.extensions["kie_mock"].store, "log", full)
+    health = client.get("/_mock/health")
+    assert health.status_code == 503 and "database or disk is full" in health.get_json()["msg"]

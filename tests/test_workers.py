@@ -539,7 +539,14 @@ def sleeping():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, server._SIGNALS)  # as the real ones do: SIGTERM stops it
     time.sleep(600)
 
-server.run_scheduler = failing if sys.argv[1] == "failing" else sleeping
+def stopping():  # as a real worker or scheduler: takes SIGTERM, finishes, exits 0
+    done = []
+    signal.signal(signal.SIGTERM, lambda *a: done.append(1))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, server._SIGNALS)
+    while not done:
+        time.sleep(0.01)
+
+server.run_scheduler = {"failing": failing, "sleeping": sleeping, "stopping": stopping}[sys.argv[1]]
 sys.exit(server._supervise(None, 0, 1))
 """
 
@@ -552,15 +559,17 @@ def test_a_process_that_cannot_start_stops_the_server_after_five_tries():
     assert "5 scheduler processes in a row died as they started; stopping" in r.stderr
 
 
-def test_processes_killed_from_outside_are_replaced_however_often():
-    """Five SIGKILLs in a row within seconds of each start (an operator, a chaos test, the OOM
-    killer) used to count as "died as they started", and the whole server stopped."""
-    proc = subprocess.Popen([sys.executable, "-c", SUPERVISED, "sleeping"], cwd=ROOT, stdout=subprocess.PIPE,
+@pytest.mark.parametrize("target, sig", [("sleeping", signal.SIGKILL), ("stopping", signal.SIGTERM)])
+def test_processes_stopped_from_outside_are_replaced_however_often(target, sig):
+    """Five SIGKILLs or SIGTERMs in a row within seconds of each start (an operator, a chaos test,
+    the OOM killer) used to count as "died as they started", and the whole server stopped."""
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISED, target], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(7):
             (child,) = wait_for("the scheduler process", lambda: child_pids(proc.pid) or None)
-            os.kill(child, signal.SIGKILL)
+            time.sleep(0.05)  # its handler in place
+            os.kill(child, sig)
             wait_for("another one", lambda: (child_pids(proc.pid) or [child])[0] != child)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)

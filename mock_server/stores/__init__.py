@@ -45,6 +45,10 @@ _SQLITE_UNAVAILABLE = ("disk i/o error", "unable to open database", "database or
                        "database is locked", "malformed", "file is not a database")
 
 
+class StoreLocked(TimeoutError):
+    """The store's write lock stayed held by another process past the wait (SQLite)."""
+
+
 def unavailable(exc: BaseException) -> str | None:
     """Why the store cannot be used, when `exc` says so (Redis down or unreachable, an SQLite
     file that cannot be read or written): a short reason for the answer and the log. None for
@@ -54,6 +58,8 @@ def unavailable(exc: BaseException) -> str | None:
         pass
     elif isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc).lower() for w in _SQLITE_UNAVAILABLE):
         pass
+    elif isinstance(exc, StoreLocked):
+        pass
     else:
         return None
     return f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -62,37 +68,44 @@ def unavailable(exc: BaseException) -> str | None:
 class OutageLog:
     """Says on stderr that the store is unavailable: at once the first time, then at most once
     every `every` seconds with the count meanwhile (an outage under load would otherwise write a
-    line per request), and once when it works again (`recovered`)."""
+    line per request), and that it works again (`recovered`), at most once a period too (a store
+    that reads but cannot write, a full disk, fails and works again by turns)."""
 
     def __init__(self, what: str, every: float = 10.0):
         self.what, self.every = what, every
         self._lock = threading.Lock()
-        self._last = None  # when a line was last written (None: no outage going on)
+        self._active = False  # an outage was said and not yet its end
+        self._said = self._said_back = None  # when the last line of each kind was written
         self._since_line = 0
-
-    def failed(self, reason: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._since_line += 1
-            if self._last is not None and now - self._last < self.every:
-                return
-            count, self._since_line, first = self._since_line, 0, self._last is None
-            self._last = now
-        more = "" if first else f" ({count} times in the last {self.every:g} s)"
-        print(f"kie-mock: {self.what}: the store is unavailable{more}: {reason}", file=sys.stderr, flush=True)
 
     @property
     def active(self) -> bool:
         """An outage was said and not yet its end (a cheap check before `recovered`)."""
-        return self._last is not None
+        return self._active
+
+    def failed(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._active = True
+            self._since_line += 1
+            if self._said is not None and now - self._said < self.every:
+                return
+            count, self._since_line, first = self._since_line, 0, self._said is None
+            self._said = now
+        more = "" if first else f" ({count} times in the last {self.every:g} s)"
+        print(f"kie-mock: {self.what}: the store is unavailable{more}: {reason}", file=sys.stderr, flush=True)
 
     def recovered(self) -> None:
-        if self._last is None:
+        if not self._active:
             return
+        now = time.monotonic()
         with self._lock:
-            if self._last is None:
+            if not self._active:
                 return
-            self._last, self._since_line = None, 0
+            self._active = False
+            if self._said_back is not None and now - self._said_back < self.every:
+                return
+            self._said_back = now
         print(f"kie-mock: {self.what}: the store answers again", file=sys.stderr, flush=True)
 
 
@@ -100,4 +113,4 @@ class OutageLog:
 # that worked ends it (Service.authenticate).
 API_OUTAGE = OutageLog("API requests")
 
-__all__ = ["Store", "MemoryStore", "open_store", "networked", "unavailable", "OutageLog", "API_OUTAGE"]
+__all__ = ["Store", "MemoryStore", "open_store", "networked", "unavailable", "OutageLog", "API_OUTAGE", "StoreLocked"]
