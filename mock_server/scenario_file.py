@@ -58,10 +58,14 @@ def fingerprint(data: dict) -> str:
     return hashlib.sha256(json.dumps(keyed(data), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def apply(svc, data: dict) -> None:
-    """Apply the file's content, and note in the store that it was (see APPLIED)."""
+def apply(svc, data: dict) -> bool:
+    """Apply the file's content to a store that has none applied (after a reset, or a loss), if
+    this process is the one that claims it (APPLIED): of a reset and a worker starting meanwhile,
+    one applies it. True if this one did."""
+    if not svc.store.claim_setting(APPLIED, fingerprint(data)):
+        return False
     _apply(svc, data)
-    svc.store.update_settings({APPLIED: fingerprint(data)})
+    return True
 
 
 def _apply(svc, data: dict) -> None:
@@ -94,11 +98,11 @@ def apply_file(svc, path: str | Path, *, remember_only: bool = False) -> None:
             if not remember_only:
                 print(f"kie-mock: scenario file {path}: already applied to this store, whose state is kept "
                       f"(POST /_mock/reset applies it again)", file=sys.stderr, flush=True)
-        elif stored is None:  # a fresh store, or one wiped by a reset its process died in: of the
-            if svc.store.claim_setting(APPLIED, fp):  # processes starting on it, one applies the file
-                _apply(svc, data)
+        elif stored is None:  # a fresh store, or one wiped by a reset (its process may have died in
+            apply(svc, data)  # it): of the processes starting on it and the reset, one applies the file
         elif not remember_only:  # the file changed
-            apply(svc, data)
+            svc.store.update_settings({APPLIED: fp})
+            _apply(svc, data)
     except BadRequest as exc:
         raise SystemExit(f"kie-mock: {exc}") from None
     svc.startup = data

@@ -250,6 +250,9 @@ class Scheduler:
                 self._try(self.store.log, "attempts", {"task_id": job["task_id"], "stage": job.get("stage"),
                                                        "error": f"internal: {exc!r}", "at": self.clock.now()},
                           self.cfg.journal_limit)
+        else:
+            if self._outage.active:  # the store worked for this job
+                self._outage.recovered()
         finally:
             keep = keep or self._local.lost  # a job taken by another is that one's to finish
             self._local.job = None
@@ -338,9 +341,10 @@ class Scheduler:
         if task.get("delivered_through", -1) == index - 1:
             self._callback(task, index, inline=True)
         elif task.get("delivered_through", -1) == index and task["stage_index"] > index and not any(
-                j["kind"] == "deliver" and j.get("index") == index + 1 for j in self.store.list_jobs(task["taskId"])):
+                j.get("index") == index + 1 for j in self.store.list_jobs(task["taskId"])):
             # this stage's callback was delivered and recorded, and the process died before it
-            # planned the next one (whose stage had happened meanwhile): plan it now
+            # planned the next one (whose stage had happened meanwhile, and whose own job is done:
+            # while that job is there, it makes the callback, or its next run does): plan it now
             self._callback(task, index + 1, inline=False)
 
     def _callback(self, task: dict, index: int, inline: bool) -> None:

@@ -68,6 +68,7 @@ SERVERS = ("builtin", "granian", "gunicorn-gthread", "gunicorn-sync", "werkzeug"
 WORKER_STOP_TIMEOUT = 15.0  # seconds a worker gets to stop after SIGTERM (httpd.DRAIN_TIMEOUT + its scheduler)
 RESPAWN_GIVE_UP = 5  # workers that die within RESPAWN_QUICK seconds of starting, in a row: stop serving
 RESPAWN_QUICK = 2.0
+RESPAWN_PAUSE_MAX = 2.0  # seconds the supervisor waits at most before starting a process again
 WORKER_NAME, SCHEDULER_NAME = "kie-mock-http", "kie-mock-sched"  # process names (ps -o comm)
 THREADS_PER_WORKER = 4  # WSGI threads per worker: measured best of 2/4/8 (CPU-bound work; more threads only add switching)
 
@@ -380,7 +381,8 @@ def _supervise(sock: socket.socket | None, workers: int, schedulers: int) -> int
         finally:
             _exit(code)
 
-    quick_deaths: dict[str, int] = {}  # per kind of process: deaths in a row right after starting
+    quick_deaths: dict[str, int] = {}  # per kind of process: failures in a row right after starting
+    young_deaths: dict[str, int] = {}  # per kind of process: deaths in a row right after starting, any cause
     code = 0
     try:
         for _ in range(schedulers):
@@ -396,9 +398,14 @@ def _supervise(sock: socket.socket | None, workers: int, schedulers: int) -> int
                 # it takes and exits 0 on) is no sign of a process that cannot start.
                 failed = os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 or os.WIFSIGNALED(status) \
                     and os.WTERMSIG(status) not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
-                quick = quick_deaths.get(what, 0) + 1 if time.monotonic() - started < RESPAWN_QUICK \
-                    and failed else 0
+                young = time.monotonic() - started < RESPAWN_QUICK
+                quick = quick_deaths.get(what, 0) + 1 if young and failed else 0
                 quick_deaths[what] = quick
+                # Any quick death, killed from outside too (the OOM killer, as it starts): wait a
+                # little longer each time before the next, up to RESPAWN_PAUSE_MAX.
+                young_deaths[what] = young_deaths.get(what, 0) + 1 if young else 0
+                if young_deaths[what] > 1:
+                    time.sleep(min(0.05 * 2 ** (young_deaths[what] - 2), RESPAWN_PAUSE_MAX))
                 if quick >= RESPAWN_GIVE_UP:
                     print(f"kie-mock serve: {quick} {plural} in a row died as they started; stopping",
                           file=sys.stderr, flush=True)

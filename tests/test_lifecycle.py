@@ -732,6 +732,30 @@ def test_a_death_between_a_delivered_callback_and_planning_the_next_loses_nothin
     assert delivery.stages(task_id) == ["first", "complete"]  # (text: delivered before the death)
 
 
+def test_a_stage_job_run_again_leaves_the_next_callback_to_the_next_stages_job(client, clock, delivery, service):
+    """The text job, kept after a store blip, ran again while the first stage's job (which came
+    second, and so makes the first callback itself) was still sending it: it planned the first
+    callback too, and first and complete came twice."""
+    from mock_server.scheduler import FLOW
+
+    store = service.store
+    _, env = submit(client)
+    task_id = env["data"]["taskId"]
+    for job in store.list_jobs(task_id):
+        store.finish_job(job["id"])
+    task = store.get_task(task_id)
+    changes = lifecycle.apply_stage(task, "text")
+    changes.update(lifecycle.apply_stage({**task, **changes}, "first"))
+    store.update_task(task_id, {**changes, "stage_index": 1, "delivered_through": 0})
+    for index in (1, 0):  # the first stage's job, in flight elsewhere; the text job, to run again
+        store.add_job({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage", "due": clock.now(),
+                       "index": index, "flow": FLOW})
+    jobs = store.claim_due(clock.now(), service.scheduler.owner, 60)
+    service.scheduler.process(next(j for j in jobs if j["index"] == 0))
+    assert [(j["kind"], j["index"]) for j in store.list_jobs(task_id)] == [("stage", 1)]
+    assert delivery.calls == []
+
+
 def test_a_scheduler_that_lost_its_job_to_another_does_not_go_on_from_it(client, clock, delivery, service):
     """Paused past its lease while its callback was on the way, a scheduler found its job taken
     by another, which made the callback again and went on: going on here too made every later

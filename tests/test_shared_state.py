@@ -123,3 +123,20 @@ def test_a_scenario_files_key_is_seeded_again_when_the_store_lost_its_state(apps
     svc.store.reset()  # behind its back
     key, view, refusal = svc.authenticate("Bearer team-key")
     assert (key, refusal) == ("team-key", None) and view.account["credits"] == 7
+
+
+def test_a_worker_that_starts_during_a_reset_and_the_reset_apply_the_file_once(apps, tmp_path):
+    """The reset wiped the store and applied the file before marking it applied; a worker starting
+    in between found no mark and applied it as well: the file's faults armed twice."""
+    path = tmp_path / "failures.yaml"
+    path.write_text(FILE)
+    svc = apps()
+    apply_file(svc, path)
+    seed = svc.seed_accounts
+
+    def seeding_with_a_worker_starting_meanwhile():  # the reset has wiped the store and claimed its seeding
+        seed()
+        apply_file(apps(), path, remember_only=True)
+    svc.seed_accounts = seeding_with_a_worker_starting_meanwhile
+    svc.reset()
+    assert len(svc.store.list_faults()) == 1 and svc.store.get_account("team-key")["credits"] == 7

@@ -201,3 +201,41 @@ def test_health_answers_503_for_a_store_that_reads_but_cannot_write(monkeypatch)
     monkeypatch.setattr(app.extensions["kie_mock"].store, "log", full)
     health = client.get("/_mock/health")
     assert health.status_code == 503 and "database or disk is full" in health.get_json()["msg"]
+
+
+def test_the_last_line_of_a_flapping_store_is_true(capfd, monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    log = OutageLog("API requests", every=10)
+    for t, call in ((0, log.failed), (1, log.recovered), (10.5, log.failed), (10.6, log.recovered)):
+        now[0] = t
+        call("OperationalError: disk I/O error") if call == log.failed else call()
+    assert capfd.readouterr().err.splitlines() == [
+        "kie-mock: API requests: the store is unavailable: OperationalError: disk I/O error",
+        "kie-mock: API requests: the store answers again",
+        "kie-mock: API requests: the store is unavailable (1 times in the last 10 s): OperationalError: disk I/O error",
+        "kie-mock: API requests: the store answers again"]
+
+
+def test_the_scheduler_says_when_the_store_works_again_after_a_job_failed(capfd, monkeypatch):
+    from conftest import RecordingDelivery
+    from mock_server.clock import VirtualClock
+
+    app = create_app(Config(store="memory", clock="virtual"), clock=VirtualClock(start=1e9),
+                     deliver=RecordingDelivery())
+    svc = app.extensions["kie_mock"]
+    client = app.test_client()
+    real = svc.store.get_task
+    fail = [True]
+
+    def blip(task_id):
+        if fail and fail.pop():
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(task_id)
+    monkeypatch.setattr(svc.store, "get_task", blip)
+    client.post("/api/v1/generate/upload-cover", json=body(), headers=AUTH)
+    svc.clock.advance(3)  # the text job fails, and is kept
+    assert "callbacks: the store is unavailable" in capfd.readouterr().err
+    svc.clock.advance(svc.scheduler.lease)  # claimed again, and works
+    assert "callbacks: the store answers again" in capfd.readouterr().err
+    svc.scheduler.stop()

@@ -529,7 +529,7 @@ def test_schedulers_refused_where_they_cannot_work(args, message):
 
 
 SUPERVISED = """
-import signal, sys, time
+import os, signal, sys, time
 from mock_server import server
 
 def failing():
@@ -546,7 +546,11 @@ def stopping():  # as a real worker or scheduler: takes SIGTERM, finishes, exits
     while not done:
         time.sleep(0.01)
 
-server.run_scheduler = {"failing": failing, "sleeping": sleeping, "stopping": stopping}[sys.argv[1]]
+def killed_as_it_starts():  # the OOM killer, say
+    os.kill(os.getpid(), signal.SIGKILL)
+
+server.run_scheduler = {"failing": failing, "sleeping": sleeping, "stopping": stopping,
+                        "killed": killed_as_it_starts}[sys.argv[1]]
 sys.exit(server._supervise(None, 0, 1))
 """
 
@@ -578,3 +582,16 @@ def test_processes_stopped_from_outside_are_replaced_however_often(target, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_process_killed_each_time_it_starts_is_started_again_less_and_less_often():
+    """Not counted as failing (it is killed from outside), it was started again at once, some 150
+    times a second."""
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISED, "killed"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    restarts = proc.stderr.read().count("died; starting another")
+    assert 5 <= restarts <= 12, restarts  # 0.05, 0.1, ... 1.6, 2 s between them

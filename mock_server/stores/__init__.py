@@ -68,19 +68,21 @@ def unavailable(exc: BaseException) -> str | None:
 class OutageLog:
     """Says on stderr that the store is unavailable: at once the first time, then at most once
     every `every` seconds with the count meanwhile (an outage under load would otherwise write a
-    line per request), and that it works again (`recovered`), at most once a period too (a store
-    that reads but cannot write, a full disk, fails and works again by turns)."""
+    line per request); and that it works again (`recovered`) after each outage it said. A store
+    that fails and works by turns (a full disk: reads work, writes fail) gets two lines a period,
+    and the last line is true: failures after an "answers again" are said within `every`."""
 
     def __init__(self, what: str, every: float = 10.0):
         self.what, self.every = what, every
         self._lock = threading.Lock()
-        self._active = False  # an outage was said and not yet its end
-        self._said = self._said_back = None  # when the last line of each kind was written
+        self._active = False  # a failure since the last recovery
+        self._announced = False  # an "unavailable" line not yet followed by "answers again"
+        self._said = None  # when the last "unavailable" line was written
         self._since_line = 0
 
     @property
     def active(self) -> bool:
-        """An outage was said and not yet its end (a cheap check before `recovered`)."""
+        """A failure since the last recovery (a cheap check before `recovered`)."""
         return self._active
 
     def failed(self, reason: str) -> None:
@@ -91,21 +93,18 @@ class OutageLog:
             if self._said is not None and now - self._said < self.every:
                 return
             count, self._since_line, first = self._since_line, 0, self._said is None
-            self._said = now
+            self._said, self._announced = now, True
         more = "" if first else f" ({count} times in the last {self.every:g} s)"
         print(f"kie-mock: {self.what}: the store is unavailable{more}: {reason}", file=sys.stderr, flush=True)
 
     def recovered(self) -> None:
         if not self._active:
             return
-        now = time.monotonic()
         with self._lock:
-            if not self._active:
-                return
             self._active = False
-            if self._said_back is not None and now - self._said_back < self.every:
+            if not self._announced:
                 return
-            self._said_back = now
+            self._announced = False
         print(f"kie-mock: {self.what}: the store answers again", file=sys.stderr, flush=True)
 
 
