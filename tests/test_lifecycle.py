@@ -709,12 +709,9 @@ def test_a_store_that_fails_during_a_job_leaves_it_for_its_next_claim(client, cl
     assert _status(client, task_id) == "SUCCESS" and store.list_jobs(task_id) == []
 
 
-def test_a_death_between_a_delivered_callback_and_planning_the_next_loses_nothing(client, clock, delivery, service):
-    """A stage job made its callback while the next stage happened, recorded it delivered, and
-    its process died before planning the next callback. Run again, it plans it."""
-    from mock_server.scheduler import FLOW
-
-    store = service.store
+def _text_delivered_and_first_applied(client, store) -> tuple[str, dict]:
+    """A task whose text and first stages happened, its text callback recorded as delivered, and
+    no job left: (its id, the task)."""
     _, env = submit(client)
     task_id = env["data"]["taskId"]
     for job in store.list_jobs(task_id):
@@ -722,7 +719,16 @@ def test_a_death_between_a_delivered_callback_and_planning_the_next_loses_nothin
     task = store.get_task(task_id)
     changes = lifecycle.apply_stage(task, "text")
     changes.update(lifecycle.apply_stage({**task, **changes}, "first"))
-    task = store.update_task(task_id, {**changes, "stage_index": 1, "delivered_through": 0})
+    return task_id, store.update_task(task_id, {**changes, "stage_index": 1, "delivered_through": 0})
+
+
+def test_a_death_between_a_delivered_callback_and_planning_the_next_loses_nothing(client, clock, delivery, service):
+    """A stage job made its callback while the next stage happened, recorded it delivered, and
+    its process died before planning the next callback. Run again, it plans it."""
+    from mock_server.scheduler import FLOW
+
+    store = service.store
+    task_id, task = _text_delivered_and_first_applied(client, store)
     service.scheduler._next_stage(task, 1, flow=FLOW)  # the first stage's job planned the complete one
     store.add_job({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage", "due": clock.now(), "index": 0,
                    "flow": FLOW})
@@ -739,14 +745,7 @@ def test_a_stage_job_run_again_leaves_the_next_callback_to_the_next_stages_job(c
     from mock_server.scheduler import FLOW
 
     store = service.store
-    _, env = submit(client)
-    task_id = env["data"]["taskId"]
-    for job in store.list_jobs(task_id):
-        store.finish_job(job["id"])
-    task = store.get_task(task_id)
-    changes = lifecycle.apply_stage(task, "text")
-    changes.update(lifecycle.apply_stage({**task, **changes}, "first"))
-    store.update_task(task_id, {**changes, "stage_index": 1, "delivered_through": 0})
+    task_id, _ = _text_delivered_and_first_applied(client, store)
     for index in (1, 0):  # the first stage's job, in flight elsewhere; the text job, to run again
         store.add_job({"id": lifecycle.new_id(), "task_id": task_id, "kind": "stage", "due": clock.now(),
                        "index": index, "flow": FLOW})
