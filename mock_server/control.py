@@ -20,7 +20,7 @@ from .faults import ERROR_CODES
 from .scenarios import NAMES, Scenario
 from .stores import unavailable
 from .config import mask_key
-from .service import CLOCK_NOW, Service
+from .service import Service
 
 PREFIX = "/_mock"
 TASK_STATUSES = ("PENDING", "TEXT_SUCCESS", "FIRST_SUCCESS", "SUCCESS", "CREATE_TASK_FAILED",
@@ -105,8 +105,7 @@ def health():
         if reason is None:
             raise
         return fail(503, f"the fake's store is unavailable ({reason})")
-    if svc.clock.virtual and CLOCK_NOW in settings:
-        svc.clock.observe(settings[CLOCK_NOW])
+    svc.observe_clock(settings)
     return ok({"status": "ok", "clock": "virtual" if svc.clock.virtual else "real", "now": svc.clock.now(),
                "store": svc.cfg.store.split(":", 1)[0], "transport": svc.cfg.transport, "pid": os.getpid()})
 

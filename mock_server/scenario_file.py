@@ -106,4 +106,3 @@ def apply_file(svc, path: str | Path, *, remember_only: bool = False) -> None:
     except BadRequest as exc:
         raise SystemExit(f"kie-mock: {exc}") from None
     svc.startup = data
-

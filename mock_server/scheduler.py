@@ -198,11 +198,7 @@ class Scheduler:
                     failures = 0
                     self._outage.recovered()
             except Exception as exc:  # a store hiccup must not kill the scheduler
-                reason = unavailable(exc)
-                if reason is None:  # a bug: said each time, and no reason to wait longer
-                    traceback.print_exc()
-                else:
-                    self._outage.failed(reason)
+                if self._said(exc):  # a bug is said each time, with no reason to wait longer
                     failures += 1
                 nxt = None
             full = self._busy >= self.cfg.delivery_workers  # then a finishing job wakes us
@@ -240,13 +236,9 @@ class Scheduler:
                 else:  # stored by an older kie-mock
                     self._delivery(task, job["stage"], job["attempt"], job["index"], job.get("chain", True))
         except Exception as exc:  # journal it; never lose the scheduler thread
-            reason = unavailable(exc)
-            if reason is not None:
-                keep = True
-                self._outage.failed(f"{reason} (job {job['id']} of task {job['task_id']} is taken again "
-                                    f"when its lease runs out)")
-            else:
-                traceback.print_exc()
+            keep = self._said(exc, f" (job {job['id']} of task {job['task_id']} is taken again when its lease "
+                                   f"runs out)")
+            if not keep:
                 self._try(self.store.log, "attempts", {"task_id": job["task_id"], "stage": job.get("stage"),
                                                        "error": f"internal: {exc!r}", "at": self.clock.now()},
                           self.cfg.journal_limit)
@@ -259,16 +251,21 @@ class Scheduler:
             if not keep:
                 self._try(self.store.finish_job, job["id"])
 
+    def _said(self, exc: Exception, then: str = "") -> bool:
+        """Say what went wrong: an unavailable store in the outage log (True), a bug's traceback."""
+        reason = unavailable(exc)
+        if reason is None:
+            traceback.print_exception(exc)
+            return False
+        self._outage.failed(reason + then)
+        return True
+
     def _try(self, fn, *args) -> None:
         """A store call whose failure is said, not raised (the job stays claimed if it was finish_job)."""
         try:
             fn(*args)
         except Exception as exc:
-            reason = unavailable(exc)
-            if reason is None:
-                traceback.print_exc()
-            else:
-                self._outage.failed(reason)
+            self._said(exc)
 
     def _still_mine(self, task_id: str) -> bool:
         """The job this thread works is still claimed by this scheduler, its lease not run out. A

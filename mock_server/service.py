@@ -94,9 +94,13 @@ class Service:
     def sync_clock(self) -> None:
         """Catch up with the shared virtual clock before a control call or a file answered."""
         if self.clock.virtual and self._shared_clock:
-            stored = self.store.get_settings().get(CLOCK_NOW)
-            if stored is not None:
-                self.clock.observe(stored)
+            self.observe_clock(self.store.get_settings())
+
+    def observe_clock(self, settings: dict) -> None:
+        """Catch up with the shared virtual time in stored settings just read (another process
+        may have advanced it)."""
+        if self.clock.virtual and CLOCK_NOW in settings:
+            self.clock.observe(settings[CLOCK_NOW])
 
     def seed_accounts(self) -> None:
         """Create the configured keys that the store does not know yet (a restart keeps balances)."""
@@ -172,8 +176,7 @@ class Service:
             API_OUTAGE.recovered()
         if account is None and self._lost_state(key):
             account, settings, armed = self.store.prelude(key)
-        if self.clock.virtual and CLOCK_NOW in settings:  # another instance may have advanced it
-            self.clock.observe(settings[CLOCK_NOW])
+        self.observe_clock(settings)
         if account is None:
             return None, None, Rejection(401, "You do not have access permissions: unknown API key",
                                          "Authorization", "auth")
